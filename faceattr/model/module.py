@@ -1,0 +1,183 @@
+"""The LightningModule: a timm backbone with one logit per attribute, BCE loss and torchmetrics metrics.
+
+Contract of ``forward``: float images ``(N, 3, H, W)``, RGB in [0, 1]; returns logits ``(N, A)``. Normalization
+lives in the module, so batches stay uint8 until they reach the device (``_unpack``), and exported models take [0, 1] images.
+Checkpoints carry every hyper-parameter needed to rebuild the model (backbone, attribute names, input size, crop,
+normalization), so export needs nothing but the ``.ckpt``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn as nn
+from timm.optim import param_groups_weight_decay
+
+from faceattr.data.transforms import size_pair
+from faceattr.model.backbone import create_backbone
+from faceattr.model.metrics import build_metrics
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STAGES = ("val", "test")
+
+
+class FaceAttrModule(L.LightningModule):
+    """Multi-label face-attribute classifier.
+
+    Args:
+        backbone: a timm model name.
+        attributes: attribute names, one output each, in order.
+        image_size: input ``(height, width)`` (or an int) the model is trained at.
+        crop: centre crop applied to the aligned 178x218 image before resizing (recorded for export and serving).
+        mean, std: per-channel normalization applied inside ``forward``.
+        pretrained: start from timm's pretrained weights (needs the network), unless ``weights`` is given.
+        weights: path of a local timm weights file to start from.
+        drop_rate: dropout before the classifier.
+        backbone_kwargs: extra keyword arguments of the timm model (e.g. ``img_size`` for ViTs).
+        pos_weight: weight positives by (1 - rate) / rate of the training split, for rare attributes.
+        channels_last: run the backbone in channels-last memory format.
+        compile: ``torch.compile`` the backbone.
+        optimizer: partial of a torch optimizer, called with the parameter groups.
+        scheduler: partial of an LR scheduler, called with the optimizer and ``total_steps``; ``None`` = constant.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        attributes: Sequence[str],
+        image_size: int | Sequence[int] = 64,
+        crop: int | Sequence[int] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        pretrained: bool = False,
+        weights: str | None = None,
+        drop_rate: float = 0.0,
+        backbone_kwargs: dict | None = None,
+        pos_weight: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "backbone": backbone,
+                "attributes": [str(name) for name in attributes],
+                "image_size": list(size_pair(image_size)),
+                "crop": None if crop is None else list(size_pair(crop)),
+                "mean": [float(v) for v in mean],
+                "std": [float(v) for v in std],
+                "pretrained": bool(pretrained),
+                "weights": weights,
+                "drop_rate": float(drop_rate),
+                "backbone_kwargs": dict(backbone_kwargs or {}),
+                "pos_weight": bool(pos_weight),
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+            }
+        )
+        self.attributes = list(self.hparams.attributes)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.net = create_backbone(
+            backbone, len(self.attributes), pretrained, weights, drop_rate, self.hparams.backbone_kwargs
+        )
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.hparams.std).view(1, 3, 1, 1), persistent=False)
+        # Best macro val AUROC so far: a buffer, so it is checkpointed and survives a resume.
+        self.register_buffer("best_val_auroc", torch.tensor(float("-inf")))
+        self.criterion = nn.BCEWithLogitsLoss()
+        self.metrics = nn.ModuleDict({stage: build_metrics(len(self.attributes)) for stage in STAGES})
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = (images - self.mean) / self.std
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.net(images)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile:
+            self.net.compile()  # in place: state_dict keys stay those of the plain backbone
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
+            rate = datamodule.train_positive_rate.clamp(1e-3, 1 - 1e-3)
+            self.criterion = nn.BCEWithLogitsLoss(pos_weight=((1 - rate) / rate).to(self.device))
+
+    @staticmethod
+    def _unpack(batch) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+        """A loader batch (uint8 images on the device) -> float images in [0, 1], float labels, skipped count."""
+        images, labels, skipped = batch
+        if images is None:
+            return None, None, skipped
+        return images.float().div_(255), labels.float(), skipped
+
+    def training_step(self, batch, batch_idx: int):
+        images, labels, skipped = self._unpack(batch)
+        if skipped:
+            self.log("data/skipped_corrupt", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        if images is None:
+            return None
+        loss = self.criterion(self(images), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
+        return loss
+
+    def _eval_step(self, stage: str, batch) -> None:
+        images, labels, skipped = self._unpack(batch)
+        if skipped:
+            self.log(f"{stage}/skipped_corrupt", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
+        if images is None:
+            return
+        logits = self(images)
+        self.log(f"{stage}/loss", self.criterion(logits, labels), on_epoch=True, prog_bar=True, batch_size=len(images))
+        self.metrics[stage].update(torch.sigmoid(logits), labels.int())
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def _log_epoch_metrics(self, stage: str) -> float:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        per_attribute = values["auroc"]
+        macro = torch.nanmean(per_attribute) if not torch.isnan(per_attribute).all() else per_attribute[0]
+        self.log_dict(
+            {f"{stage}/auroc": macro, f"{stage}/acc": values["acc"], f"{stage}/f1": values["f1"]}, prog_bar=True
+        )
+        self.log_dict({f"{stage}/auroc/{name}": v for name, v in zip(self.attributes, per_attribute) if v == v})
+        return float(macro)
+
+    def on_validation_epoch_end(self) -> None:
+        macro = self._log_epoch_metrics("val")
+        if not self.trainer.sanity_checking and not math.isnan(macro):
+            self.best_val_auroc.fill_(max(float(self.best_val_auroc), macro))
+        if math.isfinite(float(self.best_val_auroc)):
+            self.log("val/auroc_best", self.best_val_auroc.clone(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise ValueError("FaceAttrModule needs an optimizer partial to train")
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        # No weight decay on biases and norm layers (timm's helper).
+        optimizer = self.optimizer_factory(param_groups_weight_decay(self.net, weight_decay))
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
