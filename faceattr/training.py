@@ -121,7 +121,7 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     trainer_cfg = resolve_trainer_config(cfg.trainer)
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()

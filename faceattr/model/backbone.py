@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -24,8 +25,8 @@ def create_backbone(
     ``pretrained`` (timm's registry, which needs the network). timm drops a classifier whose size differs.
     """
     if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        hint = f" (similar: {', '.join(close)})" if close else ""
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(f"model.backbone={name} is not a timm model name{hint}; see timm.list_models()")
     kwargs = dict(backbone_kwargs or {}, num_classes=num_classes, drop_rate=drop_rate)
     if weights:

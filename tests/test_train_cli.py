@@ -1,0 +1,79 @@
+"""`python train.py` end to end (tiny model, generated data) and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import TINY, run_cli
+
+
+def test_tiny_run_leaves_checkpoints_events_config_and_record(tiny_run):
+    record = json.loads((tiny_run / "run.json").read_text())
+    assert record["status"] == "completed" and record["backbone"] == "test_resnet" and record["epochs"] == 2
+    best = tiny_run / "checkpoints" / record["best_checkpoint"].rsplit("/", 1)[-1]
+    assert best.is_file() and best.name.startswith("epoch") and (tiny_run / "checkpoints" / "last.ckpt").is_file()
+    assert 0.0 <= record["best_score"] <= 1.0 and record["test"]["test/auroc"] > 0
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    assert ckpt["hyper_parameters"]["backbone"] == "test_resnet" and len(ckpt["hyper_parameters"]["attributes"]) == 40
+
+    events = EventAccumulator(str(tiny_run / "tensorboard"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss_step", "val/loss", "val/auroc", "val/acc", "val/f1", "val/auroc_best", "test/auroc"} <= scalars
+    assert "val/auroc/Smiling" in scalars and "test/auroc/Male" in scalars
+    assert len(events.Scalars("val/auroc")) == 2
+
+    config = (tiny_run / "config.yaml").read_text()
+    assert "backbone: test_resnet" in config and "${" not in config
+
+
+def test_run_prints_where_everything_is(tmp_path, synthetic_root):
+    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "trainer.max_epochs=1", "test=false",
+                   f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    out = proc.stdout
+    assert f"run dir:         {tmp_path / 'run'}" in out
+    assert "best checkpoint: " in out and "(val/auroc=0." in out
+    assert f"tensorboard --logdir {tmp_path / 'run'}" in out
+
+
+def test_fast_dev_run_smoke(tmp_path, synthetic_root):
+    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={tmp_path}",
+                   tmp_path=tmp_path)
+    assert "fast_dev_run" in proc.stdout + proc.stderr
+
+
+def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synthetic_root):
+    run_dir = tmp_path / "resumed"
+    run_cli("train.py", *TINY, f"data.root={synthetic_root}", "trainer.max_epochs=3",
+            f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    first = json.loads((tiny_run / "run.json").read_text())
+    assert record["epochs"] == 3 and record["global_step"] > first["global_step"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data=celeba", "data.root=/nowhere"], "data.root /nowhere does not exist"),
+        (["trainer.gpus=1"], "no CUDA device is visible"),
+        (["model.backbone=no_such_net"], "model.backbone=no_such_net is not a timm model name"),
+        (["ckpt_path=/nope.ckpt"], "ckpt_path=/nope.ckpt: no such checkpoint file"),
+        (["data.attributes=[Smilling]"], "unknown attribute(s) Smilling"),
+    ],
+)
+def test_user_errors_end_with_one_clear_line(tmp_path, synthetic_root, overrides, message):
+    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", *overrides, f"hydra.run.dir={tmp_path}",
+                   tmp_path=tmp_path, check=False)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert lines == [lines[0]] and lines[0].startswith("error: ") and message in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_override_typo_fails_with_hydras_message(tmp_path):
+    proc = run_cli("train.py", "modell=resnet18", f"hydra.run.dir={tmp_path}", tmp_path=tmp_path, check=False)
+    assert proc.returncode == 1 and "Could not override 'modell'" in proc.stderr
