@@ -1,7 +1,7 @@
 """Image preprocessing on uint8 tensors with torchvision ``transforms.v2``.
 
 The data path stays uint8 end to end (4x less memory and host-to-device traffic than float); the model converts to
-float, scales to [0, 1] and normalizes on the device (see ``FaceAttrModule.on_after_batch_transfer``).
+float, scales to [0, 1] and normalizes on the device (see ``FaceAttrModule._unpack``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,22 @@
+"""Export a trained checkpoint: `python export.py ckpt=<.ckpt | run dir | sweep dir> [export=onnx] [key=value ...]`.
+
+Writes TorchScript (and ONNX with export=onnx) to <run dir>/export/, checks parity against the Lightning model and
+saves a new version of the BentoML model `name` (see conf/export.yaml and docs/serving.md).
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from faceattr.errors import exit_on_user_error
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="export")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from faceattr.export.pipeline import export
+
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Rebuild the Lightning model from a checkpoint and turn it into self-contained TorchScript / ONNX artefacts.
+
+Contract of both artefacts: input ``images`` float32 ``(N, 3, H, W)``, RGB in [0, 1], at the model's input size
+(any N); output ``probabilities`` float32 ``(N, num_attributes)``. Normalization and the sigmoid are inside, so
+the TorchScript file runs with torch alone (``torch.jit.load``) and the ONNX file with ONNX Runtime alone. Both
+carry the export metadata (attribute names, input size, crop, thresholds) as ``faceattr.json``: an extra file of
+the TorchScript archive, ``metadata_props`` of the ONNX model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from faceattr.errors import UserError
+
+METADATA_NAME = "faceattr.json"
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+
+
+def load_module(checkpoint: Path):
+    """The FaceAttrModule of ``checkpoint`` in eval mode on the CPU, rebuilt from the checkpoint alone.
+
+    Loaded with ``weights_only=True`` (no pickled code runs); pretrained/weights are switched off so nothing is
+    downloaded or read besides the checkpoint.
+    """
+    from faceattr.model import FaceAttrModule
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning)
+            module = FaceAttrModule.load_from_checkpoint(
+                checkpoint, map_location="cpu", weights_only=True, pretrained=False, weights=None
+            )
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - many causes: not a checkpoint, another model class, missing keys
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        if "Weights only load failed" in first:
+            first = "not a PyTorch checkpoint, or one holding objects that weights_only loading refuses"
+        raise UserError(f"cannot load {checkpoint} as a faceattr checkpoint: {first}") from None
+    return module.eval()
+
+
+class ProbabilityModel(nn.Module):
+    """[0, 1] RGB images -> attribute probabilities: normalization, the backbone and the sigmoid in one module."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", mean.detach().clone().float().view(1, 3, 1, 1))
+        self.register_buffer("std", std.detach().clone().float().view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net((images - self.mean) / self.std))
+
+
+def probability_model(module) -> ProbabilityModel:
+    """The exportable part of a FaceAttrModule (no loss, metrics or optimizer state)."""
+    return ProbabilityModel(module.net, module.mean, module.std).eval()
+
+
+@contextlib.contextmanager
+def quiet_torchscript():
+    """Silence torch.jit's deprecation notices (TorchScript is still the format this project serves)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*")
+        yield
+
+
+def export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> Path:
+    """Trace ``model`` on ``example`` and save it with ``faceattr.json`` inside; returns ``path``."""
+    with quiet_torchscript(), torch.no_grad():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
+    return path
+
+
+def load_torchscript(path: Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a TorchScript artefact and its ``faceattr.json`` metadata."""
+    extra = {METADATA_NAME: ""}
+    with quiet_torchscript():
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    raw = extra[METADATA_NAME]
+    return module.eval(), json.loads(raw) if raw else {}
+
+
+def export_onnx(
+    model: ProbabilityModel, example: torch.Tensor, path: Path, metadata: dict[str, Any], opset: int | None = None
+) -> Path:
+    """Export with the torch.onnx (dynamo) exporter, batch axis dynamic, metadata in ``metadata_props``."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
+    log = io.StringIO()
+    logging.disable(logging.INFO)  # the exporter's optimizer passes log at INFO ("Removed 137 unused nodes")
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
+    except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserError(f"ONNX export failed ({first}); export=torchscript still works for this model") from None
+    finally:
+        logging.disable(logging.NOTSET)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_NAME, json.dumps(metadata)
+    onnx.save(proto, str(path))
+    return path
+
+
+def onnx_session(path: Path, device: str = "cpu", num_threads: int | None = None):
+    """An ONNX Runtime session for ``path`` (CUDA provider when ``device`` is a GPU and it is available)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if num_threads:
+        options.intra_op_num_threads = num_threads
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        index = int(device.split(":")[1]) if ":" in device else 0
+        providers = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+
+
+def onnx_metadata(session) -> dict[str, Any]:
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_NAME)
+    return json.loads(raw) if raw else {}

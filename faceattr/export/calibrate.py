@@ -1,0 +1,203 @@
+"""Validation images for the parity check, per-attribute decision thresholds and validation metrics.
+
+Images are read from the files and preprocessed by :func:`faceattr.serve.images.load_and_preprocess`, the function
+the service runs on uploads, so thresholds are calibrated on exactly what the service feeds the model (for CelebA's
+178x218 aligned images it equals training's evaluation transform).
+
+Thresholds: for each attribute, the one that maximizes F1 on the validation images (the midpoint between the two
+probabilities that separate the chosen top-k); ``default`` (0.5) for an attribute whose validation labels are all
+one class, or when there are no validation images.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from faceattr.errors import UserError
+from faceattr.serve.images import ImageError, ImageLimits, load_and_preprocess
+
+# Local files are trusted: no byte or pixel limit beyond Pillow's own decompression-bomb guard.
+LOCAL_LIMITS = ImageLimits(max_bytes=1 << 40, max_pixels=1 << 40)
+
+
+@dataclass
+class ValidationSet:
+    """Paths and labels of the validation images, and where they came from."""
+
+    root: Path
+    paths: list[str]
+    labels: torch.Tensor  # (N, A) uint8
+
+
+class PreprocessedImages(Dataset):
+    """Items ``(uint8 (3, h, w) model input, index)`` through the service's preprocessing."""
+
+    def __init__(self, paths: list[str], image_size, crop) -> None:
+        self.paths = paths
+        self.image_size = list(image_size)
+        self.crop = None if crop is None else list(crop)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            return load_and_preprocess(data, self.image_size, self.crop, LOCAL_LIMITS), index
+        except (OSError, ImageError) as exc:
+            raise UserError(f"validation image {path} is unreadable ({exc}); fix or remove it") from None
+
+
+def _size(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return [value, value]
+    return [int(v) for v in value]
+
+
+def check_run_config(hparams: dict[str, Any], run_config: dict[str, Any], source: str) -> None:
+    """UserError when the run's saved config contradicts the checkpoint (a checkpoint from another run)."""
+    data = run_config.get("data") or {}
+    model = run_config.get("model") or {}
+    problems = []
+    if "image_size" in data and _size(data["image_size"]) != list(hparams["image_size"]):
+        problems.append(f"data.image_size {_size(data['image_size'])} vs {list(hparams['image_size'])}")
+    if "crop" in data and _size(data["crop"]) != (None if hparams.get("crop") is None else list(hparams["crop"])):
+        problems.append(f"data.crop {_size(data['crop'])} vs {hparams.get('crop')}")
+    if data.get("attributes") and list(data["attributes"]) != list(hparams["attributes"]):
+        problems.append("data.attributes differ")
+    if model.get("backbone") and model["backbone"] != hparams["backbone"]:
+        problems.append(f"model.backbone {model['backbone']} vs {hparams['backbone']}")
+    if problems:
+        raise UserError(
+            f"the checkpoint does not match {source} ({'; '.join(problems)}): it belongs to another run; "
+            "pass that run's dir or its .ckpt"
+        )
+
+
+def validation_set(
+    hparams: dict[str, Any], run_config: dict[str, Any], data_root: str | None
+) -> tuple[ValidationSet | None, str]:
+    """The validation split the run was evaluated on (same root, attributes, limit and seed), or None and why.
+
+    ``data_root`` (export.data_root) replaces the run's ``data.root``; it must exist. The run's root may be gone
+    (another machine): then there is no validation data and the reason says so.
+    """
+    from faceattr.data import CelebADataModule
+
+    data = run_config.get("data") or {}
+    explicit = data_root is not None
+    root = data_root if explicit else data.get("root")
+    if not root:
+        return None, "no data.root: the checkpoint has no run config (pass export.data_root=<CelebA folder>)"
+    root_path = Path(str(root)).expanduser()
+    if not root_path.exists():
+        if explicit:
+            raise UserError(f"export.data_root={root}: no such directory")
+        return None, f"the run's data.root {root} does not exist here (pass export.data_root=<CelebA folder>)"
+    seed = data.get("seed", run_config.get("seed", 0))
+    datamodule = CelebADataModule(
+        root=str(root_path),
+        attributes=list(hparams["attributes"]),
+        image_size=list(hparams["image_size"]),
+        crop=None if hparams.get("crop") is None else list(hparams["crop"]),
+        limit=data.get("limit") if not explicit else None,
+        seed=int(seed) if seed is not None else 0,
+        num_workers=0,
+    )
+    datamodule.setup("validate")
+    split = datamodule.splits["valid"]
+    paths = [split.path(i) for i in range(len(split))]
+    return ValidationSet(root_path, paths, split.labels.clone()), f"validation split of {root_path}"
+
+
+def predict(
+    module, paths: list[str], image_size, crop, batch_size: int, num_workers: int, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess ``paths`` as the service does and run the Lightning model (eager) on them.
+
+    Returns the first ``keep`` uint8 inputs ``(keep, 3, h, w)`` (for the parity check) and the probabilities of
+    all images ``(N, A)``.
+    """
+    loader = DataLoader(
+        PreprocessedImages(paths, image_size, crop),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
+    inputs, outputs, kept = [], [], 0
+    with torch.inference_mode():
+        for images, _ in loader:
+            if kept < keep:
+                inputs.append(images[: keep - kept])
+                kept += len(inputs[-1])
+            outputs.append(torch.sigmoid(module(images.float().div(255))).float())
+    empty = torch.empty(0, 3, *image_size, dtype=torch.uint8)
+    return (torch.cat(inputs) if inputs else empty), (torch.cat(outputs) if outputs else torch.empty(0, 0))
+
+
+def f1_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-attribute F1-optimal thresholds and a mask of the attributes that could be calibrated."""
+    num, attrs = probs.shape
+    thresholds = torch.full((attrs,), float(default), dtype=torch.float64)
+    calibrated = torch.zeros(attrs, dtype=torch.bool)
+    for a in range(attrs):
+        y = labels[:, a].to(torch.float64)
+        positives = float(y.sum())
+        if num == 0 or positives == 0 or positives == num:
+            continue
+        p, order = probs[:, a].to(torch.float64).sort(descending=True)
+        tp = y[order].cumsum(0)
+        k = torch.arange(1, num + 1, dtype=torch.float64)
+        f1 = 2 * tp / (k + positives)
+        # A cut after position k-1 is only possible where the next probability is strictly lower.
+        valid = torch.ones(num, dtype=torch.bool)
+        valid[:-1] = p[:-1] > p[1:]
+        f1 = torch.where(valid, f1, torch.full_like(f1, -1.0))
+        best = int(f1.argmax())
+        thresholds[a] = (p[best] + p[best + 1]) / 2 if best + 1 < num else p[best]
+        calibrated[a] = True
+    return thresholds.float(), calibrated
+
+
+def _macro_f1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    tp = (predicted & labels).sum(0).double()
+    fp = (predicted & ~labels).sum(0).double()
+    fn = (~predicted & labels).sum(0).double()
+    denominator = 2 * tp + fp + fn
+    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
+    return float(f1.mean())
+
+
+def validation_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> dict[str, float]:
+    """Macro AUROC (over attributes with both classes), macro F1 and accuracy at 0.5 and at ``thresholds``."""
+    from faceattr.model.metrics import AttributeAUROC
+
+    if len(probs) == 0:
+        return {}
+    truth = labels.bool()
+    auroc = AttributeAUROC(probs.shape[1])
+    auroc.update(probs, labels.int())
+    per_attribute = auroc.compute()
+    macro = float(torch.nanmean(per_attribute)) if not torch.isnan(per_attribute).all() else math.nan
+    at_half = probs >= 0.5
+    at_thresholds = probs >= thresholds.view(1, -1)
+    metrics = {
+        "auroc": macro,
+        "f1@0.5": _macro_f1(at_half, truth),
+        "f1@calibrated": _macro_f1(at_thresholds, truth),
+        "acc@0.5": float((at_half == truth).float().mean()),
+        "acc@calibrated": float((at_thresholds == truth).float().mean()),
+        "num_images": int(len(probs)),
+    }
+    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()
+            if not (isinstance(v, float) and not math.isfinite(v))}

@@ -1,0 +1,223 @@
+"""What ``ckpt=`` names: a ``.ckpt`` file, a run dir (its best checkpoint) or a sweep dir (the best job's).
+
+A run dir (``outputs/<date>/<time>/`` from ``train.py``) holds ``run.json``, ``config.yaml`` and ``checkpoints/``;
+a sweep dir (``multirun/<date>/<time>/``) holds one run dir per job (``0/``, ``1/``, ...). The best checkpoint of a
+run is ``run.json``'s ``best_checkpoint``; without ``run.json`` (a run still going, or killed) it is the
+ModelCheckpoint state inside ``last.ckpt``, then the score in the checkpoint names. The best job of a sweep is the
+one with the best ``best_score`` of the monitored metric (``monitor.metric``/``monitor.mode`` of its config).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from faceattr.errors import UserError
+
+RUN_RECORD = "run.json"
+RUN_CONFIG = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+SCORE_IN_NAME = re.compile(r"(?:auroc|score)[=_-]?(-?\d+(?:\.\d+)?)")
+
+
+@dataclass
+class Resolved:
+    """The checkpoint to export, the run it belongs to (if any) and why it was picked."""
+
+    checkpoint: Path
+    run_dir: Path | None
+    reason: str
+    score: float | None = None
+    monitor: str | None = None
+    run_record: dict[str, Any] = field(default_factory=dict)
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_run_config(run_dir: Path | None) -> dict[str, Any]:
+    """The resolved training config saved by ``train.py`` (empty if there is none or it cannot be read)."""
+    if run_dir is None or not (run_dir / RUN_CONFIG).is_file():
+        return {}
+    try:
+        data = yaml.safe_load((run_dir / RUN_CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / RUN_RECORD).is_file() or (path / CHECKPOINT_DIR).is_dir()
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run dir a checkpoint file lives in (``<run>/checkpoints/x.ckpt``), if it is one."""
+    parent = checkpoint.parent
+    run = parent.parent
+    if parent.name == CHECKPOINT_DIR and ((run / RUN_RECORD).is_file() or (run / RUN_CONFIG).is_file()):
+        return run
+    return None
+
+
+def monitor_of(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(metric, mode) the run was monitored by: its config's ``monitor``, else run.json, else val/auroc max."""
+    config = read_run_config(run_dir).get("monitor") or {}
+    record = read_json(run_dir / RUN_RECORD) if record is None else record
+    metric = str(config.get("metric") or record.get("monitor") or "val/auroc")
+    mode = str(config.get("mode") or "max")
+    if mode not in ("min", "max"):
+        raise UserError(f"{run_dir / RUN_CONFIG}: monitor.mode={mode!r} must be min or max")
+    return metric, mode
+
+
+def _finite(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _relocate(recorded: str | None, run_dir: Path) -> Path | None:
+    """A recorded checkpoint path as a file of ``run_dir``: the same name in its ``checkpoints/`` (the run dir may
+    have been moved or copied since), else the recorded path itself."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    for candidate in (run_dir / CHECKPOINT_DIR / path.name, run_dir / path if not path.is_absolute() else None, path):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def _checkpoint_state(last: Path) -> tuple[str | None, float | None]:
+    """(best_model_path, best_model_score) of the ModelCheckpoint state saved in ``last``."""
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable or foreign file: no state
+        return None, None
+    for key, value in (state.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in str(key) and isinstance(value, dict) and value.get("best_model_path"):
+            return str(value["best_model_path"]), _finite(value.get("best_model_score"))
+    return None, None
+
+
+def best_of_run(run_dir: Path) -> Resolved:
+    """The best checkpoint of one run dir (see the module doc for the order of the sources)."""
+    record = read_json(run_dir / RUN_RECORD)
+    metric, mode = monitor_of(run_dir, record)
+    config = read_run_config(run_dir)
+    checkpoints = run_dir / CHECKPOINT_DIR
+    found = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
+
+    best = _relocate(record.get("best_checkpoint"), run_dir)
+    if best is not None:
+        score = _finite(record.get("best_score"))
+        shown = "n/a" if score is None else f"{score:.4f}"
+        return Resolved(best, run_dir, f"best checkpoint of the run by {metric} ({mode}) = {shown}, from {RUN_RECORD}",
+                        score, metric, record, config)
+    if not found:
+        hint = f" ({RUN_RECORD} status: {record['status']})" if record.get("status") else ""
+        raise UserError(
+            f"{run_dir} has no checkpoints ({CHECKPOINT_DIR}/*.ckpt){hint}: training saves one per validation "
+            "epoch with the default callbacks; pass a run that finished at least one epoch"
+        )
+    last = checkpoints / LAST
+    if last.is_file():
+        recorded, score = _checkpoint_state(last)
+        best = _relocate(recorded, run_dir)
+        if best is not None:
+            shown = "n/a" if score is None else f"{score:.4f}"
+            return Resolved(best, run_dir, f"best checkpoint by {metric} ({mode}) = {shown}, from the "
+                            f"ModelCheckpoint state in {LAST} (no usable {RUN_RECORD})", score, metric, record, config)
+    scored = []
+    for path in found:
+        match = SCORE_IN_NAME.search(path.stem) if path.name != LAST else None
+        if match:
+            scored.append((float(match.group(1)), path))
+    if scored:
+        score, best = (max if mode == "max" else min)(scored, key=lambda item: item[0])
+        return Resolved(best, run_dir, f"best score in the checkpoint names ({mode}) = {score:.4f} (no usable "
+                        f"{RUN_RECORD} or checkpoint state)", score, metric, record, config)
+    best = last if last.is_file() else found[-1]
+    return Resolved(best, run_dir, f"no best checkpoint recorded; using {best.name}", None, metric, record, config)
+
+
+def _job_sort_key(path: Path) -> tuple[int, str]:
+    return (int(path.name), "") if path.name.isdigit() else (1 << 30, path.name)
+
+
+def best_of_sweep(sweep_dir: Path, jobs: list[Path]) -> Resolved:
+    """The best job of a sweep by its monitored metric; the reason lists every job's score."""
+    rows: list[tuple[Path, float | None, str]] = []
+    metric = mode = None
+    for job in jobs:
+        job_metric, job_mode = monitor_of(job)
+        if metric is None:
+            metric, mode = job_metric, job_mode
+        elif (job_metric, job_mode) != (metric, mode):
+            raise UserError(
+                f"the jobs of sweep {sweep_dir} monitor different metrics ({metric} {mode} vs {job_metric} {job_mode} "
+                f"in {job.name}/); export one run dir instead: ckpt={job}"
+            )
+        try:
+            resolved = best_of_run(job)
+        except UserError:
+            status = read_json(job / RUN_RECORD).get("status", "no checkpoint")
+            rows.append((job, None, str(status)))
+            continue
+        rows.append((job, resolved.score, "" if resolved.score is not None else "no score"))
+    candidates = [(score, job) for job, score, _ in rows if score is not None]
+    table = ", ".join(f"{job.name}: {'%.4f' % score if score is not None else note}" for job, score, note in rows)
+    if not candidates:
+        raise UserError(
+            f"no job of sweep {sweep_dir} has a checkpoint with a {metric} score ({table}); "
+            "export one run dir or .ckpt instead"
+        )
+    # Best score; ties go to the lowest job number.
+    sign = -1.0 if mode == "max" else 1.0
+    score, job = min(candidates, key=lambda item: (sign * item[0], _job_sort_key(item[1])))
+    best = best_of_run(job)
+    best.reason = (
+        f"job {job.name} of {len(jobs)} has the best {metric} ({mode}) = {score:.4f} [{table}]; {best.reason}"
+    )
+    return best
+
+
+def resolve_checkpoint(ckpt: str | Path) -> Resolved:
+    """Resolve ``ckpt=`` (file, run dir or sweep dir) to one checkpoint file; UserError when it cannot."""
+    if ckpt is None or str(ckpt).strip() in ("", "???"):
+        raise UserError("ckpt is required: python export.py ckpt=<.ckpt file | run dir | sweep dir>")
+    path = Path(str(ckpt)).expanduser()
+    if not path.exists():
+        raise UserError(f"ckpt={ckpt}: no such file or directory")
+    if path.is_file():
+        run_dir = run_dir_of(path.resolve())
+        monitor = monitor_of(run_dir)[0] if run_dir else None
+        return Resolved(path, run_dir, "checkpoint file given", None, monitor,
+                        read_json(run_dir / RUN_RECORD) if run_dir else {}, read_run_config(run_dir))
+    if is_run_dir(path):
+        return best_of_run(path)
+    if path.name == CHECKPOINT_DIR and is_run_dir(path.parent):
+        return best_of_run(path.parent)
+    jobs = sorted((child for child in path.iterdir() if child.is_dir() and is_run_dir(child)), key=_job_sort_key)
+    if jobs:
+        return best_of_sweep(path, jobs)
+    raise UserError(
+        f"ckpt={ckpt}: a directory with no checkpoints: expected a run dir (with {RUN_RECORD} or {CHECKPOINT_DIR}/) "
+        f"or a sweep dir (with one run dir per job), or pass a .ckpt file"
+    )

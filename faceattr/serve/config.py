@@ -1,0 +1,221 @@
+"""Service settings: ``conf/serve/<name>.yaml``, then ``FACEATTR_SERVE_<KEY>`` environment variables on top.
+
+* ``FACEATTR_SERVE_CONFIG`` picks the file: a name in ``conf/serve/`` (``default``, ``onnx``, ``gpu``, ...) or the
+  path of a YAML file.
+* Every key of that file can be overridden by ``FACEATTR_SERVE_<KEY>`` (the key in upper case), e.g.
+  ``FACEATTR_SERVE_MODEL=faceattr:abc123`` or ``FACEATTR_SERVE_MAX_BATCH_SIZE=64``; values are read as YAML
+  (``null``, ``true``, ``64``, ``[JPEG, PNG]``); lists may also be comma-separated (``JPEG,PNG``).
+* An unknown key, in the file or in the environment, is an error (a typo would otherwise be silently ignored).
+
+No Hydra here: the service must start from a built Bento, which carries ``conf/serve/`` but not the training
+configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, readable_formats
+
+ENV_PREFIX = "FACEATTR_SERVE_"
+ENV_CONFIG = ENV_PREFIX + "CONFIG"
+FORMATS = ("torchscript", "onnx")
+THRESHOLD_MODES = ("calibrated", "fixed")
+
+
+class ServeConfigError(ValueError):
+    """A bad service setting; the message names the key and the file or variable it came from."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The validated settings (see ``conf/serve/default.yaml`` for what each one means)."""
+
+    model: str = "faceattr"
+    format: str = "torchscript"
+    device: str = "auto"
+    threshold_mode: str = "calibrated"
+    threshold: float = 0.5
+    max_batch_size: int = 32
+    max_latency_ms: int = 1000
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_images_per_request: int = 16
+    image_formats: tuple[str, ...] = DEFAULT_FORMATS
+    num_threads: int | None = None
+    api_workers: int = 1
+    model_workers: int = 1
+    timeout_s: float = 60.0
+    decimals: int = 6
+    source: str = field(default="defaults", compare=False)
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.image_formats)
+
+    def describe(self) -> str:
+        keys = ("model", "format", "device", "threshold_mode", "max_batch_size", "max_latency_ms")
+        return ", ".join(f"{key}={getattr(self, key)}" for key in keys) + f" (from {self.source})"
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig) if f.name != "source"}
+
+
+def bento_root() -> Path | None:
+    """The Bento this service runs from (a folder with ``bento.yaml`` and ``src/``), or None when run from source.
+
+    BentoML imports a Bento's service with the working directory at ``<bento>/src``; in a container
+    ``BENTO_PATH`` names it. (In a dev environment with faceattr installed editable, the code itself comes from the
+    checkout, so its location does not tell.)
+    """
+    candidates = [Path(__file__).resolve().parents[3], Path.cwd().parent]
+    if os.environ.get("BENTO_PATH"):
+        candidates.append(Path(os.environ["BENTO_PATH"]))
+    for candidate in candidates:
+        if (candidate / "bento.yaml").is_file() and (candidate / "src").is_dir():
+            return candidate
+    return None
+
+
+def conf_dirs() -> list[Path]:
+    """Where ``conf/serve`` may be: the Bento's ``src/conf/serve`` when serving a Bento, then beside the package
+    (repo checkout), then the working dir."""
+    bento = bento_root()
+    dirs = [bento / "src" / "conf" / "serve"] if bento is not None else []
+    dirs += [Path(__file__).resolve().parents[2] / "conf" / "serve", Path.cwd() / "conf" / "serve"]
+    return list(dict.fromkeys(dirs))
+
+
+def config_path(name: str) -> Path:
+    """The YAML file of ``name``: a path, or a name in ``conf/serve/``."""
+    candidate = Path(name).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        if not candidate.is_file():
+            raise ServeConfigError(f"{ENV_CONFIG}={name}: no such file")
+        return candidate
+    for folder in conf_dirs():
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+    available = sorted({p.stem for folder in conf_dirs() if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise ServeConfigError(
+        f"{ENV_CONFIG}={name}: no conf/serve/{name}.yaml (available: {', '.join(available) or 'none'})"
+    )
+
+
+def _coerce(key: str, value: Any, origin: str) -> Any:
+    """Check and convert one value to the type of field ``key``."""
+    kind = FIELDS[key].type
+    where = f"{key}={value!r} ({origin})"
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ServeConfigError(f"{where}: must not be null")
+    if kind.startswith("tuple"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ServeConfigError(f"{where}: expected a non-empty list")
+        return tuple(str(item).strip().upper() for item in items if str(item).strip())
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ServeConfigError(f"{where}: expected an integer")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ServeConfigError(f"{where}: expected a number")
+        return float(value)
+    return str(value)
+
+
+def _validate(config: ServeConfig) -> ServeConfig:
+    where = f"({config.source})"
+    if config.format not in FORMATS:
+        raise ServeConfigError(f"format={config.format!r} {where}: expected one of {', '.join(FORMATS)}")
+    if config.threshold_mode not in THRESHOLD_MODES:
+        raise ServeConfigError(
+            f"threshold_mode={config.threshold_mode!r} {where}: expected one of {', '.join(THRESHOLD_MODES)}"
+        )
+    if not 0.0 <= config.threshold <= 1.0:
+        raise ServeConfigError(f"threshold={config.threshold} {where}: expected a probability in [0, 1]")
+    if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
+        raise ServeConfigError(f"device={config.device!r} {where}: expected auto, cpu, cuda or cuda:N")
+    positive = (
+        "max_batch_size", "max_latency_ms", "max_image_bytes", "max_image_pixels", "max_request_bytes",
+        "max_images_per_request", "api_workers", "model_workers",
+    )
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be at least 1")
+    if config.max_batch_size < 2:
+        raise ServeConfigError(f"max_batch_size={config.max_batch_size} {where}: BentoML needs at least 2")
+    if config.num_threads is not None and config.num_threads < 1:
+        raise ServeConfigError(f"num_threads={config.num_threads} {where}: must be null or at least 1")
+    unreadable = [name for name in config.image_formats if name not in readable_formats()]
+    if unreadable:
+        raise ServeConfigError(
+            f"image_formats {where}: Pillow cannot read {', '.join(unreadable)}; e.g. JPEG, PNG, WEBP, GIF, BMP, TIFF"
+        )
+    if config.timeout_s <= 0:
+        raise ServeConfigError(f"timeout_s={config.timeout_s} {where}: must be positive")
+    if config.max_request_bytes < config.max_image_bytes:
+        raise ServeConfigError(
+            f"max_request_bytes={config.max_request_bytes} {where}: must be at least max_image_bytes "
+            f"({config.max_image_bytes}), or no image of the allowed size could be sent"
+        )
+    return config
+
+
+def _read_file(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -> None:
+    """Apply the settings of ``path`` to ``values``, after those of the file it ``extends`` (if any)."""
+    if path.resolve() in seen:
+        raise ServeConfigError(f"{path}: 'extends' loops back to itself")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ServeConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ServeConfigError(f"{path}: expected a mapping of settings")
+    base = raw.pop("extends", None)
+    if base is not None:
+        _read_file(config_path(str(base)), values, (*seen, path.resolve()))
+    for key, value in raw.items():
+        if key not in FIELDS:
+            raise ServeConfigError(f"{path}: unknown setting {key!r}; valid: extends, {', '.join(FIELDS)}")
+        values[key] = _coerce(key, value, str(path))
+
+
+def load_serve_config(environ: dict[str, str] | None = None) -> ServeConfig:
+    """Read the YAML file chosen by ``FACEATTR_SERVE_CONFIG`` (default ``default``) and apply env overrides.
+
+    A file may start from another one with ``extends: <name>``.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    name = environ.get(ENV_CONFIG, "default") or "default"
+    path = config_path(name)
+    values: dict[str, Any] = {}
+    _read_file(path, values)
+    overridden = []
+    for var, text in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG:
+            continue
+        key = var[len(ENV_PREFIX):].lower()
+        if key not in FIELDS:
+            valid = ", ".join(ENV_PREFIX + k.upper() for k in FIELDS)
+            raise ServeConfigError(f"unknown environment variable {var}; valid: {ENV_CONFIG}, {valid}")
+        try:
+            parsed = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            parsed = text
+        if FIELDS[key].type == "str" and parsed is not None:
+            parsed = text  # keep e.g. a version that looks like a number as written
+        values[key] = _coerce(key, parsed, var)
+        overridden.append(var)
+    source = str(path) + (f" + {', '.join(overridden)}" if overridden else "")
+    return _validate(ServeConfig(**values, source=source))

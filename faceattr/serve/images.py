@@ -1,0 +1,190 @@
+"""Image decoding and preprocessing shared by the service and by export (parity check, threshold calibration).
+
+Training images are CelebA *aligned* crops: 178 wide x 218 high, the face centred with the eyes at a fixed height.
+Training then centre-crops them (``crop``, default 178x178: the square face region) and resizes to the model's
+input size (``faceattr.data.transforms.build_transform``). A photo sent to the service is treated the same way:
+
+1. decode (JPEG, PNG, WebP by default), apply the EXIF orientation, convert grayscale/palette/CMYK/16-bit to RGB
+   and composite transparency onto white;
+2. take the largest centred region with the aligned frame's aspect ratio (218:178, height:width) as "the aligned
+   frame", and map the training crop into it: the crop is ``crop * frame_width / 178`` photo pixels, centred;
+3. resize that crop to the model's input size (bilinear, antialiased, on uint8, as in training).
+
+Steps 2-3 are one centre crop and one resize, so for an aligned 178x218 image they are exactly training's
+CenterCrop(crop) + Resize(image_size). The service does not detect or align faces: a photo should show one face,
+roughly centred and filling most of the frame (a portrait or a selfie), as in CelebA.
+
+Nothing here imports bentoml, lightning or timm: the service process and a built Bento only need torch,
+torchvision, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms.v2 import functional as F
+
+#: (height, width) of a CelebA aligned image: the frame that ``crop`` refers to.
+ALIGNED_SIZE: tuple[int, int] = (218, 178)
+#: Pillow format names accepted by default (JPEG includes MPO, the multi-picture JPEG that many phones write).
+DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
+#: Large JPEGs are decoded at a reduced DCT scale when the face crop stays at least this many times the input
+#: size; images below ``DRAFT_MIN_PIXELS`` (CelebA's 178x218 among them) are always decoded at full size.
+DRAFT_OVERSAMPLING = 4
+DRAFT_MIN_PIXELS = 1_000_000
+
+
+class ImageError(ValueError):
+    """An upload that is not a usable image; ``status`` is the HTTP status to answer with (400 or 413)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What an upload may be: its size in bytes and pixels, and its format (Pillow names)."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+
+
+def readable_formats() -> set[str]:
+    """Format names Pillow can open here (``JPEG``, ``PNG``, ``WEBP``, ``GIF``, ...)."""
+    Image.init()
+    return set(Image.OPEN)
+
+
+def format_names(limits: ImageLimits) -> str:
+    """``JPEG, PNG or WEBP``: the accepted formats, for messages."""
+    names = sorted(limits.formats)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``64`` -> ``(64, 64)``; ``[h, w]`` -> ``(h, w)`` (as ``faceattr.data.transforms.size_pair``)."""
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def crop_box(height: int, width: int, crop: Sequence[int] | None) -> tuple[int, int]:
+    """Size (h, w) in photo pixels of the training crop, for a photo of ``height`` x ``width``.
+
+    The aligned frame is the largest centred 218:178 region of the photo; ``crop`` (in aligned pixels, None = the
+    whole frame) is scaled by the frame's width / 178. Integer arithmetic keeps 178x218 inputs exact.
+    """
+    frame_h, frame_w = ALIGNED_SIZE
+    crop_h, crop_w = (frame_h, frame_w) if crop is None else size_pair(crop)
+    if height * frame_w >= width * frame_h:  # taller than the aligned frame: the frame spans the full width
+        num, den = width, frame_w
+    else:  # wider: the frame spans the full height
+        num, den = height, frame_h
+    return max(1, round(crop_h * num / den)), max(1, round(crop_w * num / den))
+
+
+def preprocess(image: torch.Tensor, image_size: Sequence[int], crop: Sequence[int] | None) -> torch.Tensor:
+    """uint8 RGB ``(3, H, W)`` of any size -> uint8 ``(3, h, w)`` at the model's input size (see module doc)."""
+    if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a uint8 (3, H, W) image, got {tuple(image.shape)} {image.dtype}")
+    box = crop_box(int(image.shape[1]), int(image.shape[2]), crop)
+    image = F.center_crop(image, list(box))
+    return F.resize(image, list(size_pair(image_size)), antialias=True)
+
+
+def _draft_size(width: int, height: int, image_size: Sequence[int], crop: Sequence[int] | None):
+    """The size to ask Pillow's JPEG draft mode for, or None to decode at full size."""
+    if width * height < DRAFT_MIN_PIXELS:
+        return None
+    box_h, box_w = crop_box(height, width, crop)
+    out_h, out_w = size_pair(image_size)
+    factor = min(box_h / (DRAFT_OVERSAMPLING * out_h), box_w / (DRAFT_OVERSAMPLING * out_w))
+    if factor < 2:
+        return None
+    return math.ceil(width / factor), math.ceil(height / factor)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited onto white, 16-bit and float images are scaled."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        if image.mode != "F":
+            array = array / 257.0  # 16-bit range -> 8-bit
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode_image(
+    data: bytes,
+    limits: ImageLimits = ImageLimits(),
+    image_size: Sequence[int] | None = None,
+    crop: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Encoded bytes -> uint8 RGB tensor ``(3, H, W)``, upright, checked against ``limits``.
+
+    Raises :class:`ImageError` (status 400: empty, not an image, unsupported format, truncated or corrupt; 413: too
+    many bytes or pixels). The pixel limit is checked from the header, before anything is decompressed, which is
+    what stops decompression bombs. With ``image_size`` (and ``crop``) a large JPEG may be decoded at a reduced
+    scale (see ``DRAFT_*``).
+    """
+    if not data:
+        raise ImageError("the uploaded file is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageError(f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes", status=413)
+    try:
+        # Only the allowed formats' parsers ever see the bytes.
+        image = Image.open(io.BytesIO(data), formats=[f for f in limits.formats if f in readable_formats()])
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image has too many pixels (limit {limits.max_pixels})", status=413) from None
+    except (OSError, SyntaxError, ValueError, EOFError):
+        raise ImageError(f"the upload is not an image of a supported format ({format_names(limits)})") from None
+    with image:
+        fmt = (image.format or "").upper()
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageError(f"the image has an invalid size {width}x{height}")
+        if width * height > limits.max_pixels:
+            raise ImageError(
+                f"the image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}",
+                status=413,
+            )
+        try:
+            if fmt in ("JPEG", "MPO") and image_size is not None:
+                draft = _draft_size(width, height, image_size, crop)
+                if draft is not None:
+                    image.draft("RGB", draft)
+            image.load()
+            try:
+                upright = ImageOps.exif_transpose(image)
+            except Exception:  # noqa: BLE001 - a malformed EXIF block: keep the stored orientation
+                upright = image
+            rgb = _to_rgb(upright)
+        except Image.DecompressionBombError:
+            raise ImageError(f"the image has too many pixels (limit {limits.max_pixels})", status=413) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise ImageError(f"the image is truncated or corrupt ({reason})") from None
+    array = np.asarray(rgb, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def load_and_preprocess(
+    data: bytes, image_size: Sequence[int], crop: Sequence[int] | None, limits: ImageLimits = ImageLimits()
+) -> torch.Tensor:
+    """Encoded bytes -> uint8 ``(3, h, w)`` model input: :func:`decode_image` then :func:`preprocess`."""
+    return preprocess(decode_image(data, limits, image_size, crop), image_size, crop)

@@ -1,0 +1,169 @@
+"""The served model: finding it in the BentoML store, loading its artefact, running batches.
+
+Artefacts are loaded only from the BentoML model store (``bentoml.models.get``): the service never loads a file
+from a path it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from faceattr.serve.config import ServeConfig, bento_root
+
+METADATA_FILE = "faceattr.json"
+EXPORT_HINT = "run `python export.py ckpt=<run dir>` first (see docs/serving.md)"
+
+
+class ModelError(RuntimeError):
+    """The configured model cannot be served (missing, incomplete, wrong format); one line saying what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the service needs to know about the model, from the store (no artefact loaded)."""
+
+    tag: str
+    path: Path
+    attributes: tuple[str, ...]
+    image_size: tuple[int, int]
+    crop: tuple[int, int] | None
+    thresholds: tuple[float, ...]
+    formats: dict[str, str]
+    metadata: dict[str, Any]
+
+    def artefact(self, fmt: str) -> Path:
+        if fmt not in self.formats:
+            have = ", ".join(self.formats) or "none"
+            raise ModelError(
+                f"model {self.tag} has no {fmt} artefact (it has: {have}); export it with "
+                f"`python export.py ckpt=... export={fmt}` or set FACEATTR_SERVE_FORMAT to one it has"
+            )
+        path = self.path / self.formats[fmt]
+        if not path.is_file():
+            raise ModelError(f"model {self.tag} is incomplete: {path} is missing; export it again")
+        return path
+
+    def thresholds_for(self, config: ServeConfig) -> np.ndarray:
+        if config.threshold_mode == "fixed":
+            return np.full(len(self.attributes), config.threshold, dtype=np.float32)
+        return np.asarray(self.thresholds, dtype=np.float32)
+
+
+def store_location() -> str:
+    return os.environ.get("BENTOML_HOME", "~/bentoml") + "/models"
+
+
+def bento_models() -> list[str]:
+    """Model tags packaged in the Bento this service runs from (see ``config.bento_root``), else []."""
+    root = bento_root()
+    if root is None:
+        return []
+    bento_yaml = root / "bento.yaml"
+    try:
+        import yaml
+
+        info = yaml.safe_load(bento_yaml.read_text()) or {}
+    except (OSError, ValueError):
+        return []
+    tags = [m.get("tag") for m in info.get("models") or [] if isinstance(m, dict)]
+    for service in info.get("services") or []:
+        tags += [m.get("tag") for m in service.get("models") or [] if isinstance(m, dict)]
+    return [str(tag) for tag in dict.fromkeys(tags) if tag]
+
+
+def model_tag(config: ServeConfig) -> str:
+    """The tag to serve: ``config.model`` as given, except that a bare name inside a Bento means the version the
+    Bento was built with (not the store's latest, which may be newer)."""
+    if ":" in config.model:
+        return config.model
+    packaged = [tag for tag in bento_models() if tag.split(":", 1)[0] == config.model]
+    return packaged[0] if packaged else config.model
+
+
+def resolve_model(config: ServeConfig) -> ModelInfo:
+    """Find the model to serve (:func:`model_tag`: ``name`` = latest version, or ``name:version``) in the local
+    BentoML store."""
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        model = bentoml.models.get(model_tag(config))
+    except NotFound:
+        raise ModelError(
+            f"no model {config.model!r} in the BentoML model store ({store_location()}): {EXPORT_HINT}"
+        ) from None
+    except BentoMLException as exc:
+        raise ModelError(f"FACEATTR_SERVE_MODEL={config.model!r}: {exc}") from None
+    path = Path(model.path)
+    try:
+        metadata = json.loads((path / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        raise ModelError(
+            f"model {model.tag} has no readable {METADATA_FILE}: it was not written by faceattr's export; {EXPORT_HINT}"
+        ) from None
+    attributes = tuple(metadata["attributes"])
+    thresholds = metadata.get("thresholds") or {}
+    crop = metadata.get("crop")
+    return ModelInfo(
+        tag=str(model.tag),
+        path=path,
+        attributes=attributes,
+        image_size=tuple(int(v) for v in metadata["image_size"]),  # type: ignore[arg-type]
+        crop=None if crop is None else tuple(int(v) for v in crop),  # type: ignore[arg-type]
+        thresholds=tuple(float(thresholds.get(name, 0.5)) for name in attributes),
+        formats=dict(metadata.get("formats") or {}),
+        metadata=metadata,
+    )
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"FACEATTR_SERVE_DEVICE={device}: no CUDA device is visible; use device=cpu or auto")
+    return device
+
+
+class Predictor:
+    """Runs the model's TorchScript or ONNX artefact on uint8 batches ``(N, 3, h, w)`` -> float32 ``(N, A)``."""
+
+    def __init__(self, info: ModelInfo, config: ServeConfig) -> None:
+        self.info = info
+        self.format = config.format
+        self.device = pick_device(config.device)
+        path = info.artefact(config.format)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        if self.format == "torchscript":
+            from faceattr.export.build import load_torchscript
+
+            self.module, _ = load_torchscript(path, self.device)
+            self.session = None
+        else:
+            try:
+                from faceattr.export.build import onnx_session
+            except ImportError as exc:  # pragma: no cover - onnxruntime missing from a deployment image
+                raise ModelError(f"format=onnx needs onnxruntime: {exc}") from None
+            self.session = onnx_session(path, self.device, config.num_threads)
+            self.module = None
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        expected = (3, *self.info.image_size)
+        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"expected uint8 images (N, {', '.join(map(str, expected))}), got {images.dtype} "
+                             f"{images.shape}")
+        if len(images) == 0:
+            return np.zeros((0, len(self.info.attributes)), dtype=np.float32)
+        if self.module is not None:
+            with torch.inference_mode():
+                batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float().div_(255)
+                return self.module(batch).float().cpu().numpy()
+        batch = images.astype(np.float32) / np.float32(255)
+        return self.session.run(["probabilities"], {"images": batch})[0]

@@ -1,0 +1,288 @@
+"""The BentoML service end to end: one real `bentoml serve` subprocess answering every HTTP case, then `bentoml build`.
+
+Photos: matplotlib's sample photograph of Grace Hopper (a colour portrait, also sent as grayscale, WebP, rotated by
+EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG without a face).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import REPO, cli_env, run_cli
+from PIL import Image
+
+from faceattr.attributes import CELEBA_ATTRIBUTES
+from faceattr.export.build import load_torchscript
+from faceattr.serve.images import load_and_preprocess
+
+pytestmark = pytest.mark.slow
+
+SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
+LIMITS = {  # small limits, so that the too-large cases are cheap to send
+    "FACEATTR_SERVE_MAX_IMAGE_BYTES": "200000",
+    "FACEATTR_SERVE_MAX_REQUEST_BYTES": "400000",
+    "FACEATTR_SERVE_MAX_IMAGE_PIXELS": "4000000",
+    "FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST": "8",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, bytes]:
+    hopper = Image.open(SAMPLES / "grace_hopper.jpg").convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # displayed rotated by 90 degrees
+    return {
+        "colour.jpg": (SAMPLES / "grace_hopper.jpg").read_bytes(),
+        "grayscale.jpg": encode(hopper.convert("L"), "JPEG", quality=90),
+        "no_face.png": (SAMPLES / "Minduka_Present_Blue_Pack.png").read_bytes(),
+        "colour.webp": encode(hopper, "WEBP", quality=85),
+        "rotated.jpg": encode(hopper.transpose(Image.Transpose.ROTATE_270), "JPEG", exif=exif),
+        "panorama.png": encode(Image.fromarray(np.tile(np.asarray(hopper.resize((128, 150))), (1, 5, 1))), "PNG"),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    """Export the tiny run into a fresh BENTOML_HOME and run `bentoml serve` on a free port; yields a dict."""
+    tmp = tmp_path_factory.mktemp("serve")
+    run_cli("export.py", f"ckpt={tiny_run}", "calibration.num_workers=0", tmp_path=tmp)
+    env = {**cli_env(tmp), **LIMITS, "BENTOML_DO_NOT_TRACK": "True"}
+    model_dir = next(p for p in (tmp / "bentoml" / "models" / "faceattr").iterdir() if p.is_dir())
+    port = free_port()
+    log = (tmp / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"bentoml serve exited {process.returncode}:\n{(tmp / 'serve.log').read_text()}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise AssertionError(f"bentoml serve not ready in 120 s:\n{(tmp / 'serve.log').read_text()}")
+            time.sleep(0.5)
+        yield {"url": url, "tmp": tmp, "env": env, "model_dir": model_dir, "tag": f"faceattr:{model_dir.name}",
+               "log": tmp / "serve.log"}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def reference(served):
+    """What the service must answer: the stored TorchScript on the shared preprocessing, and the thresholds."""
+    module, embedded = load_torchscript(served["model_dir"] / "model.pt")
+    meta = json.loads((served["model_dir"] / "faceattr.json").read_text())
+    for key in ("attributes", "image_size", "crop", "thresholds"):
+        assert embedded[key] == meta[key], key
+
+    def probabilities(data: bytes) -> np.ndarray:
+        image = load_and_preprocess(data, meta["image_size"], meta["crop"])
+        with torch.no_grad():
+            return module(image[None].float() / 255)[0].numpy()
+
+    return probabilities, np.array([meta["thresholds"][name] for name in CELEBA_ATTRIBUTES])
+
+
+def post(served, route: str, files, **kwargs) -> httpx.Response:
+    return httpx.post(served["url"] + route, files=files, timeout=60, **kwargs)
+
+
+def check_prediction(body: dict, expected: np.ndarray, thresholds: np.ndarray) -> None:
+    assert list(body["attributes"]) == list(CELEBA_ATTRIBUTES)
+    got = np.array(list(body["attributes"].values()))
+    assert ((got >= 0) & (got <= 1)).all()
+    assert np.abs(got - expected).max() <= 2e-6
+    clear = np.abs(expected - thresholds) > 1e-5  # away from a threshold, membership is unambiguous
+    present = set(body["present"])
+    for name, p, t, sure in zip(CELEBA_ATTRIBUTES, expected, thresholds, clear):
+        if sure:
+            assert (name in present) == (p >= t), name
+
+
+def test_health_metrics_and_swagger_ui(served):
+    for route in ("/readyz", "/livez", "/metrics"):
+        assert httpx.get(served["url"] + route).status_code == 200, route
+    index = httpx.get(served["url"] + "/")
+    assert index.status_code == 200 and "swagger-ui" in index.text
+    spec = httpx.get(served["url"] + "/docs.json").json()
+    assert {"/predict", "/predict_batch"} <= set(spec["paths"])
+
+
+@pytest.mark.parametrize("name", ["colour.jpg", "grayscale.jpg", "no_face.png", "colour.webp", "rotated.jpg",
+                                  "panorama.png"])
+def test_predict_answers_photos_with_40_probabilities(served, photos, reference, name):
+    probabilities, thresholds = reference
+    response = post(served, "/predict", {"image": (name, photos[name])})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == served["tag"]
+    check_prediction(body, probabilities(photos[name]), thresholds)
+
+
+def test_rotation_is_undone_from_exif(served, photos):
+    upright = post(served, "/predict", {"image": ("a.jpg", photos["colour.jpg"])}).json()["attributes"]
+    rotated = post(served, "/predict", {"image": ("b.jpg", photos["rotated.jpg"])}).json()["attributes"]
+    assert max(abs(upright[k] - rotated[k]) for k in upright) < 0.02  # same picture up to JPEG re-encoding
+
+
+def test_predict_batch_matches_single_predictions(served, photos, reference):
+    probabilities, thresholds = reference
+    names = ["colour.jpg", "no_face.png", "grayscale.jpg"]
+    response = post(served, "/predict_batch", [("images", (n, photos[n])) for n in names])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == served["tag"] and len(body["predictions"]) == 3
+    for name, prediction in zip(names, body["predictions"]):
+        check_prediction(prediction, probabilities(photos[name]), thresholds)
+
+
+def _noise_png(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(0)
+    return encode(Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)), "PNG")
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
+    colour = photos["colour.jpg"]
+    small = encode(Image.new("RGB", (10, 10), (90, 60, 40)), "PNG")
+    bomb = encode(Image.new("1", (3000, 3000)), "PNG")  # 9 MP of zeros in a few kB
+    cases = [
+        ("/predict", {"files": {"image": ("notes.txt", b"hello, not an image")}}, 400, "not an image"),
+        ("/predict", {"files": {"image": ("empty.jpg", b"")}}, 400, "empty"),
+        ("/predict", {"files": {"image": ("cut.jpg", colour[: len(colour) // 2])}}, 400, "truncated or corrupt"),
+        ("/predict", {"files": {"image": ("a.gif", encode(Image.new("RGB", (9, 9)), "GIF"))}}, 400,
+         "JPEG, PNG or WEBP"),
+        ("/predict", {"files": {"image": ("big.png", _noise_png(300, 300))}}, 413, "limit is 200000 bytes"),
+        ("/predict", {"files": {"image": ("bomb.png", bomb)}}, 413, "3000x3000 = 9000000 pixels"),
+        ("/predict", {"files": {"image": ("huge.png", b"\0" * 500_000)}}, 413, "max_request_bytes"),
+        ("/predict", {"files": {"photo": ("a.jpg", colour)}}, 400, "missing multipart file field 'image'"),
+        ("/predict", {"data": {"image": "http://example.com/a.jpg"}, "files": {"x": ("x", b"x")}}, 400,
+         "must be a file upload"),
+        ("/predict", {"json": {"image": "a.jpg"}}, 415, "multipart/form-data"),
+        ("/predict", {}, 415, "multipart/form-data"),
+        ("/predict_batch", {"files": [("images", ("a.jpg", colour)), ("images", ("b.txt", b"text"))]}, 400,
+         "image 1 "),
+        ("/predict_batch", {"files": [("images", (f"{i}.png", small)) for i in range(9)]}, 413,
+         "9 images in one request; the limit is 8"),
+        ("/predict_batch", {"files": {"image": ("a.jpg", colour)}}, 400, "missing multipart file field 'images'"),
+    ]
+    for route, kwargs, status, message in cases:
+        response = httpx.post(served["url"] + route, timeout=60, **kwargs)
+        assert response.status_code == status, (route, message, response.status_code, response.text)
+        assert message in response.json()["error"], (message, response.text)
+    assert post(served, "/predict", {"image": ("a.jpg", colour)}).status_code == 200
+    assert httpx.get(served["url"] + "/readyz").status_code == 200
+    assert "Traceback" not in served["log"].read_text()
+
+
+def _batch_histogram(metrics: str) -> tuple[float, float, float]:
+    """(calls, images, calls with exactly one image) of faceattr_model_batch_size."""
+    def value(pattern: str) -> float:
+        match = re.search(pattern + r" ([0-9.e+]+)", metrics)
+        return float(match.group(1)) if match else 0.0
+
+    return (value(r"faceattr_model_batch_size_count"), value(r"faceattr_model_batch_size_sum"),
+            value(r'faceattr_model_batch_size_bucket\{le="1.0"\}'))
+
+
+def test_64_concurrent_requests_meet_in_batches_without_errors(served, photos):
+    image = photos["colour.jpg"]
+    single = post(served, "/predict", {"image": ("a.jpg", image)}).json()["attributes"]
+    before = _batch_histogram(httpx.get(served["url"] + "/metrics").text)
+
+    async def run() -> tuple[list[httpx.Response], float]:
+        async with httpx.AsyncClient(base_url=served["url"], timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            started = time.perf_counter()
+            responses = await asyncio.gather(
+                *(client.post("/predict", files={"image": (f"{i}.jpg", image)}) for i in range(64))
+            )
+            return responses, time.perf_counter() - started
+
+    responses, seconds = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 64, {r.status_code: r.text for r in responses}
+    for response in responses:
+        got = response.json()["attributes"]
+        assert max(abs(got[k] - single[k]) for k in single) <= 2e-6
+    calls, images, singles = (a - b for a, b in zip(_batch_histogram(httpx.get(served["url"] + "/metrics").text),
+                                                     before))
+    assert images == 64
+    assert singles < calls, "no model call had more than one image: adaptive batching did not batch"
+    print(f"\n64 concurrent: {64 / seconds:.1f} img/s, {calls:.0f} model calls, mean batch {images / calls:.1f}")
+
+
+def test_service_refuses_to_start_without_a_model(tmp_path):
+    env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: no model 'faceattr' in the BentoML model store") and "export.py" in lines[0]
+
+
+def _offline_prefix() -> list[str]:
+    """`unshare -n` (no network at all) where this machine allows it, to prove the build needs no download."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        return ["unshare", "-n"]
+    return []
+
+
+def test_bentoml_build_packages_service_configs_and_model(served):
+    proc = subprocess.run([*_offline_prefix(), sys.executable, "-m", "bentoml", "build"], cwd=REPO,
+                          env=served["env"], capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "uv is not installed" not in output  # the build would otherwise pip-install uv (a download)
+    tag = re.search(r'Successfully built Bento\(tag="(faceattr:[a-z0-9]+)"\)', output).group(1)
+    bento = served["tmp"] / "bentoml" / "bentos" / "faceattr" / tag.split(":")[1]
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    models = {m["tag"] for service in info["services"] for m in service["models"]}
+    assert models == {served["tag"]}
+    for path in ("src/faceattr/serve/service.py", "src/faceattr/serve/images.py", "src/conf/serve/default.yaml",
+                 "src/conf/serve/onnx.yaml", "env/docker/Dockerfile"):
+        assert (bento / path).is_file(), path
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().split()
+    assert {"torch==2.14.1", "torchvision==0.29.1", "pillow==13.0.0", "bentoml==1.4.40"} <= set(requirements)
+    assert not any(r.startswith(("lightning", "timm", "hydra")) for r in requirements)
