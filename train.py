@@ -1,16 +1,23 @@
-"""Train a face-attribute classifier: `python train.py [group=option ...] [key=value ...]` (see conf/train.yaml)."""
+"""Train a face-attribute classifier: `python train.py [group=option ...] [key=value ...]` (see conf/train.yaml).
+
+`python train.py -m key=a,b ...` runs a sweep: a failing job is recorded as failed (its run.json and log) and the
+others go on; when the sweep ends, summary.md/.csv/.png land in the sweep dir (see docs/sweeps.md).
+"""
 
 import hydra
 from omegaconf import DictConfig
 
 from faceattr.errors import exit_on_user_error
+from faceattr.sweep.jobs import is_multirun, run_multirun_job
 from faceattr.training import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@exit_on_user_error
 def main(cfg: DictConfig) -> float | None:
-    return train(cfg)
+    if is_multirun():
+        return run_multirun_job(train, cfg)
+    # A single run: a user error is one line `error: ...` and exit status 2.
+    return exit_on_user_error(train)(cfg)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
 from faceattr.errors import UserError
 
 RUN_RECORD = "run.json"
@@ -75,11 +76,14 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The hyper-parameters shown in TensorBoard's HParams tab: key settings plus whatever the sweep overrode."""
     keys = list(HPARAM_KEYS)
+    choices: dict[str, Any] = {}
     if HydraConfig.initialized():
         keys += [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o]
+        choices = dict(HydraConfig.get().runtime.choices)
     params = {}
     for key in dict.fromkeys(keys):
-        value = OmegaConf.select(cfg, key, default=None)
+        # A config-group override (model=resnet34, experiment=quickstart) shows the option's name, not its content.
+        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
         if OmegaConf.is_config(value):
             value = str(OmegaConf.to_container(value, resolve=True))
         params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -99,7 +103,8 @@ def log_hparams_with_metrics(loggers: list[Logger], params: dict[str, Any]) -> N
             writer = logger.experiment._get_file_writer()
             for summary in (experiment, start, end):
                 writer.add_summary(summary)
-            writer.flush()
+            # Close: the logger was finalized after testing, and the next job of a sweep may run in this process.
+            logger.experiment.close()
 
 
 def _float(value: Any) -> float | None:

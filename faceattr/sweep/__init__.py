@@ -1,0 +1,19 @@
+"""Sweeps: multirun job handling, TensorBoard run names, and the ranked summary of a sweep or of any runs.
+
+- :mod:`faceattr.sweep.naming` registers the ``${multirun_job_name:}`` resolver (TensorBoard run names).
+- :mod:`faceattr.sweep.jobs` runs one multirun job: a failure is recorded in its ``run.json``, not fatal to the
+  sweep, and Lightning's DDP child processes re-run that job (not the whole sweep) into the job's directory.
+- :mod:`faceattr.sweep.runs` reads run directories (``run.json``, configs, TensorBoard events).
+- :mod:`faceattr.sweep.summary` ranks them and writes ``summary.md``, ``summary.csv`` and ``summary.png``.
+- :class:`SweepSummaryCallback` (a Hydra callback, see ``conf/hydra/default.yaml``) does that when a multirun ends;
+  ``scripts/compare_runs.py`` does it for any run or sweep directories.
+
+Importing this package is cheap (no TensorBoard or matplotlib): Hydra instantiates the callback in every run.
+"""
+
+from faceattr.sweep.callback import SweepSummaryCallback
+from faceattr.sweep.naming import register_resolvers
+
+register_resolvers()
+
+__all__ = ["SweepSummaryCallback", "register_resolvers"]

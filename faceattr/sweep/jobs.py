@@ -1,0 +1,237 @@
+"""One job of a Hydra multirun: failures are recorded instead of stopping the sweep; DDP re-runs the job, not the sweep.
+
+Three multirun pitfalls are handled here (``train.py`` calls :func:`run_multirun_job` in multirun mode):
+
+1. **A failing job.** Hydra's basic sweeper re-raises the first failed job after its batch (and ``SystemExit``
+   from a one-line user error would end the whole process), so later jobs and ``on_multirun_end`` never ran. Here
+   the error is caught: the job's ``run.json`` says ``status: failed`` with the one-line error, the full traceback
+   goes to the job's log file (``<job dir>/<job name>.log``), and the job returns None, which the Optuna sweeper
+   records as a failed trial (``max_failure_rate`` in conf/hparams_search/optuna.yaml lets the study go on).
+   (Not NaN: the sweeper would pass the NaN on when telling Optuna the trial failed, and crash.)
+2. **DDP child processes.** Lightning's subprocess launcher starts ranks 1..N-1 by re-running this script with the
+   same ``sys.argv`` plus ``hydra.run.dir=<hydra.run.dir>``. In a multirun that argv holds ``-m`` and the sweep
+   (every child would start the whole sweep again) and ``hydra.run.dir`` is not the job's directory. While the job
+   runs, ``sys.argv`` becomes this job's overrides as a single run and ``hydra.run.dir`` the job's directory, so the
+   children train this job and write into its directory.
+3. **Sequential DDP jobs in one process.** Lightning leaves ``LOCAL_RANK``/``MASTER_PORT``/... in ``os.environ`` and
+   the process group initialized; the next job would then not start its children and wait for ranks that are
+   gone. Both are reset after each job. Lightning's child-process observer also stays behind: when a rank of a
+   job that already failed exits with an error, it SIGKILLs this process, in the middle of the next job. After each
+   job the observer is given nothing more to watch, and the job's rank processes are waited for (killed after
+   ``RANK_EXIT_TIMEOUT_S``: a rank left alone in a collective never returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from faceattr.errors import UserError, find_user_error, one_line
+
+log = logging.getLogger(__name__)
+
+# Variables Lightning's subprocess launcher sets for the processes of one DDP job.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+# Hydra overrides a DDP child must not inherit from the multirun (Lightning appends run.dir/job.name/output_subdir).
+CHILD_DROPPED_HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.job.name", "hydra.output_subdir")
+# Command-line flags that choose the config; a child must see the same ones.
+CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+MAX_ERROR_CHARS = 500
+# Lightning's thread that SIGKILLs the main process when a rank process fails (lightning.fabric launchers).
+OBSERVER_THREAD = "child-process-observer"
+# How long the rank processes of a finished job may take to exit before they are killed.
+RANK_EXIT_TIMEOUT_S = 60.0
+
+
+def is_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (``-m``, or ``hydra.mode: MULTIRUN`` in the config)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def error_line(exc: BaseException) -> str:
+    """One line describing ``exc``: a user error's message, else ``ExceptionType: first line of the message``."""
+    user_error = find_user_error(exc)
+    if user_error is not None:
+        line = one_line(user_error)
+    else:
+        text = str(exc).strip()
+        first = next((part.strip() for part in text.splitlines() if part.strip()), "")
+        line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+def global_rank() -> int:
+    """This process's global rank from the environment (0 outside distributed jobs); set before Lightning starts."""
+    for name in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task(cfg)`` as one job of a multirun; on an exception record the failure and return None."""
+    started = time.time()
+    env_before = {name: os.environ.get(name) for name in DIST_ENV}
+    threads_before = set(threading.enumerate())
+    try:
+        with _ddp_children_rerun_this_job(cfg):
+            return task(cfg)
+    except Exception as exc:  # noqa: BLE001 - the sweep goes on; KeyboardInterrupt/SystemExit still stop it
+        _record_failure(cfg, exc, started)
+        return None
+    finally:
+        _release_rank_processes(threads_before)
+        _reset_distributed(env_before)
+
+
+def _job_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _log_file() -> Path | None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return Path(handler.baseFilename)
+    return None
+
+
+def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
+    from faceattr.training import RUN_RECORD
+
+    hydra_cfg = HydraConfig.get()
+    line = error_line(exc)
+    log_file = _log_file()
+    # The traceback goes to the job's log file only; the console (shared by all jobs) gets one line.
+    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "job failed with:\n%s", (
+        "".join(traceback.format_exception(exc)),), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    where = f" (traceback in {log_file})" if log_file else ""
+    log.error("job %s failed: %s%s", hydra_cfg.job.num, line, where)
+    if global_rank() != 0:
+        return
+    backbone = OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False)
+    monitor = OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False)
+    run_record = {
+        "status": "failed",
+        "error": line,
+        "error_type": type(exc).__name__,
+        "log_file": str(log_file) if log_file else None,
+        "backbone": backbone,
+        "overrides": list(hydra_cfg.overrides.task),
+        "monitor": monitor,
+        "best_score": None,
+        "best_checkpoint": None,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+    try:
+        job_dir = _job_dir()
+        job_dir.mkdir(parents=True, exist_ok=True)
+        import json
+
+        (job_dir / RUN_RECORD).write_text(json.dumps(run_record, indent=2, default=str) + "\n")
+    except OSError as write_error:  # the sweep must go on even if the record cannot be written
+        log.error("could not write the failure record of job %s: %s", hydra_cfg.job.num, write_error)
+
+
+def _is_subprocess_ddp(cfg: DictConfig) -> bool:
+    strategy = OmegaConf.select(cfg, "trainer.strategy", default=None, throw_on_resolution_failure=False)
+    name = str(strategy or "")
+    return name.startswith("ddp") and "spawn" not in name and "fork" not in name and "notebook" not in name
+
+
+def _config_flags(argv: list[str]) -> list[str]:
+    """The ``--config-name``/``--config-path``/``--config-dir`` flags (with values) of a command line."""
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in CONFIG_FLAGS:
+            kept += [arg, next(args, "")]
+        elif any(arg.startswith(flag + "=") for flag in CONFIG_FLAGS if flag.startswith("--")):
+            kept.append(arg)
+    return kept
+
+
+def child_argv(argv: list[str]) -> list[str]:
+    """The command line that re-creates the current multirun job as a single run (without the Lightning extras)."""
+    hydra_cfg = HydraConfig.get()
+    hydra_overrides = [
+        o for o in hydra_cfg.overrides.hydra if o.split("=", 1)[0].lstrip("+~") not in CHILD_DROPPED_HYDRA_KEYS
+    ]
+    return [argv[0], *_config_flags(argv[1:]), *hydra_cfg.overrides.task, *hydra_overrides, "hydra.mode=RUN"]
+
+
+@contextlib.contextmanager
+def _ddp_children_rerun_this_job(cfg: DictConfig) -> Iterator[None]:
+    """Make Lightning's DDP children (``_hydra_subprocess_cmd``) run this job, as a single run, in its directory."""
+    hydra_cfg = HydraConfig.get()
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="")).lower()
+    if _is_subprocess_ddp(cfg) and "joblib" in launcher:
+        raise UserError(
+            f"trainer.strategy={cfg.trainer.strategy} starts one process per device by re-running train.py, which a "
+            "joblib worker cannot do; use the basic launcher (jobs one after another, each on all devices) or "
+            "hydra/launcher=slurm"
+        )
+    argv_before = list(sys.argv)
+    run_dir_before = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]  # type: ignore[index]
+    sys.argv = child_argv(argv_before)
+    with read_write(hydra_cfg):
+        hydra_cfg.run.dir = str(_job_dir())
+    try:
+        yield
+    finally:
+        sys.argv = argv_before
+        with read_write(hydra_cfg):
+            hydra_cfg.run.dir = run_dir_before
+
+
+def _release_rank_processes(threads_before: set[threading.Thread]) -> None:
+    """Disarm the child-process observers this job started, then wait for (or kill) the job's rank processes."""
+    children: list[subprocess.Popen] = []
+    for thread in threading.enumerate():
+        if thread in threads_before or thread.name != OBSERVER_THREAD:
+            continue
+        watched = getattr(thread, "_child_processes", None)
+        if isinstance(watched, list):
+            children += watched
+            watched.clear()  # the observer's next check sees no process and ends without killing anyone
+    deadline = time.monotonic() + RANK_EXIT_TIMEOUT_S
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("rank process %s of the finished job is still running; killing it", child.pid)
+            child.kill()
+            child.wait()
+        if child.returncode:
+            log.info("rank process %s of the finished job exited with code %s", child.pid, child.returncode)
+
+
+def _reset_distributed(env_before: dict[str, str | None]) -> None:
+    """Undo what a DDP job left in this process: the process group and the launcher's environment variables."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as exc:  # noqa: BLE001 - best effort, the next job re-initializes anyway
+        log.warning("could not destroy the torch.distributed process group: %s", exc)
+    for name, value in env_before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

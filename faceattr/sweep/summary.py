@@ -1,0 +1,263 @@
+"""The ranked table of runs: ``summary.md``, ``summary.csv``, ``summary.png`` and the printed table.
+
+One code path for the end-of-sweep Hydra callback and ``scripts/compare_runs.py``::
+
+    summary = build_summary([Path("multirun/2025-01-01/12-00-00")])
+    print(format_table(summary))
+    write_summary(summary, out_dir)
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from faceattr.errors import UserError
+from faceattr.sweep.runs import Run, load_runs
+
+SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
+STATUS_ORDER = {"completed": 0, "incomplete": 1, "failed": 2}
+
+
+@dataclass
+class Summary:
+    """Runs ranked by ``metric`` (best first); failed and incomplete runs last."""
+
+    runs: list[Run]
+    metric: str
+    mode: str
+    title: str
+    common_overrides: list[str]
+
+    def varying_overrides(self, run: Run, short: bool = False) -> list[str]:
+        """The run's overrides that not every run shares (all of them when there is only one run)."""
+        common = set(self.common_overrides) if len(self.runs) > 1 else set()
+        varying = [o for o in run.overrides if o not in common]
+        return [short_override(o) for o in varying] if short else varying
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs:
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
+
+
+def short_override(override: str) -> str:
+    """``key=value`` with a long float value cut to 4 significant digits (Optuna's samples), for display."""
+    key, sep, value = override.partition("=")
+    if not sep or len(value) <= 8:
+        return override
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if "." in value or "e" in value.lower() else override
+
+
+def rank_runs(runs: list[Run], metric: str, mode: str = "max") -> list[Run]:
+    """Completed runs by their ``metric`` (``mode`` max: highest first), then runs without a score, then failures."""
+    if mode not in ("max", "min"):
+        raise UserError(f"mode={mode!r}: use max or min")
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(run: Run) -> tuple:
+        score = run.score(metric)
+        return (STATUS_ORDER.get(run.status, 1), score is None, sign * score if score is not None else 0.0)
+
+    return sorted(runs, key=key)  # stable: ties keep the directory order
+
+
+def build_summary(paths: list[Path], metric: str | None = None, mode: str | None = None,
+                  title: str | None = None) -> Summary:
+    """Read every run under ``paths`` and rank them (by default by the runs' monitored metric and mode)."""
+    runs = load_runs([Path(p) for p in paths])
+    monitors = [r.monitor for r in runs if r.monitor]
+    metric = metric or (max(set(monitors), key=monitors.count) if monitors else "val/auroc")
+    modes = [r.mode for r in runs if r.monitor == metric]
+    mode = mode or (max(set(modes), key=modes.count) if modes else "max")
+    ranked = rank_runs(runs, metric, mode)
+    override_sets = [set(r.overrides) for r in ranked]
+    common = [o for o in ranked[0].overrides if all(o in s for s in override_sets)] if ranked else []
+    title = title or ", ".join(str(p) for p in paths)
+    return Summary(runs=ranked, metric=metric, mode=mode, title=title, common_overrides=common)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Table
+
+
+def _fmt_score(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+def _fmt_count(count: int | None) -> str:
+    if count is None:
+        return ""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= limit:
+            return f"{count / limit:.1f}{suffix}"
+    return str(count)
+
+
+def _display_path(path: str | None) -> str:
+    """A path relative to the current directory when it lies below it (shorter to read), else as given."""
+    if not path:
+        return ""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+    except (OSError, ValueError):
+        return path
+
+
+def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the table, as strings."""
+    metric_column = summary.metric not in ("val/auroc", "val/auroc_best")
+    header = ["#", "job", "status", "overrides", "backbone"]
+    header += [f"best {summary.metric}"] if metric_column else []
+    header += ["val/auroc", "test/auroc", "epochs", "time", "params", "best checkpoint"]
+    rows = []
+    rank = 0
+    for run in summary.runs:
+        scored = run.status == "completed" and run.score(summary.metric) is not None
+        rank += scored
+        row = [str(rank) if scored else "-", run.name, run.status, " ".join(summary.varying_overrides(run, short=True)),
+               run.backbone or ""]
+        row += [_fmt_score(run.score(summary.metric))] if metric_column else []
+        row += [_fmt_score(run.val_auroc_best), _fmt_score(run.test.get("test/auroc")),
+                "" if run.epochs is None else str(run.epochs), _fmt_time(run.wall_time_s),
+                _fmt_count(run.num_parameters), _display_path(run.best_checkpoint)]
+        rows.append(row)
+    return header, rows
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table, padded so that it also reads well as plain text."""
+    cells = [[_escape(c) for c in header]] + [[_escape(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params") or "auroc" in name
+               or name.startswith("best ") and name != "best checkpoint"}
+
+    def line(row: list[str]) -> str:
+        padded = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i in numeric else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
+
+
+def _failures(summary: Summary) -> list[str]:
+    lines = []
+    for run in summary.runs:
+        if run.status != "completed":
+            what = " ".join(summary.varying_overrides(run, short=True))
+            where = f" (log: {_display_path(run.log_file)})" if run.log_file else ""
+            label = f"{run.name} [{what}]" if what else run.name
+            lines.append(f"- {label}: {run.status}: {run.error or 'no error recorded'}{where}")
+    return lines
+
+
+def _headline(summary: Summary) -> str:
+    counts = summary.counts
+    parts = [f"{counts.get(s, 0)} {s}" for s in ("completed", "failed", "incomplete") if counts.get(s)]
+    direction = "highest" if summary.mode == "max" else "lowest"
+    return f"{len(summary.runs)} runs ({', '.join(parts)}), ranked by best {summary.metric} ({direction} first)"
+
+
+def format_table(summary: Summary) -> str:
+    """The text printed at the end of a sweep: headline, table, common overrides, failures."""
+    header, rows = table_rows(summary)
+    out = [f"Summary of {summary.title}: {_headline(summary)}", markdown_table(header, rows)]
+    if summary.common_overrides and len(summary.runs) > 1:
+        out.append("common overrides: " + " ".join(summary.common_overrides))
+    failures = _failures(summary)
+    if failures:
+        out += ["failed:", *failures]
+    return "\n".join(out)
+
+
+def tensorboard_command(paths: list[Path]) -> str:
+    """The command that opens ``paths`` (run or sweep dirs) side by side in TensorBoard."""
+    if len(paths) == 1:
+        return f"tensorboard --logdir {shlex.quote(str(paths[0]))}"
+    spec = ",".join(f"{Path(p).name or 'run'}{i}:{p}" for i, p in enumerate(paths))
+    return f"tensorboard --logdir_spec {shlex.quote(spec)}"
+
+
+def render_markdown(summary: Summary, plot_name: str | None = "summary.png", tensorboard: str | None = None) -> str:
+    header, rows = table_rows(summary)
+    out = [f"# Summary: {summary.title}", "", _headline(summary) + ".", ""]
+    if summary.common_overrides and len(summary.runs) > 1:
+        out += ["Common overrides: `" + " ".join(summary.common_overrides) + "`", ""]
+    out += [markdown_table(header, rows), ""]
+    failures = _failures(summary)
+    if failures:
+        out += ["## Failed runs", "", *failures, ""]
+    if plot_name:
+        out += [f"![val/auroc per epoch and ranked scores]({plot_name})", ""]
+    if tensorboard:
+        out += [f"TensorBoard (curves, HParams tab): `{tensorboard}`", ""]
+    return "\n".join(out)
+
+
+CSV_COLUMNS = ("rank", "job", "status", "backbone", "overrides", "varying_overrides", "monitor", "best_score",
+               "val_auroc_best", "test_auroc", "test_acc", "test_f1", "test_loss", "epochs", "wall_time_s",
+               "num_parameters", "best_checkpoint", "error", "run_dir")
+
+
+def write_csv(summary: Summary, path: Path) -> None:
+    header, rows = table_rows(summary)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for run, row in zip(summary.runs, rows):
+            writer.writerow({
+                "rank": row[0] if row[0] != "-" else "",
+                "job": run.name,
+                "status": run.status,
+                "backbone": run.backbone or "",
+                "overrides": " ".join(run.overrides),
+                "varying_overrides": " ".join(summary.varying_overrides(run)),
+                "monitor": summary.metric,
+                "best_score": run.score(summary.metric),
+                "val_auroc_best": run.val_auroc_best,
+                "test_auroc": run.test.get("test/auroc"),
+                "test_acc": run.test.get("test/acc"),
+                "test_f1": run.test.get("test/f1"),
+                "test_loss": run.test.get("test/loss"),
+                "epochs": run.epochs,
+                "wall_time_s": run.wall_time_s,
+                "num_parameters": run.num_parameters,
+                "best_checkpoint": run.best_checkpoint or "",
+                "error": run.error or "",
+                "run_dir": str(run.path.resolve()),
+            })
+
+
+def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = None) -> dict[str, Path]:
+    """Write ``summary.md``, ``summary.csv`` and ``summary.png`` into ``out_dir``; return their paths."""
+    from faceattr.sweep.plot import plot_summary
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in SUMMARY_FILES}
+    plot_summary(summary, paths["summary.png"])
+    write_csv(summary, paths["summary.csv"])
+    paths["summary.md"].write_text(render_markdown(summary, "summary.png", tensorboard))
+    return paths
