@@ -24,6 +24,9 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
 from faceattr.errors import UserError
+from faceattr.resume import register_resolvers, resumed_config
+
+register_resolvers()  # ${coalesce:...} (conf/hydra/default.yaml), before Hydra composes
 
 RUN_RECORD = "run.json"
 HPARAM_KEYS = (
@@ -121,6 +124,13 @@ def _record_run(path: Path, record: dict[str, Any]) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Train and test one configuration; return the best value of ``cfg.monitor.metric``."""
     started = time.time()
+    if cfg.get("resume"):
+        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+        cfg = resumed_config(
+            cfg.resume,
+            list(hydra_cfg.overrides.task) if hydra_cfg else [],
+            set(hydra_cfg.runtime.choices) if hydra_cfg else set(),
+        )
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():

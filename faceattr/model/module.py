@@ -19,6 +19,7 @@ from timm.optim import param_groups_weight_decay
 from faceattr.data.transforms import size_pair
 from faceattr.model.backbone import create_backbone
 from faceattr.model.metrics import build_metrics
+from faceattr.model.rng import rng_states, set_rng_states
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -170,6 +171,14 @@ class FaceAttrModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Global RNG states, so a resumed run draws the same augmentations and shuffles it would have drawn.
+        checkpoint["rng_states"] = rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -1,0 +1,50 @@
+"""Resume after a crash: a SIGKILLed run continues from last.ckpt in its own dir and finishes its epochs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import REPO, TINY, cli_env, run_cli
+
+
+def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # Small batches make each epoch last long enough to kill the run in the middle of one.
+    args = [*TINY, f"data.root={synthetic_root}", "data.batch_size=2", "trainer.max_epochs=4", "test=false",
+            f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=cli_env(tmp_path),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the next epoch
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "run.json").exists()
+
+    killed = torch.load(last, map_location="cpu", weights_only=True)  # the kill left a loadable checkpoint
+    assert killed["epoch"] < 3 and "rng_states" in killed
+    events_before = len(list((run_dir / "tensorboard").glob("events.*")))
+
+    run_cli("train.py", f"resume={run_dir}", tmp_path=tmp_path)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["epochs"] == 4
+    assert record["global_step"] > killed["global_step"]
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == record["global_step"]
+    # Same TensorBoard run: new event files in the same folder, val/auroc continuing past the resumed step.
+    assert len(list((run_dir / "tensorboard").glob("events.*"))) > events_before
+
+
+def test_resume_rejects_a_group_change_and_a_missing_run(tmp_path, tiny_run):
+    proc = run_cli("train.py", f"resume={tiny_run}", "model=resnet18", tmp_path=tmp_path, check=False)
+    assert proc.returncode == 2 and "takes the run's own config; drop model=resnet18" in proc.stderr
+    proc = run_cli("train.py", f"resume={tmp_path / 'nowhere'}", tmp_path=tmp_path, check=False)
+    assert proc.returncode == 2 and "missing" in proc.stderr and "config.yaml" in proc.stderr
