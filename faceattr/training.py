@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
+from faceattr.config_checks import build, check_checkpoint_fits, check_types
 from faceattr.errors import UserError
 from faceattr.resume import register_resolvers, resumed_config
 
@@ -135,14 +136,16 @@ def train(cfg: DictConfig) -> float | None:
     output_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_types(cfg)
     trainer_cfg = resolve_trainer_config(cfg.trainer)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = build(cfg.data, "data", _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("fit")  # fail fast on a bad data folder, before building the model
-    model = instantiate(
+    model = build(
         cfg.model,
+        "model",
         attributes=list(datamodule.attribute_names),
         image_size=list(datamodule.image_size),
         crop=None if datamodule.crop is None else list(datamodule.crop),
@@ -152,7 +155,9 @@ def train(cfg: DictConfig) -> float | None:
     )
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False)
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(cfg.ckpt_path, model)
+    trainer: L.Trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)

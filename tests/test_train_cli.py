@@ -63,6 +63,9 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synt
         (["model.backbone=no_such_net"], "model.backbone=no_such_net is not a timm model name"),
         (["ckpt_path=/nope.ckpt"], "ckpt_path=/nope.ckpt: no such checkpoint file"),
         (["data.attributes=[Smilling]"], "unknown attribute(s) Smilling"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected an integer"),
+        (["data.image_size=abc"], "the data config has a bad value: a size must be a positive int"),
+        (["trainer.precision=17"], "the trainer config has a bad value: Precision 17 is invalid"),
     ],
 )
 def test_user_errors_end_with_one_clear_line(tmp_path, synthetic_root, overrides, message):
@@ -77,3 +80,14 @@ def test_user_errors_end_with_one_clear_line(tmp_path, synthetic_root, overrides
 def test_override_typo_fails_with_hydras_message(tmp_path):
     proc = run_cli("train.py", "modell=resnet18", f"hydra.run.dir={tmp_path}", tmp_path=tmp_path, check=False)
     assert proc.returncode == 1 and "Could not override 'modell'" in proc.stderr
+
+
+def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_run, synthetic_root):
+    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "model=tiny_vit",
+                   f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}",
+                   tmp_path=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "was trained with backbone=test_resnet but the config has backbone=test_vit" in proc.stderr
+    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", f"ckpt_path={synthetic_root / 'list_attr_celeba.txt'}",
+                   f"hydra.run.dir={tmp_path}", tmp_path=tmp_path, check=False)
+    assert proc.returncode == 2 and "is not a loadable checkpoint" in proc.stderr

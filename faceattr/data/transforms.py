@@ -13,10 +13,11 @@ from torchvision.transforms import v2
 
 def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
     """``64`` -> ``(64, 64)``; ``[h, w]`` -> ``(h, w)``."""
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
         return size, size
-    height, width = size
-    return int(height), int(width)
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    raise ValueError(f"a size must be a positive int or [height, width], got {size!r}")
 
 
 def build_transform(
