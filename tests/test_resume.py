@@ -17,14 +17,14 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     # Small batches make each epoch last long enough to kill the run in the middle of one.
-    args = [*TINY, f"data.root={synthetic_root}", "data.batch_size=2", "trainer.max_epochs=4", "test=false",
+    args = [*TINY, f"data.root={synthetic_root}", "data.batch_size=8", "trainer.max_epochs=4", "test=false",
             f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=cli_env(tmp_path),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)  # into the next epoch
+    time.sleep(0.3)  # into the next epoch
     assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
