@@ -118,8 +118,11 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _record_run(path: Path, record: dict[str, Any]) -> None:
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+def record_run(path: Path, record: dict[str, Any]) -> None:
+    """Write ``run.json`` atomically: readers (summaries, export) never see half a record."""
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    partial.replace(path)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -175,7 +178,7 @@ def train(cfg: DictConfig) -> float | None:
 
     if trainer.is_global_zero:
         log_hparams_with_metrics(trainer.loggers, flat_hparams(cfg))
-        _record_run(
+        record_run(
             output_dir / RUN_RECORD,
             {
                 "status": "completed",

@@ -109,7 +109,7 @@ def _log_file() -> Path | None:
 
 
 def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
-    from faceattr.training import RUN_RECORD
+    from faceattr.training import RUN_RECORD, record_run
 
     hydra_cfg = HydraConfig.get()
     line = error_line(exc)
@@ -141,9 +141,7 @@ def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
     try:
         job_dir = _job_dir()
         job_dir.mkdir(parents=True, exist_ok=True)
-        import json
-
-        (job_dir / RUN_RECORD).write_text(json.dumps(run_record, indent=2, default=str) + "\n")
+        record_run(job_dir / RUN_RECORD, run_record)
     except OSError as write_error:  # the sweep must go on even if the record cannot be written
         log.error("could not write the failure record of job %s: %s", hydra_cfg.job.num, write_error)
 
