@@ -2,7 +2,12 @@
 
 Writes TorchScript (and ONNX with export=onnx) to <run dir>/export/, checks parity against the Lightning model and
 saves a new version of the BentoML model `name` (see conf/export.yaml and docs/serving.md).
+
+A mistake on the command line (an unknown key, a bad value, an unknown `export=` option) ends with one line
+`error: ...` and exit status 2, before Hydra or anything slow runs.
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -18,5 +23,13 @@ def main(cfg: DictConfig) -> None:
     export(cfg)
 
 
+@exit_on_user_error
+def check_command_line(args: list[str]) -> None:
+    from faceattr.export.options import check_command_line as check
+
+    check(args)
+
+
 if __name__ == "__main__":
+    check_command_line(sys.argv[1:])
     main()

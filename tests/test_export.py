@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -227,16 +228,210 @@ def test_mismatched_run_config_is_refused(tiny_run):
                "backbone": "test_resnet"}
     check_run_config(hparams, config, "config.yaml")  # the run's own config matches
     config["data"]["image_size"] = 64
-    with pytest.raises(UserError, match=r"does not match config.yaml \(data.image_size \[64, 64\] vs \[32, 32\]\)"):
+    with pytest.raises(UserError, match=r"does not match config.yaml \(data.image_size \[64, 64\] vs the "
+                                        r"checkpoint's \[32, 32\]\)"):
         check_run_config(hparams, config, "config.yaml")
+
+
+def _copy_run(tiny_run: Path, destination: Path) -> Path:
+    shutil.copytree(tiny_run, destination, ignore=shutil.ignore_patterns("export", "tensorboard"))
+    record = json.loads((destination / "run.json").read_text())
+    record["best_checkpoint"] = str(destination / "checkpoints" / Path(record["best_checkpoint"]).name)
+    (destination / "run.json").write_text(json.dumps(record))
+    return destination
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The single stderr line of a failed CLI run (exit status 2)."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, lines)
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_path):
+    """A checkpoint exported with a run config (attributes, image size, backbone) that is not its own."""
+    from faceattr.export.pipeline import export
+
+    edits = {
+        "attributes": (lambda c: c["data"].update(attributes=["Smiling", "Male", "Eyeglasses"]),
+                       r"data.attributes has 3 attributes, the checkpoint 40, only in the checkpoint: "
+                       r"5_o_Clock_Shadow, Arched_Eyebrows, Attractive, Bags_Under_Eyes, \.\.\. \(37\)"),
+        "image_size": (lambda c: c["data"].update(image_size=[64, 64]),
+                       r"data.image_size \[64, 64\] vs the checkpoint's \[32, 32\]"),
+        "backbone": (lambda c: c["model"].update(backbone="resnet18"),
+                     r"model.backbone resnet18 vs the checkpoint's test_resnet"),
+    }
+    for name, (edit, message) in edits.items():
+        run = _copy_run(tiny_run, tmp_path / name)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        edit(config)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        cfg = compose_export(f"ckpt={run}", "store=false", "calibration.num_workers=0")
+        with pytest.raises(UserError, match=rf"the checkpoint does not match {run}/config.yaml \({message}\): it "
+                                            "belongs to another run") as error:
+            export(cfg)
+        assert "\n" not in str(error.value)
+        assert not (run / "export").exists()
+    line = _one_line_error(run_cli("export.py", f"ckpt={tmp_path / 'backbone'}", tmp_path=tmp_path, check=False))
+    assert "model.backbone resnet18 vs the checkpoint's test_resnet" in line
+
+
+@pytest.mark.slow
+def test_data_root_without_the_checkpoints_attributes_is_one_line(tiny_run, synthetic_root, tmp_path):
+    from faceattr.export.pipeline import export
+
+    data = tmp_path / "celeba"  # the same images and splits, without the Young column
+    data.mkdir()
+    (data / "img_align_celeba").symlink_to(synthetic_root / "img_align_celeba")
+    shutil.copy(synthetic_root / "list_eval_partition.txt", data)
+    lines = (synthetic_root / "list_attr_celeba.txt").read_text().splitlines()
+    assert lines[1].split()[-1] == "Young"
+    kept = [lines[0]] + [line.rsplit(maxsplit=1)[0] for line in lines[1:]]
+    (data / "list_attr_celeba.txt").write_text("\n".join(kept) + "\n")
+    cfg = compose_export(f"ckpt={tiny_run}", f"data_root={data}", "store=false", f"output_dir={tmp_path / 'out'}",
+                         "calibration.num_workers=0")
+    with pytest.raises(UserError, match=rf"data_root={data} does not fit the checkpoint: its annotation file has no "
+                                        r"column for 1 of the checkpoint's 40 attributes \(Young\); pass the CelebA "
+                                        "folder the model was trained on"):
+        export(cfg)
+
+
+@pytest.mark.slow
+def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
+    from faceattr.export.options import check_command_line
+
+    ckpt = f"ckpt={tiny_run}"
+    valid = ("valid: ckpt, name, store, output_dir, data_root, parity.num_images, parity.atol, calibration.max_images, "
+             "calibration.default_threshold, calibration.batch_size, calibration.num_workers, export.formats, "
+             "export.opset; groups: export=onnx|torchscript")
+    cases = {
+        "foo=1": f"unknown export option 'foo'; {valid}",
+        "+foo=1": "unknown export option 'foo'; valid:",  # '+' adds a key Hydra would accept silently
+        "data.image_size=64": "unknown export option 'data.image_size'",  # a training key
+        "export.data_root=/data": "unknown export option 'export.data_root'",
+        "export=bogus": "export=bogus: no such option (available: onnx, torchscript)",
+        "parity.atol=abc": "parity.atol='abc': expected a number >= 0",
+        "parity.num_images=0": "parity.num_images=0: expected an integer >= 1",
+        "calibration.max_images=-1": "calibration.max_images=-1: expected null or an integer >= 0",
+        "calibration.default_threshold=2": "calibration.default_threshold=2: expected a number in [0, 1]",
+        "store=maybe": "store='maybe': expected true or false",
+        "export.opset=5": "export.opset=5: expected null or an ONNX opset >= 7",
+        "parity=3": "parity=3: parity is a group of settings, set them one by one: parity.num_images=..., "
+                    "parity.atol=...",
+        "~calibration": "export option calibration.max_images is missing",
+        "parity": "cannot parse the argument 'parity' (missing EQUAL at '<EOF>'): arguments are key=value",
+        "ckpt=[a": "cannot parse the argument 'ckpt=[a'",
+    }
+    for argument, message in cases.items():
+        with pytest.raises(UserError) as error:
+            check_command_line([ckpt, argument])
+        assert str(error.value).startswith(message), (argument, str(error.value))
+        assert "\n" not in str(error.value)
+    with pytest.raises(UserError, match="ckpt is required"):
+        check_command_line([])
+    # Valid command lines pass, and Hydra's own flags are left to Hydra.
+    check_command_line([ckpt, "export=onnx", "parity.atol=1e-3", "calibration.max_images=null", "hydra.verbose=true"])
+    check_command_line([ckpt, "--cfg", "job"])
+    # End to end: one line and exit status 2, before anything slow (the checkpoint is not even looked at).
+    for argument, message in (("foo=1", "error: unknown export option 'foo'"),
+                              ("export=bogus", "error: export=bogus: no such option"),
+                              ("parity.atol=abc", "error: parity.atol='abc'")):
+        proc = run_cli("export.py", "ckpt=/nowhere", argument, tmp_path=tmp_path, check=False)
+        assert _one_line_error(proc).startswith(message), proc.stderr
+
+
+class _Evil:
+    """Unpickling this runs ``touch <marker>``: a checkpoint that executes code when loaded unsafely."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path):
+    from faceattr.export.build import load_module
+
+    state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    torch.save(state["state_dict"], tmp_path / "bare.ckpt")
+    torch.save({**state, "hyper_parameters": {"lr": 0.1}}, tmp_path / "other_model.ckpt")
+    head = {**state["hyper_parameters"], "attributes": ["Smiling", "Male", "Eyeglasses"]}
+    torch.save({**state, "hyper_parameters": head}, tmp_path / "other_head.ckpt")
+    cases = {
+        "text": "is not a PyTorch checkpoint (torch.save writes a zip archive; this file is not one)",
+        "empty": "is not a PyTorch checkpoint",
+        "bare": f"is a bare state_dict ({len(state['state_dict'])} tensors), not a Lightning checkpoint",
+        "other_model": "is a Lightning checkpoint of another model (its hyper_parameters lack backbone, attributes, "
+                       "image_size)",
+        "other_head": "its weights do not fit a test_resnet with 3 attributes (",
+    }
+    for name, message in cases.items():
+        with pytest.raises(UserError) as error:
+            load_module(tmp_path / f"{name}.ckpt")
+        assert message in str(error.value) and "\n" not in str(error.value), (name, str(error.value))
+    line = _one_line_error(run_cli("export.py", f"ckpt={tmp_path / 'bare.ckpt'}", tmp_path=tmp_path, check=False))
+    assert "is a bare state_dict" in line
+
+
+@pytest.mark.slow
+def test_malicious_checkpoint_is_refused_without_running_its_code(tiny_run, tmp_path, monkeypatch):
+    """A checkpoint carrying a pickled os.system call: loading it with weights_only=False runs the command; export
+    refuses it and the command never runs, even with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (torch's switch that makes
+    every torch.load without an explicit weights_only unsafe)."""
+    from faceattr.export.pipeline import export
+
+    marker = tmp_path / "code_ran"
+    state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({**state, "hyper_parameters": {**state["hyper_parameters"], "note": _Evil(marker)}}, evil)
+    unsafe = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
+                            capture_output=True, text=True, timeout=120)
+    assert unsafe.returncode == 0 and marker.exists(), "the checkpoint runs no code: the test would prove nothing"
+    marker.unlink()
+
+    env = {**cli_env(tmp_path), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "export.py"), f"ckpt={evil}", "store=false"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    line = _one_line_error(proc)
+    assert line == (f"error: refusing to load {evil}: it holds a pickled posix.system, which weights_only loading "
+                    "does not allow (loading it unsafely could run code); faceattr checkpoints hold only tensors and "
+                    "plain values")
+    assert not marker.exists()
+
+    # As the last.ckpt of a run dir without run.json: its ModelCheckpoint state is read first, then the model.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(evil, run / "checkpoints" / "last.ckpt")
+    with pytest.raises(UserError, match="refusing to load .*last.ckpt: it holds a pickled posix.system"):
+        export(compose_export(f"ckpt={run}", "store=false", "calibration.num_workers=0"))
+    assert not marker.exists()
 
 
 @pytest.mark.slow
 def test_parity_failure_fails_loudly_and_stores_nothing(tiny_run, tmp_path, monkeypatch):
     from faceattr.export.pipeline import export
 
+    from faceattr.export import build
+
+    real = build.probability_model
+
+    class Skewed(torch.nn.Module):  # an artefact 1% off the Lightning model
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.inner(images) * 0.99
+
+    monkeypatch.setattr(build, "probability_model", lambda module: Skewed(real(module)).eval())
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    cfg = compose_export(f"ckpt={tiny_run}", "parity.atol=-1", f"output_dir={tmp_path}", "calibration.num_workers=0")
+    cfg = compose_export(f"ckpt={tiny_run}", f"output_dir={tmp_path}", "calibration.num_workers=0")
     with pytest.raises(UserError, match="parity check failed for torchscript: .* NOT saved to the model store"):
         export(cfg)
     assert not (tmp_path / "bentoml" / "models").exists()

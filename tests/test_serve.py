@@ -7,6 +7,7 @@ EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -70,12 +71,12 @@ def photos() -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(scope="module")
-def served(tiny_run, tmp_path_factory):
-    """Export the tiny run into a fresh BENTOML_HOME and run `bentoml serve` on a free port; yields a dict."""
-    tmp = tmp_path_factory.mktemp("serve")
+@contextlib.contextmanager
+def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None):
+    """Export the tiny run into a fresh BENTOML_HOME under ``tmp`` and run `bentoml serve` on a free port; yields a
+    dict: url, tmp, env, model_dir, tag, log (the server's output) and pid (of `bentoml serve`, for its RSS)."""
     run_cli("export.py", f"ckpt={tiny_run}", "calibration.num_workers=0", tmp_path=tmp)
-    env = {**cli_env(tmp), **LIMITS, "BENTOML_DO_NOT_TRACK": "True"}
+    env = {**cli_env(tmp), **(extra_env or {}), "BENTOML_DO_NOT_TRACK": "True"}
     model_dir = next(p for p in (tmp / "bentoml" / "models" / "faceattr").iterdir() if p.is_dir())
     port = free_port()
     log = (tmp / "serve.log").open("w")
@@ -98,7 +99,7 @@ def served(tiny_run, tmp_path_factory):
                 raise AssertionError(f"bentoml serve not ready in 120 s:\n{(tmp / 'serve.log').read_text()}")
             time.sleep(0.5)
         yield {"url": url, "tmp": tmp, "env": env, "model_dir": model_dir, "tag": f"faceattr:{model_dir.name}",
-               "log": tmp / "serve.log"}
+               "log": tmp / "serve.log", "pid": process.pid}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -107,6 +108,13 @@ def served(tiny_run, tmp_path_factory):
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tmp_path_factory):
+    """The service with small limits (LIMITS), so that the too-large cases are cheap to send."""
+    with serving(tiny_run, tmp_path_factory.mktemp("serve"), LIMITS) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,10 @@ import contextlib
 import io
 import json
 import logging
+import pickle
+import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +30,55 @@ INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 
 
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded with ``weights_only=True`` (no pickled code runs), after checking that it is
+    a faceattr (Lightning) checkpoint; a one-line UserError saying what the file is otherwise."""
+    checkpoint = Path(checkpoint)
+    if not zipfile.is_zipfile(checkpoint):
+        raise UserError(f"{checkpoint} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
+                        "not one): pass a .ckpt written by train.py")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f"a pickled {found.group(1)}" if found else "pickled objects"
+        raise UserError(
+            f"refusing to load {checkpoint}: it holds {what}, which weights_only loading does not allow (loading it "
+            "unsafely could run code); faceattr checkpoints hold only tensors and plain values"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
+        raise UserError(f"{checkpoint} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{checkpoint} holds a {type(state).__name__}, not a Lightning checkpoint: pass a .ckpt "
+                        "written by train.py")
+    if "state_dict" not in state:
+        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"{checkpoint} is a bare state_dict ({len(state)} tensor{'s' if len(state) != 1 else ''}), not a Lightning checkpoint: "
+                            "export needs the .ckpt written by train.py (it holds the model's hyper-parameters)")
+        keys = ", ".join(map(str, list(state)[:5])) or "none"
+        raise UserError(f"{checkpoint} is not a Lightning checkpoint (no state_dict; keys: {keys}): pass a .ckpt "
+                        "written by train.py")
+    hparams = state.get("hyper_parameters") or {}
+    missing = [key for key in ("backbone", "attributes", "image_size") if key not in hparams]
+    if missing:
+        raise UserError(f"{checkpoint} is a Lightning checkpoint of another model (its hyper_parameters lack "
+                        f"{', '.join(missing)}): not a faceattr checkpoint from train.py")
+    return state
+
+
 def load_module(checkpoint: Path):
     """The FaceAttrModule of ``checkpoint`` in eval mode on the CPU, rebuilt from the checkpoint alone.
 
-    Loaded with ``weights_only=True`` (no pickled code runs); pretrained/weights are switched off so nothing is
-    downloaded or read besides the checkpoint.
+    Loaded with ``weights_only=True`` (no pickled code runs; see :func:`read_checkpoint`); pretrained/weights are
+    switched off so nothing is downloaded or read besides the checkpoint.
     """
     from faceattr.model import FaceAttrModule
 
+    hparams = read_checkpoint(checkpoint)["hyper_parameters"]
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -43,11 +87,13 @@ def load_module(checkpoint: Path):
             )
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - many causes: not a checkpoint, another model class, missing keys
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        if "Weights only load failed" in first:
-            first = "not a PyTorch checkpoint, or one holding objects that weights_only loading refuses"
-        raise UserError(f"cannot load {checkpoint} as a faceattr checkpoint: {first}") from None
+    except Exception as exc:  # noqa: BLE001 - many causes: weights of another architecture, missing keys
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = " ".join(lines[1:] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines)
+        raise UserError(
+            f"cannot load {checkpoint} as a faceattr checkpoint: its weights do not fit a {hparams['backbone']} with "
+            f"{len(hparams['attributes'])} attributes ({detail[:240] or type(exc).__name__})"
+        ) from None
     return module.eval()
 
 

@@ -64,19 +64,38 @@ def _size(value: Any) -> list[int] | None:
     return [int(v) for v in value]
 
 
+def _list_difference(config: list[str], checkpoint: list[str]) -> str:
+    """How two attribute lists differ, briefly: counts, names only in one of them, or the order."""
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:4]) + (f", ... ({len(items)})" if len(items) > 4 else "")
+
+    only_config = [a for a in config if a not in checkpoint]
+    only_checkpoint = [a for a in checkpoint if a not in config]
+    parts = [f"has {len(config)} attributes, the checkpoint {len(checkpoint)}"]
+    if only_config:
+        parts.append(f"not in the checkpoint: {names(only_config)}")
+    if only_checkpoint:
+        parts.append(f"only in the checkpoint: {names(only_checkpoint)}")
+    if not only_config and not only_checkpoint:
+        parts = ["lists the checkpoint's attributes in another order"]
+    return ", ".join(parts)
+
+
 def check_run_config(hparams: dict[str, Any], run_config: dict[str, Any], source: str) -> None:
     """UserError when the run's saved config contradicts the checkpoint (a checkpoint from another run)."""
     data = run_config.get("data") or {}
     model = run_config.get("model") or {}
     problems = []
     if "image_size" in data and _size(data["image_size"]) != list(hparams["image_size"]):
-        problems.append(f"data.image_size {_size(data['image_size'])} vs {list(hparams['image_size'])}")
+        problems.append(
+            f"data.image_size {_size(data['image_size'])} vs the checkpoint's {list(hparams['image_size'])}"
+        )
     if "crop" in data and _size(data["crop"]) != (None if hparams.get("crop") is None else list(hparams["crop"])):
-        problems.append(f"data.crop {_size(data['crop'])} vs {hparams.get('crop')}")
+        problems.append(f"data.crop {_size(data['crop'])} vs the checkpoint's {hparams.get('crop')}")
     if data.get("attributes") and list(data["attributes"]) != list(hparams["attributes"]):
-        problems.append("data.attributes differ")
+        problems.append(f"data.attributes {_list_difference(list(data['attributes']), list(hparams['attributes']))}")
     if model.get("backbone") and model["backbone"] != hparams["backbone"]:
-        problems.append(f"model.backbone {model['backbone']} vs {hparams['backbone']}")
+        problems.append(f"model.backbone {model['backbone']} vs the checkpoint's {hparams['backbone']}")
     if problems:
         raise UserError(
             f"the checkpoint does not match {source} ({'; '.join(problems)}): it belongs to another run; "
@@ -89,8 +108,9 @@ def validation_set(
 ) -> tuple[ValidationSet | None, str]:
     """The validation split the run was evaluated on (same root, attributes, limit and seed), or None and why.
 
-    ``data_root`` (export.data_root) replaces the run's ``data.root``; it must exist. The run's root may be gone
-    (another machine): then there is no validation data and the reason says so.
+    ``data_root`` (``data_root=`` on the command line) replaces the run's ``data.root``; it must exist and its
+    annotation file must have every attribute of the checkpoint. The run's root may be gone (another machine): then
+    there is no validation data and the reason says so.
     """
     from faceattr.data import CelebADataModule
 
@@ -98,12 +118,12 @@ def validation_set(
     explicit = data_root is not None
     root = data_root if explicit else data.get("root")
     if not root:
-        return None, "no data.root: the checkpoint has no run config (pass export.data_root=<CelebA folder>)"
+        return None, "no data.root: the checkpoint has no run config (pass data_root=<CelebA folder>)"
     root_path = Path(str(root)).expanduser()
     if not root_path.exists():
         if explicit:
-            raise UserError(f"export.data_root={root}: no such directory")
-        return None, f"the run's data.root {root} does not exist here (pass export.data_root=<CelebA folder>)"
+            raise UserError(f"data_root={root}: no such directory")
+        return None, f"the run's data.root {root} does not exist here (pass data_root=<CelebA folder>)"
     seed = data.get("seed", run_config.get("seed", 0))
     datamodule = CelebADataModule(
         root=str(root_path),
@@ -114,7 +134,21 @@ def validation_set(
         seed=int(seed) if seed is not None else 0,
         num_workers=0,
     )
-    datamodule.setup("validate")
+    try:
+        datamodule.setup("validate")
+    except UserError:
+        from faceattr.data.celeba import read_celeba
+
+        available = read_celeba(root_path).attribute_names  # raises the data's own error if that is the problem
+        missing = [name for name in hparams["attributes"] if name not in available]
+        if not missing:
+            raise
+        source = f"data_root={root}" if explicit else f"the run's data.root {root}"
+        raise UserError(
+            f"{source} does not fit the checkpoint: its annotation file has no column for {len(missing)} of the "
+            f"checkpoint's {len(hparams['attributes'])} attributes ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); pass the CelebA folder the model was trained on"
+        ) from None
     split = datamodule.splits["valid"]
     paths = [split.path(i) for i in range(len(split))]
     return ValidationSet(root_path, paths, split.labels.clone()), f"validation split of {root_path}"

@@ -26,6 +26,7 @@ import faceattr
 from faceattr.errors import UserError
 from faceattr.export import build
 from faceattr.export.calibrate import check_run_config, f1_thresholds, predict, validation_metrics, validation_set
+from faceattr.export.options import check_options
 from faceattr.export.resolve import resolve_checkpoint
 from faceattr.export.store import check_model_name, save_model
 from faceattr.serve.images import ALIGNED_SIZE
@@ -79,8 +80,7 @@ def _runner(fmt: str, path: Path):
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export one checkpoint; returns the summary also written to ``<output dir>/faceattr.json``."""
     started = time.time()
-    if OmegaConf.is_missing(cfg, "ckpt"):
-        raise UserError("ckpt is required: python export.py ckpt=<.ckpt file | run dir | sweep dir>")
+    check_options(cfg)  # unknown keys and bad values: one line, before anything slow
     formats = _formats(cfg)
     if cfg.get("store", True):
         check_model_name(cfg.name)  # fail before the slow part

@@ -30,9 +30,9 @@ def check_model_name(name: str) -> str:
     try:
         tag = Tag.from_taglike(str(name))
     except (BentoMLException, ValueError) as exc:
-        raise UserError(f"export.name={name!r} is not a valid BentoML model name: {exc}") from None
+        raise UserError(f"name={name!r} is not a valid BentoML model name: {exc}") from None
     if tag.version is not None:
-        raise UserError(f"export.name={name!r}: give a name only; BentoML picks the version")
+        raise UserError(f"name={name!r}: give a name only; BentoML picks the version")
     return tag.name
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, readable_formats
+from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, PixelBudget, readable_formats
 
 ENV_PREFIX = "FACEATTR_SERVE_"
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
@@ -43,9 +43,10 @@ class ServeConfig:
     threshold_mode: str = "calibrated"
     threshold: float = 0.5
     max_batch_size: int = 32
-    max_latency_ms: int = 1000
+    max_latency_ms: int = 5000
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    max_decode_pixels: int = 50_000_000
     max_request_bytes: int = 32 * 1024 * 1024
     max_images_per_request: int = 16
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -58,7 +59,13 @@ class ServeConfig:
 
     @property
     def limits(self) -> ImageLimits:
+        """The upload limits, without a decoding budget (see :meth:`decoding_limits`)."""
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.image_formats)
+
+    def decoding_limits(self) -> ImageLimits:
+        """The upload limits with a new :class:`PixelBudget` of ``max_decode_pixels``: call once per process."""
+        budget = PixelBudget(self.max_decode_pixels, timeout_s=self.timeout_s / 2)
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.image_formats, budget)
 
     def describe(self) -> str:
         keys = ("model", "format", "device", "threshold_mode", "max_batch_size", "max_latency_ms")
@@ -147,8 +154,8 @@ def _validate(config: ServeConfig) -> ServeConfig:
     if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
         raise ServeConfigError(f"device={config.device!r} {where}: expected auto, cpu, cuda or cuda:N")
     positive = (
-        "max_batch_size", "max_latency_ms", "max_image_bytes", "max_image_pixels", "max_request_bytes",
-        "max_images_per_request", "api_workers", "model_workers",
+        "max_batch_size", "max_latency_ms", "max_image_bytes", "max_image_pixels", "max_decode_pixels",
+        "max_request_bytes", "max_images_per_request", "api_workers", "model_workers",
     )
     for key in positive:
         if getattr(config, key) < 1:
@@ -164,6 +171,11 @@ def _validate(config: ServeConfig) -> ServeConfig:
         )
     if config.timeout_s <= 0:
         raise ServeConfigError(f"timeout_s={config.timeout_s} {where}: must be positive")
+    if config.max_decode_pixels < config.max_image_pixels:
+        raise ServeConfigError(
+            f"max_decode_pixels={config.max_decode_pixels} {where}: must be at least max_image_pixels "
+            f"({config.max_image_pixels}), the size of one image: raise it with max_image_pixels"
+        )
     if config.max_request_bytes < config.max_image_bytes:
         raise ServeConfigError(
             f"max_request_bytes={config.max_request_bytes} {where}: must be at least max_image_bytes "

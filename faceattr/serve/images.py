@@ -20,10 +20,12 @@ torchvision, numpy and Pillow.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -41,20 +43,57 @@ DRAFT_MIN_PIXELS = 1_000_000
 
 
 class ImageError(ValueError):
-    """An upload that is not a usable image; ``status`` is the HTTP status to answer with (400 or 413)."""
+    """An upload that is not a usable image; ``status`` is the HTTP status to answer with (400, 413, or 503)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
 
 
+class PixelBudget:
+    """At most ``capacity`` pixels being decoded at once, over all threads of a process.
+
+    Decoding takes up to about 22 bytes of memory per pixel at its peak (WebP: libwebp's frame and Pillow's image,
+    then the RGB array and its copy; PNG about 12), and a decompression bomb just under ``max_pixels`` is a few
+    dozen bytes to send (a 38-byte lossless WebP decodes to 7000x7000): without a budget, N concurrent ones take N
+    times that memory. With it, decoding waits for room, so the decoding memory of the process stays below about
+    ``22 * capacity`` bytes whatever the concurrency. An image larger than the whole budget waits until it has the
+    budget to itself. A wait longer than ``timeout_s`` is answered 503.
+    """
+
+    def __init__(self, capacity: int, timeout_s: float = 30.0) -> None:
+        self.capacity = int(capacity)
+        self.timeout_s = float(timeout_s)
+        self.in_use = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        weight = max(1, min(int(pixels), self.capacity))
+        with self._condition:
+            if not self._condition.wait_for(lambda: self.in_use + weight <= self.capacity, timeout=self.timeout_s):
+                raise ImageError(
+                    f"the server is busy decoding other large images (more than {self.capacity} pixels in flight); "
+                    "retry shortly", status=503,
+                )
+            self.in_use += weight
+        try:
+            yield
+        finally:
+            with self._condition:
+                self.in_use -= weight
+                self._condition.notify_all()
+
+
 @dataclass(frozen=True)
 class ImageLimits:
-    """What an upload may be: its size in bytes and pixels, and its format (Pillow names)."""
+    """What an upload may be: its size in bytes and pixels, and its format (Pillow names); ``budget``, if any,
+    bounds the pixels decoded at once by all threads (see :class:`PixelBudget`)."""
 
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 50_000_000
     formats: tuple[str, ...] = DEFAULT_FORMATS
+    budget: PixelBudget | None = field(default=None, compare=False, repr=False)
 
 
 def readable_formats() -> set[str]:
@@ -134,14 +173,28 @@ def decode_image(
     limits: ImageLimits = ImageLimits(),
     image_size: Sequence[int] | None = None,
     crop: Sequence[int] | None = None,
+    hold: contextlib.ExitStack | None = None,
 ) -> torch.Tensor:
     """Encoded bytes -> uint8 RGB tensor ``(3, H, W)``, upright, checked against ``limits``.
 
     Raises :class:`ImageError` (status 400: empty, not an image, unsupported format, truncated or corrupt; 413: too
-    many bytes or pixels). The pixel limit is checked from the header, before anything is decompressed, which is
-    what stops decompression bombs. With ``image_size`` (and ``crop``) a large JPEG may be decoded at a reduced
-    scale (see ``DRAFT_*``).
+    many bytes or pixels; 503: ``limits.budget`` had no room in time). The pixel limit is checked from the header,
+    before anything is decompressed, which is what stops decompression bombs. With ``image_size`` (and ``crop``) a
+    large JPEG may be decoded at a reduced scale (see ``DRAFT_*``). The pixels to decode are reserved in
+    ``limits.budget`` until the function returns, or until ``hold`` is closed when given (to cover what the caller
+    does next with the image).
     """
+    with contextlib.ExitStack() as own:
+        return _decode(data, limits, image_size, crop, hold if hold is not None else own)
+
+
+def _decode(
+    data: bytes,
+    limits: ImageLimits,
+    image_size: Sequence[int] | None,
+    crop: Sequence[int] | None,
+    hold: contextlib.ExitStack,
+) -> torch.Tensor:
     if not data:
         raise ImageError("the uploaded file is empty")
     if len(data) > limits.max_bytes:
@@ -168,12 +221,16 @@ def decode_image(
                 draft = _draft_size(width, height, image_size, crop)
                 if draft is not None:
                     image.draft("RGB", draft)
+            if limits.budget is not None:  # the size to decode (after the JPEG draft scale)
+                hold.enter_context(limits.budget.reserve(image.size[0] * image.size[1]))
             image.load()
             try:
                 upright = ImageOps.exif_transpose(image)
             except Exception:  # noqa: BLE001 - a malformed EXIF block: keep the stored orientation
                 upright = image
             rgb = _to_rgb(upright)
+        except ImageError:
+            raise
         except Image.DecompressionBombError:
             raise ImageError(f"the image has too many pixels (limit {limits.max_pixels})", status=413) from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -186,5 +243,7 @@ def decode_image(
 def load_and_preprocess(
     data: bytes, image_size: Sequence[int], crop: Sequence[int] | None, limits: ImageLimits = ImageLimits()
 ) -> torch.Tensor:
-    """Encoded bytes -> uint8 ``(3, h, w)`` model input: :func:`decode_image` then :func:`preprocess`."""
-    return preprocess(decode_image(data, limits, image_size, crop), image_size, crop)
+    """Encoded bytes -> uint8 ``(3, h, w)`` model input: :func:`decode_image` then :func:`preprocess` (within the
+    decoding budget of ``limits``, if any)."""
+    with contextlib.ExitStack() as hold:
+        return preprocess(decode_image(data, limits, image_size, crop, hold), image_size, crop).clone()

@@ -46,6 +46,9 @@ class ModelInfo:
                 f"`python export.py ckpt=... export={fmt}` or set FACEATTR_SERVE_FORMAT to one it has"
             )
         path = self.path / self.formats[fmt]
+        if Path(self.formats[fmt]).name != self.formats[fmt] or not path.resolve().is_relative_to(self.path.resolve()):
+            raise ModelError(f"model {self.tag}: {METADATA_FILE} names the {fmt} artefact {self.formats[fmt]!r}, which "
+                             "is not a file of the model's own folder in the store; export it again")
         if not path.is_file():
             raise ModelError(f"model {self.tag} is incomplete: {path} is missing; export it again")
         return path
@@ -93,14 +96,21 @@ def resolve_model(config: ServeConfig) -> ModelInfo:
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
+    tag = model_tag(config)
+    if "/" in tag or "\\" in tag or tag.startswith("."):
+        raise ModelError(
+            f"FACEATTR_SERVE_MODEL={config.model!r} is a path: the service loads models only from the BentoML model "
+            f"store, by tag (name or name:version; `bentoml models list`); {EXPORT_HINT}"
+        )
     try:
-        model = bentoml.models.get(model_tag(config))
+        model = bentoml.models.get(tag)
     except NotFound:
         raise ModelError(
             f"no model {config.model!r} in the BentoML model store ({store_location()}): {EXPORT_HINT}"
         ) from None
-    except BentoMLException as exc:
-        raise ModelError(f"FACEATTR_SERVE_MODEL={config.model!r}: {exc}") from None
+    except (BentoMLException, ValueError) as exc:  # an invalid tag
+        raise ModelError(f"FACEATTR_SERVE_MODEL={config.model!r} is not a model tag (name or name:version): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     path = Path(model.path)
     try:
         metadata = json.loads((path / METADATA_FILE).read_text())

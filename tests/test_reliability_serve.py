@@ -1,0 +1,434 @@
+"""Reliability of the service: a load burst, a schemathesis run, hostile uploads, safe loading.
+
+One `bentoml serve` for the module (the tiny run's model) with the default byte limits (10 MiB per image, 32 MiB
+per body) and small pixel limits (4 MP per image, 8 MP decoded at once), so that the decompression bombs are cheap
+to send and to refuse. The 60 s load run and the full schemathesis run are by hand (docs/serving.md, Reliability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import io
+import json
+import os
+import pickle
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from conftest import REPO, cli_env
+from PIL import Image
+from test_serve import SAMPLES, free_port, serving
+
+from faceattr.export.build import load_torchscript
+from faceattr.serve.config import ServeConfigError, load_serve_config
+from faceattr.serve.images import ImageError, ImageLimits, PixelBudget, decode_image
+from faceattr.serve.runtime import ModelError, ModelInfo
+
+pytestmark = pytest.mark.slow
+
+MAX_IMAGE_PIXELS = 4_000_000
+MAX_DECODE_PIXELS = 8_000_000
+RELIABILITY_ENV = {
+    "FACEATTR_SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
+    "FACEATTR_SERVE_MAX_DECODE_PIXELS": str(MAX_DECODE_PIXELS),
+}
+MIB = 1024 * 1024
+# The load burst: 64 clients for 5 s after a 1 s warm-up; the server's RSS (all its processes) may grow this much.
+BURST_RSS_GROWTH_MIB = 200
+
+
+def _load_test_module():
+    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["load_test"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+load_test = _load_test_module()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    with serving(tiny_run, tmp_path_factory.mktemp("reliability"), RELIABILITY_ENV) as served:
+        yield served
+
+
+def api_process(server) -> psutil.Process:
+    """The FaceAttr (HTTP API) worker: the process that decodes uploads."""
+    for process in psutil.Process(server["pid"]).children(recursive=True):
+        cmdline = process.cmdline()
+        if "--service-name" in cmdline and cmdline[cmdline.index("--service-name") + 1] == "FaceAttr":
+            return process
+    raise AssertionError("no FaceAttr worker under bentoml serve")
+
+
+def assert_still_serving(server) -> None:
+    photo = (SAMPLES / "grace_hopper.jpg").read_bytes()
+    response = httpx.post(server["url"] + "/predict", files={"image": ("a.jpg", photo)}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert "Traceback" not in server["log"].read_text()
+
+
+# --- hostile images ----------------------------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A real, valid 1-bit PNG of width x height black pixels: every row stored, zlib-compressed about 1000:1
+    (9000x9000 is 10 kB and decodes to 243 MB of RGB)."""
+    row = b"\0" * (1 + (width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def webp_bomb(width: int, height: int) -> bytes:
+    """A 38-byte lossless WebP that decodes to width x height pixels: a one-colour 16x16 image, whose entropy code
+    spends zero bits per pixel, with the size in its VP8L header raised."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 100, 50)).save(buffer, "WEBP", lossless=True)
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"VP8L") + 9  # chunk tag, chunk size, signature byte; then 14 bits width-1, 14 bits height-1
+    bits = int.from_bytes(data[at : at + 4], "little")
+    bits = (bits & ~((1 << 28) - 1)) | (width - 1) | ((height - 1) << 14)
+    data[at : at + 4] = bits.to_bytes(4, "little")
+    return bytes(data)
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header (SOF0) declares width x height."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, "JPEG")
+    data = bytearray(buffer.getvalue())
+    at = data.index(b"\xff\xc0")
+    data[at + 5 : at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_the_bombs_are_real():
+    """What the service refuses would really blow up: Pillow alone opens them and decodes them at full size."""
+    webp = webp_bomb(3000, 2000)
+    assert len(webp) < 64
+    with Image.open(io.BytesIO(webp)) as image:
+        assert image.size == (3000, 2000)
+        image.load()
+        assert image.getpixel((2999, 1999))[:3] == (200, 100, 50)
+    png = png_bomb(3000, 3000)
+    assert len(png) < 5000
+    with Image.open(io.BytesIO(png)) as image:
+        image.load()
+        assert image.size == (3000, 3000)
+    with Image.open(io.BytesIO(jpeg_declaring(8000, 8000))) as image:
+        assert image.size == (8000, 8000)
+
+
+def test_decompression_bombs_are_refused_from_their_header(server):
+    cases = {
+        "png 9000x9000 (10 kB, 243 MB decoded)": ("b.png", png_bomb(9000, 9000), "9000x9000 = 81000000 pixels"),
+        "png 20000x20000 (beyond Pillow's own guard)": ("c.png", png_bomb(20000, 20000), "too many pixels"),
+        "webp 9000x9000 (38 bytes)": ("d.webp", webp_bomb(9000, 9000), "9000x9000 = 81000000 pixels"),
+        "webp 2001x2000 (just over the limit)": ("e.webp", webp_bomb(2001, 2000), "2001x2000 = 4002000 pixels"),
+        "jpeg declaring 8000x8000": ("f.jpg", jpeg_declaring(8000, 8000), "8000x8000 = 64000000 pixels"),
+    }
+    for label, (name, data, message) in cases.items():
+        started = time.perf_counter()
+        response = httpx.post(server["url"] + "/predict", files={"image": (name, data)}, timeout=60)
+        seconds = time.perf_counter() - started
+        assert response.status_code == 413, (label, response.status_code, response.text)
+        assert message in response.json()["error"], (label, response.text)
+        assert seconds < 5, (label, seconds)  # refused from the header, not after decoding
+    photo = (SAMPLES / "grace_hopper.jpg").read_bytes()
+    files = [("images", ("a.jpg", photo)), ("images", ("b.webp", webp_bomb(9000, 9000)))]
+    response = httpx.post(server["url"] + "/predict_batch", files=files, timeout=60)
+    assert response.status_code == 413 and response.json()["error"].startswith("image 1 "), response.text
+    assert_still_serving(server)
+
+
+def test_pixel_budget_bounds_the_pixels_decoded_at_once():
+    budget = PixelBudget(10, timeout_s=5)
+    order: list[str] = []
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def first():
+        with budget.reserve(6):
+            order.append("first in")
+            first_in.set()
+            release_first.wait(5)
+            order.append("first out")
+
+    def second():
+        first_in.wait(5)
+        with budget.reserve(6):  # 6 + 6 > 10: waits for the first
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    assert order == ["first in"] and budget.in_use == 6
+    release_first.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["first in", "first out", "second in"] and budget.in_use == 0
+    with budget.reserve(10**9):  # larger than the whole budget: runs alone
+        assert budget.in_use == 10
+        impatient = PixelBudget(10, timeout_s=0.1)
+        with impatient.reserve(10), pytest.raises(ImageError) as busy:
+            with impatient.reserve(1):
+                pass
+        assert busy.value.status == 503 and "busy decoding" in str(busy.value)
+    # In decode_image: the reservation covers the decode, and a 503 is not mistaken for a corrupt image.
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30)).save(png, "PNG")
+    full = PixelBudget(1200, timeout_s=0.1)
+    with full.reserve(1200), pytest.raises(ImageError) as busy:
+        decode_image(png.getvalue(), ImageLimits(budget=full))
+    assert busy.value.status == 503
+    assert decode_image(png.getvalue(), ImageLimits(budget=full)).shape == (3, 30, 40) and full.in_use == 0
+
+
+def test_decoding_budget_setting_is_checked():
+    default = load_serve_config({}).decoding_limits()
+    assert default.budget.capacity == 50_000_000 == default.max_pixels and default.budget.timeout_s == 30
+    limits = load_serve_config({"FACEATTR_SERVE_MAX_DECODE_PIXELS": "90000000"}).decoding_limits()
+    assert limits.budget.capacity == 90_000_000 and limits.max_pixels == 50_000_000
+    assert load_serve_config({}).limits.budget is None  # export and the checks use no budget
+    with pytest.raises(ServeConfigError, match="max_decode_pixels=1000 .*must be at least max_image_pixels"):
+        load_serve_config({"FACEATTR_SERVE_MAX_DECODE_PIXELS": "1000"})
+
+
+def _peak_rss_mib(process: psutil.Process) -> tuple[float, float]:
+    """(current RSS, peak RSS since the last reset) of ``process`` in MiB, from /proc."""
+    status = Path(f"/proc/{process.pid}/status").read_text()
+    values = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Vm")}
+    return values["VmRSS"] / 1024, values["VmHWM"] / 1024
+
+
+def test_concurrent_bombs_under_the_limit_decode_within_the_memory_budget(server):
+    """16 concurrent 38-byte WebPs of 4 MP each (under max_image_pixels, so they are decoded): the decoding budget
+    (max_decode_pixels = 2 such images) keeps the API process's peak memory near 2 decodes, not 16 (measured: about
+    +205 MiB with the budget, +1066 MiB without)."""
+    process = api_process(server)
+    bomb = webp_bomb(2000, 1999)
+    single = 2000 * 1999 * 22 / MIB  # about 22 bytes per decoded WebP pixel at the peak
+    Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before, _ = _peak_rss_mib(process)
+
+    async def send() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server["url"], timeout=60) as client:
+            return await asyncio.gather(*(client.post("/predict", files={"image": (f"{i}.webp", bomb)})
+                                          for i in range(16)))
+
+    responses = asyncio.run(send())
+    assert [r.status_code for r in responses] == [200] * 16, {r.status_code: r.text for r in responses}
+    _, peak = _peak_rss_mib(process)
+    print(f"\n16 concurrent 4 MP WebP bombs: API RSS {before:.0f} MiB, peak +{peak - before:.0f} MiB "
+          f"(one decode about {single:.0f} MiB, budget {MAX_DECODE_PIXELS / 1e6:.0f} MP)")
+    assert peak - before < 2 * single + 150, f"peak +{peak - before:.0f} MiB: more than 2 decodes at once"
+
+
+def test_oversized_images_and_bodies_get_413(server):
+    url = server["url"]
+    photo = (SAMPLES / "grace_hopper.jpg").read_bytes()
+    padded = photo + b"\0" * (10 * MIB + 1 - len(photo))  # a valid JPEG (trailing bytes are ignored) of 10 MiB + 1
+    response = httpx.post(url + "/predict", files={"image": ("big.jpg", padded)}, timeout=60)
+    assert response.status_code == 413, response.text
+    assert "10485761 bytes; the limit is 10485760 bytes" in response.json()["error"]
+
+    # Over max_request_bytes (32 MiB): announced by Content-Length, and streamed without one (chunked).
+    many = [("images", (f"{i}.jpg", padded[: 9 * MIB])) for i in range(4)]
+    response = httpx.post(url + "/predict_batch", files=many, timeout=60)
+    assert response.status_code == 413 and "max_request_bytes" in response.json()["error"], response.text
+    boundary = "reliability-boundary"
+
+    def chunked_body(size: int):
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
+               "Content-Type: image/jpeg\r\n\r\n").encode()
+        chunk = b"\0" * MIB
+        for _ in range(size // MIB):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = httpx.post(url + "/predict", content=chunked_body(40 * MIB), timeout=60,
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert response.status_code == 413 and "max_request_bytes" in response.json()["error"], response.text
+
+    # More images than max_images_per_request (16).
+    small = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(small, "PNG")
+    files = [("images", (f"{i}.png", small.getvalue())) for i in range(17)]
+    response = httpx.post(url + "/predict_batch", files=files, timeout=60)
+    assert response.status_code == 413 and "limit is 16" in response.json()["error"], response.text
+    assert_still_serving(server)
+
+
+# --- no server paths, no URLs, no pickles --------------------------------------------------------------------------
+
+
+class _CountingHandler(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write((SAMPLES / "grace_hopper.jpg").read_bytes())
+
+    def log_message(self, *args):
+        pass
+
+
+class _Evil:
+    """Unpickling this touches ``marker``: what a pickle-accepting endpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_path):
+    url = server["url"]
+    secret = tmp_path / "secret.jpg"  # a real image on the server's disk: reading it would answer 200
+    secret.write_bytes((SAMPLES / "grace_hopper.jpg").read_bytes())
+    web = ThreadingHTTPServer(("127.0.0.1", free_port()), _CountingHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    image_url = f"http://127.0.0.1:{web.server_address[1]}/photo.jpg"
+    marker = tmp_path / "unpickled"
+    try:
+        cases = [
+            ("json path", "/predict", {"json": {"image": str(secret)}}, 415),
+            ("json paths", "/predict_batch", {"json": {"images": [str(secret)]}}, 415),
+            ("form-urlencoded path", "/predict", {"data": {"image": str(secret)}}, 415),
+            ("multipart text path", "/predict", {"data": {"image": str(secret)}, "files": {"x": ("x", b"x")}}, 400),
+            ("multipart file:// URL", "/predict", {"data": {"image": f"file://{secret}"},
+                                                   "files": {"x": ("x", b"x")}}, 400),
+            ("multipart http URL", "/predict", {"data": {"image": image_url}, "files": {"x": ("x", b"x")}}, 400),
+            ("multipart batch path", "/predict_batch", {"data": {"images": str(secret)},
+                                                        "files": {"x": ("x", b"x")}}, 400),
+            ("pickle body", "/predict", {"content": pickle.dumps({"image": _Evil(marker)}),
+                                         "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 415),
+        ]
+        for label, route, kwargs, status in cases:
+            response = httpx.post(url + route, timeout=60, **kwargs)
+            assert response.status_code == status, (label, response.status_code, response.text)
+            assert "attributes" not in response.text and "error" in response.json(), (label, response.text)
+        assert _CountingHandler.hits == 0, "the service fetched a URL it was sent"
+        assert not marker.exists(), "the service unpickled a request body"
+    finally:
+        web.shutdown()
+        web.server_close()
+
+    # A client file name is never a path on the server: the upload is stored under BentoML's request temp dir.
+    target = tmp_path / "written.jpg"
+    traversal = "../" * 12 + str(target).lstrip("/")
+    response = httpx.post(url + "/predict", files={"image": (traversal, secret.read_bytes())}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert not target.exists()
+    for route in ("/static_content/../../../../etc/passwd", "/static_content/..%2f..%2f..%2f..%2fetc%2fpasswd",
+                  "/docs.json/..%2f..%2fetc%2fpasswd", "/..%2f..%2fetc%2fpasswd"):
+        response = httpx.get(url + route, timeout=60)
+        assert response.status_code == 404 and "root:" not in response.text, (route, response.status_code)
+    assert_still_serving(server)
+
+
+# --- load and fuzzing ----------------------------------------------------------------------------------------------
+
+
+def test_64_clients_for_5_seconds_without_errors_or_memory_growth(server):
+    """scripts/load_test.py's client in-process: 64 concurrent clients posting real photos (JPEG, PNG, WebP, from
+    178x218 to 1.2 MP) for 5 s after a 1 s warm-up; every answer 200, server RSS growth bounded."""
+    images = load_test.sample_images()
+    sampler = load_test.RssSampler(server["pid"], interval=0.5)
+    asyncio.run(load_test.run_load(server["url"], images, concurrency=64, seconds=1.0))
+    start = sampler.sample()
+    sampler.start()
+    tally, wall = asyncio.run(load_test.run_load(server["url"], images, concurrency=64, seconds=5.0))
+    sampler.stop()
+    sampler.sample()
+    report = load_test.summarize(tally, wall, sampler, None, start, {"url": server["url"], "route": "/predict",
+                                 "concurrency": 64, "seconds": 5.0, "batch": 1})
+    load_test.print_report(report)
+    assert report["errors"] == 0, (report["statuses"], report["client_failures"], report["error_examples"])
+    assert report["ok"] >= 64
+    assert report["rss_mib"]["growth"] <= BURST_RSS_GROWTH_MIB, report["rss_mib"]
+
+
+def test_schemathesis_finds_no_server_error(server, tmp_path):
+    """Property-based requests generated from /docs.json (valid and invalid bodies, content types, methods): no 5xx."""
+    schemathesis = Path(sys.executable).with_name("schemathesis")
+    command = [str(schemathesis), "run", server["url"] + "/docs.json", "--checks", "not_a_server_error",
+               "--max-examples", "25", "--seed", "1", "--generation-database", "none", "--workers", "2",
+               "--request-timeout", "30", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
+    proc = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    summary = re.search(r"(\d+) generated, (\d+) passed", output)
+    print("\nschemathesis:", summary.group(0) if summary else output[-500:])
+    assert proc.returncode == 0, output[-4000:]
+    assert summary and int(summary.group(1)) >= 50 and summary.group(1) == summary.group(2), output[-2000:]
+    assert "Operations:       6 selected / 6 total" in output
+    assert_still_serving(server)
+
+
+# --- safe loading --------------------------------------------------------------------------------------------------
+
+
+def test_service_loads_models_only_from_the_store(server, tmp_path):
+    model_pt = server["model_dir"] / "model.pt"
+    env = {**server["env"], "FACEATTR_SERVE_MODEL": str(model_pt)}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: FACEATTR_SERVE_MODEL='{model_pt}' is a path: the service loads models only "
+                               "from the BentoML model store"), lines
+
+    # An artefact named in the stored metadata must be a file of the model's own folder.
+    info = ModelInfo(tag="faceattr:x", path=server["model_dir"], attributes=(), image_size=(32, 32), crop=None,
+                     thresholds=(), formats={"torchscript": "../" * 8 + str(model_pt).lstrip("/")}, metadata={})
+    with pytest.raises(ModelError, match="not a file of the model's own folder"):
+        info.artefact("torchscript")
+    info = dataclasses.replace(info, formats={"torchscript": "model.pt"})
+    assert info.artefact("torchscript") == model_pt
+
+
+def test_torchscript_artefacts_are_loaded_without_running_pickled_code(server, tmp_path):
+    """A TorchScript archive whose pickles were replaced by one that runs a command: torch.jit.load's restricted
+    unpickler refuses it, and the command does not run (it does with a plain unpickler)."""
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_Evil(marker), protocol=2)
+    proc = subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({payload!r})"], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0 and marker.exists(), "the payload does not run code: the test proves nothing"
+    marker.unlink()
+    source = zipfile.ZipFile(server["model_dir"] / "model.pt")
+    for target in ("data.pkl", "constants.pkl"):
+        evil = tmp_path / f"evil_{target}.pt"
+        with zipfile.ZipFile(evil, "w") as archive:
+            for name in source.namelist():
+                archive.writestr(name, payload if name.endswith("/" + target) else source.read(name))
+        with pytest.raises(Exception):  # noqa: B017 - torch raises a bare RuntimeError
+            load_torchscript(evil)
+        assert not marker.exists(), f"loading a TorchScript archive ran the code in its {target}"
+    module, meta = load_torchscript(server["model_dir"] / "model.pt")  # the genuine one still loads
+    assert meta["image_size"] == [32, 32] and json.loads(json.dumps(meta))
