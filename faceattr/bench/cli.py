@@ -1,0 +1,194 @@
+"""``python scripts/bench.py [--quick] [--json PATH] [--markdown PATH] [--only FAMILIES] [--serve-env K=V ...]``.
+
+Runs the benchmark families (data, training, inference, serving, memory), prints every figure and the headline
+ratios with their targets, and writes them as JSON (``--json``) and as the BENCHMARKS.md report (``--markdown``).
+``--from-json PATH --markdown BENCHMARKS.md`` re-renders the report of an earlier run without measuring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("data", "training", "inference", "serving", "memory")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python scripts/bench.py",
+        description="faceattr benchmarks: input pipeline, training loop, inference, serving, memory. Every figure "
+                    "is a median of repetitions after a warm-up; every ratio compares two figures of the same run.",
+    )
+    parser.add_argument("--quick", action="store_true", help="a few minutes: fewer repetitions, shorter runs")
+    parser.add_argument("--mode", choices=("quick", "full", "tiny"), default=None,
+                        help="full (default), quick (= --quick), tiny (smoke test of the machinery only)")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure and ratio to this file")
+    parser.add_argument("--markdown", type=Path, default=None, help="write the report (BENCHMARKS.md) here")
+    parser.add_argument("--only", default=",".join(FAMILIES),
+                        help=f"comma-separated families to run (default: all of {','.join(FAMILIES)})")
+    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="FACEATTR_SERVE_* setting for the served model, e.g. FACEATTR_SERVE_FORMAT=torchscript")
+    parser.add_argument("--from-json", type=Path, default=None, help="render --markdown from this JSON; no runs")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--omp-wait-policy", choices=("passive", "default"), default="passive",
+        help="OpenMP wait policy of torch in this process and the ones it starts (train.py, bentoml serve): "
+             "passive (default) sets OMP_WAIT_POLICY=PASSIVE, which keeps multi-threaded torch from spinning on a "
+             "shared or oversubscribed machine; default leaves the environment as it is")
+    args = parser.parse_args(argv)
+    if args.mode is None:
+        args.mode = "quick" if args.quick else "full"
+    elif args.quick and args.mode != "quick":
+        parser.error("--quick contradicts --mode " + args.mode)
+    unknown = [f for f in args.only.split(",") if f and f not in FAMILIES]
+    if unknown:
+        parser.error(f"--only: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+                     f"choose from {', '.join(FAMILIES)}")
+    for item in args.serve_env:
+        if "=" not in item or not item.startswith("FACEATTR_SERVE_"):
+            parser.error(f"--serve-env {item!r}: expected FACEATTR_SERVE_<KEY>=VALUE")
+    return args
+
+
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["python scripts/bench.py"]
+    if args.mode == "quick":
+        parts.append("--quick")
+    elif args.mode == "tiny":
+        parts.append("--mode tiny")
+    if args.only != ",".join(FAMILIES):
+        parts.append(f"--only {args.only}")
+    if args.omp_wait_policy != "passive":
+        parts.append(f"--omp-wait-policy {args.omp_wait_policy}")
+    parts += [f"--serve-env {shlex.quote(item)}" for item in args.serve_env]
+    if args.json:
+        parts.append(f"--json {args.json}")
+    if args.markdown:
+        parts.append(f"--markdown {args.markdown}")
+    return " ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def print_summary(results: dict[str, Any], out=sys.stdout) -> None:
+    from faceattr.bench.ratios import EXTRA, RATIOS
+
+    print("\nratios (figure / baseline, same run):", file=out)
+    for name, (target, _) in RATIOS.items():
+        value = results["ratios"].get(name)
+        verdict = results["verdicts"].get(name, "")
+        goal = f">= {target}" if target is not None else "(report)"
+        print(f"  {name:28s} {_fmt(value):>8}  target {goal:9s} {verdict}", file=out)
+    for name in EXTRA:
+        print(f"  {name:28s} {_fmt(results['ratios'].get(name)):>8}", file=out)
+    for family, error in results.get("errors", {}).items():
+        lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+        print(f"  error in {family}: {lines[-1] if lines else ''}", file=out)
+
+
+def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    import torch
+
+    from faceattr.bench import common, ratios
+    from faceattr.bench.timing import machine_info
+
+    settings = common.MODES[args.mode]
+    families = [f for f in FAMILIES if f in args.only.split(",")]
+    serve_env = dict(item.split("=", 1) for item in args.serve_env)
+    results: dict[str, Any] = {
+        "command": command_line(args),
+        "mode": args.mode,
+        "machine": machine_info(common.REPO),
+        "settings": settings.as_dict(),
+        "families": families,
+        "durations_s": {},
+        "errors": {},
+    }
+    started = time.time()
+    cfg = common.quickstart_config(*settings.config_overrides)
+    data_root = common.prepare_data(settings, cfg)
+    results["data_root"] = str(data_root)
+    threads = torch.get_num_threads()
+    for family in families:
+        log(f"[{family}]")
+        t0 = time.time()
+        try:
+            if family == "data":
+                from faceattr.bench import data
+
+                results["data"] = data.run(settings, data_root, cfg.data, log=log)
+            elif family == "training":
+                from faceattr.bench import training
+
+                results["training"] = training.run(settings, cfg, log=log)
+            elif family == "inference":
+                from faceattr.bench import inference
+
+                results["inference"] = inference.run(settings, list(common.size_pair(cfg.data.image_size)), log=log)
+            elif family == "serving":
+                from faceattr.bench import serving
+
+                results["serving"] = serving.run(settings, cfg, common.serving_images(data_root), serve_env, log=log)
+            elif family == "memory":
+                from faceattr.bench import memory
+
+                results["memory"] = memory.run(settings, common.memory_overrides(settings, data_root), log=log)
+        except Exception:  # noqa: BLE001 - one family failing must not lose the others' figures
+            results["errors"][family] = traceback.format_exc()
+            log(f"  failed: {traceback.format_exc().strip().splitlines()[-1]}")
+        finally:
+            torch.set_num_threads(threads)
+        results["durations_s"][family] = round(time.time() - t0, 1)
+    results["durations_s"]["total"] = round(time.time() - started, 1)
+    results["ratios"] = ratios.compute(results)
+    results["ratio_sources"] = {k: [list(p) for p in v] for k, v in ratios.sources(results).items()}
+    results["targets"] = {name: target for name, (target, _) in ratios.RATIOS.items()}
+    results["verdicts"] = ratios.verdicts(results["ratios"])
+    return results
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    args = parse_args(argv)
+    if args.omp_wait_policy == "passive" and args.from_json is None:
+        # Read by libgomp when torch is first imported (below, lazily) and by every subprocess.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    from faceattr.bench import report
+
+    if args.from_json is not None:
+        results = json.loads(args.from_json.read_text())
+    else:
+        results = run(args)
+    print_summary(results)
+    if args.json is not None and args.from_json is None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+        print(f"wrote {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(report.render(results))
+        print(f"wrote {args.markdown}")
+    if results.get("errors"):
+        return 2
+    if args.check and any(v == "MISSED" for v in results["verdicts"].values()):
+        return 1
+    return 0

@@ -1,0 +1,110 @@
+"""The headline ratios, each computed from two figures of the same run.
+
+A ratio is the median of the per-repetition ratios of its two figures: repetition i of the candidate ran right
+next to repetition i of the baseline (interleaved A B B A ...), so each pair saw the same background load and the
+median of the pairs is robust to load that changes during the run (a paired design). Where a ratio covers several
+models (inference) it is the smallest over them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from faceattr.bench.timing import median, ratio
+
+#: name -> (target or None, meaning). Targets are lower bounds.
+RATIOS: dict[str, tuple[float | None, str]] = {
+    "data_speedup_vs_seed": (
+        2.0, "images/s of one worker process, JPEG on disk -> normalized float batch: faceattr's pipeline / the "
+             "seed article's (pandas row, PIL, torchvision v1 transforms)"),
+    "lightning_vs_raw_loop": (
+        0.95, "training steps/s of Lightning Trainer.fit (as the project runs it: TensorBoard logger, LR monitor) / "
+              "a hand-written PyTorch loop doing the same work on the same in-memory batches"),
+    "torchscript_vs_eager_b1": (
+        1.0, "batch-1 img/s of the exported TorchScript / the eager model, CPU; the smallest over the benchmarked "
+             "backbones"),
+    "onnx_vs_eager_b1": (
+        None, "batch-1 img/s of the exported ONNX model in ONNX Runtime / the eager model, CPU; the smallest over "
+              "the benchmarked backbones"),
+    "serve_c32_vs_inprocess_b32": (
+        0.70, "img/s of `bentoml serve` under 32 concurrent clients (one JPEG per request, decoding included) / the "
+              "same artefact in-process on ready uint8 batches of 32 (the ceiling)"),
+    "serve_c32_vs_c1": (
+        2.0, "img/s of `bentoml serve` at 32 concurrent clients / at 1 client: what adaptive batching buys"),
+}
+
+#: Extra ratios shown for context (no target).
+EXTRA: dict[str, str] = {
+    "loader_speedup_vs_seed": "images/s of the 2-worker DataLoader, faceattr / seed article",
+    "loader_vs_train_step": "images/s of faceattr's 2-worker DataLoader / images/s of the quickstart training step "
+                            "on this CPU (above 1: the loader keeps the model fed)",
+    "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
+}
+
+
+def _get(results: dict[str, Any], path: str) -> Any:
+    node: Any = results
+    for key in path.split("/"):
+        if not isinstance(node, dict) or key not in node:
+            return math.nan
+        node = node[key]
+    return node
+
+
+def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """For each ratio, the (numerator, denominator) figure paths (``family/key/...``) it is computed from."""
+    models = _get(results, "inference/models")
+    backbones = list(models) if isinstance(models, dict) else []
+    fmt = "inference/models/{}/{}/reps"
+    out: dict[str, list[tuple[str, str]]] = {
+        "data_speedup_vs_seed": [("data/per_worker/ours_reps", "data/per_worker/seed_reps")],
+        "lightning_vs_raw_loop": [("training/lightning_reps", "training/raw_reps")],
+        "torchscript_vs_eager_b1": [(fmt.format(b, "torchscript_b1"), fmt.format(b, "eager_b1")) for b in backbones],
+        "onnx_vs_eager_b1": [(fmt.format(b, "onnx_b1"), fmt.format(b, "eager_b1")) for b in backbones],
+        "serve_c32_vs_inprocess_b32": [("serving/c32/reps", "serving/inprocess_b32/reps")],
+        "serve_c32_vs_c1": [("serving/c32/reps", "serving/c1/reps")],
+        "loader_speedup_vs_seed": [("data/loader/ours_reps", "data/loader/seed_reps")],
+        "loader_vs_train_step": [("data/loader/ours_img_s", "training/raw_img_s")],  # not paired: median figures
+        "onnx_vs_torchscript_b32": [(fmt.format(b, "onnx_b32"), fmt.format(b, "torchscript_b32"))
+                                    for b in backbones],
+    }
+    return out
+
+
+def value(results: dict[str, Any], numerator: str, denominator: str) -> float:
+    """The ratio of two figures: paired (median of element-wise ratios) for two repetition lists of equal length,
+    else the plain ratio of two numbers; NaN when missing."""
+    a, b = _get(results, numerator), _get(results, denominator)
+    if isinstance(a, list) and isinstance(b, list):
+        if not a or len(a) != len(b):
+            return math.nan
+        pairs = [ratio(x, y) for x, y in zip(a, b)]
+        pairs = [p for p in pairs if math.isfinite(p)]
+        return median(pairs) if pairs else math.nan
+    if isinstance(a, list) or isinstance(b, list):
+        return math.nan
+    return ratio(a, b)
+
+
+def compute(results: dict[str, Any]) -> dict[str, float | None]:
+    """``{name: value}``; None where the figures were not measured (a family left out with ``--only``)."""
+    values: dict[str, float | None] = {}
+    for name, pairs in sources(results).items():
+        candidates = [value(results, a, b) for a, b in pairs]
+        candidates = [c for c in candidates if math.isfinite(c)]
+        values[name] = round(min(candidates), 4) if candidates else None
+    return values
+
+
+def verdicts(values: dict[str, float | None]) -> dict[str, str]:
+    out = {}
+    for name, (target, _) in RATIOS.items():
+        value = values.get(name)
+        if value is None:
+            out[name] = "not measured"
+        elif target is None:
+            out[name] = "report"
+        else:
+            out[name] = "met" if value >= target else "MISSED"
+    return out
