@@ -248,7 +248,8 @@ def _memory(results: dict[str, Any]) -> list[str]:
                 rows.append([label, _n(r["peak_rss_main_mb"]), _n(r["peak_rss_tree_mb"]),
                              _n(r["peak_pss_tree_mb"]), r["processes"]])
     return ["## Memory", "",
-            "Peak over the run, sampled every 0.2 s. Main = the root process; tree = it and its children "
+            "Peak over the run, sampled every 0.2 s (every 1 s for the serving process under load, so that the "
+            "sampling stays out of the load generator's CPU figures). Main = the root process; tree = it and its children "
             "(DataLoader workers; BentoML's API and model processes): RSS summed (counts shared pages once per "
             "process) and PSS summed (shared pages split: the real total).", ""] + _table(
         ["process", "main RSS MB", "tree RSS MB", "tree PSS MB", "processes"], rows)
