@@ -8,7 +8,6 @@ Hydra sweepers (Optuna) can optimize it, and leaves in the run directory: ``chec
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
 from faceattr.config_checks import build, check_checkpoint_fits, check_types
 from faceattr.errors import UserError
+from faceattr.numbers import finite_or_none
 from faceattr.resume import register_resolvers, resumed_config
 
 register_resolvers()  # ${coalesce:...} (conf/hydra/default.yaml), before Hydra composes
@@ -111,13 +111,6 @@ def log_hparams_with_metrics(loggers: list[Logger], params: dict[str, Any]) -> N
             logger.experiment.close()
 
 
-def _float(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def record_run(path: Path, record: dict[str, Any]) -> None:
     """Write ``run.json`` atomically: readers (summaries, export) never see half a record."""
     partial = path.with_suffix(".json.partial")
@@ -168,9 +161,9 @@ def train(cfg: DictConfig) -> float | None:
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    best_score = _float(checkpoint.best_model_score) if checkpoint is not None and best_path else None
+    best_score = finite_or_none(checkpoint.best_model_score) if checkpoint is not None and best_path else None
     if best_score is None:
-        best_score = _float(trainer.callback_metrics.get(cfg.monitor.metric))
+        best_score = finite_or_none(trainer.callback_metrics.get(cfg.monitor.metric))
     test_metrics: dict[str, float] = {}
     if cfg.get("test"):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
@@ -187,8 +180,8 @@ def train(cfg: DictConfig) -> float | None:
                 "monitor": cfg.monitor.metric,
                 "best_score": best_score,
                 "best_checkpoint": best_path or None,
-                "val_auroc_best": _float(model.best_val_auroc),
-                "test": {k: _float(v) for k, v in test_metrics.items()},
+                "val_auroc_best": finite_or_none(model.best_val_auroc),
+                "test": {k: finite_or_none(v) for k, v in test_metrics.items()},
                 "epochs": trainer.current_epoch,
                 "global_step": trainer.global_step,
                 "num_parameters": model.num_parameters,

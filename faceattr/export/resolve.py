@@ -10,7 +10,6 @@ one with the best ``best_score`` of the monitored metric (``monitor.metric``/``m
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 import yaml
 
 from faceattr.errors import UserError
+from faceattr.numbers import finite_or_none
 
 RUN_RECORD = "run.json"
 RUN_CONFIG = "config.yaml"
@@ -84,14 +84,6 @@ def monitor_of(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str
     return metric, mode
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _relocate(recorded: str | None, run_dir: Path) -> Path | None:
     """A recorded checkpoint path as a file of ``run_dir``: the same name in its ``checkpoints/`` (the run dir may
     have been moved or copied since), else the recorded path itself."""
@@ -112,7 +104,7 @@ def _checkpoint_state(last: Path) -> tuple[str | None, float | None]:
         return None, None
     for key, value in (state.get("callbacks") or {}).items():
         if "ModelCheckpoint" in str(key) and isinstance(value, dict) and value.get("best_model_path"):
-            return str(value["best_model_path"]), _finite(value.get("best_model_score"))
+            return str(value["best_model_path"]), finite_or_none(value.get("best_model_score"))
     return None, None
 
 
@@ -126,7 +118,7 @@ def best_of_run(run_dir: Path) -> Resolved:
 
     best = _relocate(record.get("best_checkpoint"), run_dir)
     if best is not None:
-        score = _finite(record.get("best_score"))
+        score = finite_or_none(record.get("best_score"))
         shown = "n/a" if score is None else f"{score:.4f}"
         return Resolved(best, run_dir, f"best checkpoint of the run by {metric} ({mode}) = {shown}, from {RUN_RECORD}",
                         score, metric, record, config)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from faceattr.errors import UserError
+from faceattr.numbers import finite_or_none
 
 RUN_RECORD = "run.json"  # the same name as faceattr.training.RUN_RECORD (not imported: keeps this module light)
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -59,14 +60,6 @@ class Run:
         if metric in (CURVE_TAG, BEST_TAG):
             return self.val_auroc_best
         return self.test.get(metric)
-
-
-def _finite(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
 
 
 def find_run_dirs(root: Path) -> list[Path]:
@@ -146,11 +139,11 @@ def load_run(path: Path) -> Run:
         overrides=[str(o) for o in (overrides or [])],
         monitor=record.get("monitor") or _select(config, "monitor.metric"),
         mode=str(_select(config, "monitor.mode") or "max"),
-        best_score=_finite(record.get("best_score")),
-        val_auroc_best=_finite(record.get("val_auroc_best")),
-        test={k: v for k, v in ((k, _finite(v)) for k, v in (record.get("test") or {}).items()) if v is not None},
+        best_score=finite_or_none(record.get("best_score")),
+        val_auroc_best=finite_or_none(record.get("val_auroc_best")),
+        test={k: v for k, v in ((k, finite_or_none(v)) for k, v in (record.get("test") or {}).items()) if v is not None},
         epochs=record.get("epochs"),
-        wall_time_s=_finite(record.get("wall_time_s")),
+        wall_time_s=finite_or_none(record.get("wall_time_s")),
         num_parameters=record.get("num_parameters"),
         best_checkpoint=record.get("best_checkpoint"),
     )
@@ -223,11 +216,11 @@ def _accumulate(run: Run, folders: list[Path]) -> None:
         if math.isfinite(value)
     ]
     if run.val_auroc_best is None and BEST_TAG in last:
-        run.val_auroc_best = _finite(last[BEST_TAG][1])
+        run.val_auroc_best = finite_or_none(last[BEST_TAG][1])
     if run.val_auroc_best is None and run.curve:
         run.val_auroc_best = max(v for _, v in run.curve)
     for tag in TEST_TAGS:
-        if tag not in run.test and tag in last and _finite(last[tag][1]) is not None:
+        if tag not in run.test and tag in last and finite_or_none(last[tag][1]) is not None:
             run.test[tag] = float(last[tag][1])
     if run.epochs is None and run.curve:
         run.epochs = run.curve[-1][0]
