@@ -149,3 +149,78 @@ def test_tiny_run_of_the_input_pipeline(tmp_path, monkeypatch):
     assert results["ratios"]["data_speedup_vs_seed"] > 0
     assert results["data"]["equivalence"]["mean_abs_diff_pixels"] < 1.0  # both pipelines produce the same images
     assert "## Input pipeline" in text
+
+
+def test_lean_load_client_counts_answers_errors_and_multipart_bodies():
+    """faceattr.bench.http_load against a stdlib HTTP/1.1 server: keep-alive Content-Length answers, chunked
+    answers, a 4xx and a closed connection; the server sees well-formed multipart uploads."""
+    import asyncio
+    import threading
+    from email.parser import BytesParser
+    from email.policy import HTTP
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from faceattr.bench.http_load import multipart_request, run_load
+
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            message = BytesParser(policy=HTTP).parsebytes(
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+            for part in message.iter_parts():
+                received.append((part.get_param("name", header="content-disposition"), part.get_payload(decode=True)))
+            if self.path == "/bad":
+                self._answer(400, b'{"error": "no"}')
+            elif self.path == "/chunked":
+                self.send_response(200)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for piece in (b'{"ok":', b" true}"):
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self._answer(200, b'{"ok": true}', close=self.path == "/close")
+
+        def _answer(self, status, body, close=False):
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address
+    try:
+        def load(path, total, files=None):
+            files = files or [("image", "a.jpg", b"\xff\xd8 jpeg \r\n--bytes", "image/jpeg")]
+            request = multipart_request(f"{host}:{port}", path, files)
+            return asyncio.run(run_load(host, port, [request], concurrency=3, total=total, max_seconds=20,
+                                        keep_bodies=2))
+
+        ok = load("/ok", 9)
+        assert len(ok.latencies) == 9 and ok.errors == {} and ok.bodies == [b'{"ok": true}'] * 2
+        assert received[0] == ("image", b"\xff\xd8 jpeg \r\n--bytes")
+        chunked = load("/chunked", 4)
+        assert len(chunked.latencies) == 4 and chunked.bodies[0] == b'{"ok": true}'
+        closing = load("/close", 5)  # the server closes after each answer: the client reconnects
+        assert len(closing.latencies) == 5 and closing.errors == {}
+        bad = load("/bad", 4)
+        assert bad.latencies == [] and bad.errors == {"400": 4}
+        received.clear()
+        two = load("/ok", 1, [("images", f"{i}.jpg", bytes([i]) * 3, "image/jpeg") for i in range(2)])
+        assert len(two.latencies) == 1 and received == [("images", b"\0\0\0"), ("images", b"\1\1\1")]
+    finally:
+        server.shutdown()
+        server.server_close()
+    refused = asyncio.run(run_load(host, port, [b"GET / HTTP/1.1\r\n\r\n"], 1, 2, 5))
+    assert refused.latencies == [] and sum(refused.errors.values()) == 2  # nobody listens: counted, not raised

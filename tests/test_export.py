@@ -156,7 +156,8 @@ def test_checkpoint_file_form(tiny_run, tmp_path):
     assert meta["source"]["checkpoint"] == str(last.resolve())
     assert meta["source"]["picked"] == "checkpoint file given"
     assert meta["parity"]["torchscript"]["max_abs_diff"] <= 1e-4
-    assert (tmp_path / "model.pt").is_file() and not (tmp_path / "model.onnx").exists()
+    assert (tmp_path / "model.pt").is_file() and (tmp_path / "model.onnx").is_file()  # export=onnx: both
+    assert meta["parity"]["onnx"]["max_abs_diff"] <= 1e-4
 
 
 def _fake_sweep(tiny_run: Path, root: Path, scores: list[float | None]) -> Path:
@@ -187,7 +188,7 @@ def test_sweep_dir_form_picks_the_best_job_and_says_why(tiny_run, tmp_path, caps
     assert resolved.run_dir == sweep / "1"
     assert "job 1 of 4 has the best val/auroc (max) = 0.8300" in resolved.reason
     assert "2: failed" in resolved.reason and "0: 0.6100" in resolved.reason
-    meta = export(compose_export(f"ckpt={sweep}", "store=false", "calibration.num_workers=0"))
+    meta = export(compose_export(f"ckpt={sweep}", "export=torchscript", "store=false", "calibration.num_workers=0"))
     assert meta["source"]["checkpoint"].startswith(str((sweep / "1").resolve()))
     assert (sweep / "1" / "export" / "model.pt").is_file()
     assert "job 1 of 4" in capsys.readouterr().out
@@ -431,7 +432,8 @@ def test_parity_failure_fails_loudly_and_stores_nothing(tiny_run, tmp_path, monk
 
     monkeypatch.setattr(build, "probability_model", lambda module: Skewed(real(module)).eval())
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    cfg = compose_export(f"ckpt={tiny_run}", f"output_dir={tmp_path}", "calibration.num_workers=0")
+    cfg = compose_export(f"ckpt={tiny_run}", "export=torchscript", f"output_dir={tmp_path}",
+                         "calibration.num_workers=0")
     with pytest.raises(UserError, match="parity check failed for torchscript: .* NOT saved to the model store"):
         export(cfg)
     assert not (tmp_path / "bentoml" / "models").exists()

@@ -72,10 +72,11 @@ def photos() -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None):
-    """Export the tiny run into a fresh BENTOML_HOME under ``tmp`` and run `bentoml serve` on a free port; yields a
-    dict: url, tmp, env, model_dir, tag, log (the server's output) and pid (of `bentoml serve`, for its RSS)."""
-    run_cli("export.py", f"ckpt={tiny_run}", "calibration.num_workers=0", tmp_path=tmp)
+def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None, export_args: tuple[str, ...] = ()):
+    """Export the tiny run (default: ONNX and TorchScript, so the service runs ONNX) into a fresh BENTOML_HOME under
+    ``tmp`` and run `bentoml serve` on a free port; yields a dict: url, tmp, env, model_dir, tag, log (the server's
+    output) and pid (of `bentoml serve`, for its RSS)."""
+    run_cli("export.py", f"ckpt={tiny_run}", "calibration.num_workers=0", *export_args, tmp_path=tmp)
     env = {**cli_env(tmp), **(extra_env or {}), "BENTOML_DO_NOT_TRACK": "True"}
     model_dir = next(p for p in (tmp / "bentoml" / "models" / "faceattr").iterdir() if p.is_dir())
     port = free_port()
@@ -258,6 +259,44 @@ def test_64_concurrent_requests_meet_in_batches_without_errors(served, photos):
     assert images == 64
     assert singles < calls, "no model call had more than one image: adaptive batching did not batch"
     print(f"\n64 concurrent: {64 / seconds:.1f} img/s, {calls:.0f} model calls, mean batch {images / calls:.1f}")
+
+
+def test_runner_service_puts_the_model_in_its_own_batching_service(tiny_run, tmp_path, photos, reference):
+    """runner=service (the GPU preset's), with a TorchScript-only export (so format auto runs TorchScript):
+    FaceAttrModel runs in its own process behind BentoML's adaptive batching; the answers are the same as inline
+    (ONNX), and concurrent requests still meet in batches."""
+    import psutil
+
+    probabilities, thresholds = reference
+    with serving(tiny_run, tmp_path, {"FACEATTR_SERVE_RUNNER": "service"}, ("export=torchscript",)) as server:
+        assert "faceattr model faceattr:" in server["log"].read_text()
+        assert "(torchscript on cpu)" in server["log"].read_text()
+        services = [p.cmdline()[p.cmdline().index("--service-name") + 1]
+                    for p in psutil.Process(server["pid"]).children(recursive=True) if "--service-name" in p.cmdline()]
+        assert sorted(services) == ["FaceAttr", "FaceAttrModel"]
+        response = post(server, "/predict", {"image": ("a.jpg", photos["colour.jpg"])})
+        assert response.status_code == 200, response.text
+        check_prediction(response.json(), probabilities(photos["colour.jpg"]), thresholds)
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server["url"], timeout=60) as client:
+                return await asyncio.gather(*(client.post("/predict", files={"image": (f"{i}.jpg", photos["colour.jpg"])})
+                                              for i in range(32)))
+
+        before = _batch_histogram(httpx.get(server["url"] + "/metrics").text)
+        assert [r.status_code for r in asyncio.run(burst())] == [200] * 32
+        calls, images, _ = (a - b for a, b in zip(_batch_histogram(httpx.get(server["url"] + "/metrics").text), before))
+        assert images == 32 and calls < 32
+        assert "Traceback" not in server["log"].read_text()
+
+
+def test_inline_runner_has_one_api_worker_per_core_and_no_model_service(served):
+    import psutil
+
+    services = [p.cmdline()[p.cmdline().index("--service-name") + 1]
+                for p in psutil.Process(served["pid"]).children(recursive=True) if "--service-name" in p.cmdline()]
+    assert services == ["FaceAttr"] * min(len(os.sched_getaffinity(0)), 4)
+    assert "(onnx on cpu) ready" in served["log"].read_text()  # format auto: the ONNX artefact export wrote
 
 
 def test_service_refuses_to_start_without_a_model(tmp_path):

@@ -8,6 +8,7 @@ ratios with their targets, and writes them as JSON (``--json``) and as the BENCH
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -141,6 +142,13 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                 from faceattr.bench import serving
 
                 results["serving"] = serving.run(settings, cfg, common.serving_images(data_root), serve_env, log=log)
+                if settings.serve_large:
+                    large = dataclasses.replace(settings, serve_requests=settings.serve_large_requests,
+                                                serve_batch_level=False, serve_repetitions=2, ceiling_calls_b32=3)
+                    log(f"  and a production-size model ({' '.join(settings.serve_large)}):")
+                    results["serving_large"] = serving.run(
+                        large, common.quickstart_config(*settings.config_overrides, *settings.serve_large),
+                        common.serving_images(data_root), serve_env, log=log)
             elif family == "memory":
                 from faceattr.bench import memory
 

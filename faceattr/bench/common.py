@@ -36,6 +36,9 @@ class Settings:
     serve_repetitions: int = 3
     serve_batch_level: bool = True  # also load /predict_batch (4 clients x 8 images): per-request overhead
     ceiling_calls_b32: int = 10
+    # A second served model, the size of a production one (config overrides; () = none), and its load levels.
+    serve_large: tuple[str, ...] = ("model=resnet50", "data.image_size=128")
+    serve_large_requests: dict[int, int] = field(default_factory=lambda: {1: 20, 32: 160})
     # Memory: the quickstart training run (extra overrides shorten it in quick mode).
     memory_overrides: tuple[str, ...] = ()
     # Overrides of the quickstart config the benchmarks follow (tiny mode: a tiny model).
@@ -44,6 +47,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["serve_requests"] = {str(k): v for k, v in self.serve_requests.items()}
+        data["serve_large_requests"] = {str(k): v for k, v in self.serve_large_requests.items()}
         return data
 
 
@@ -103,6 +107,7 @@ TINY = Settings(
     serve_repetitions=1,
     serve_batch_level=False,
     ceiling_calls_b32=2,
+    serve_large=(),
     memory_overrides=("trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
                       "+trainer.limit_test_batches=1"),
     config_overrides=("model=tiny_resnet", "data.image_size=32", "data.batch_size=16"),

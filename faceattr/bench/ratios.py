@@ -40,6 +40,8 @@ EXTRA: dict[str, str] = {
     "loader_vs_train_step": "images/s of faceattr's 2-worker DataLoader / images/s of the quickstart training step "
                             "on this CPU (above 1: the loader keeps the model fed)",
     "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
+    "serve_c32_vs_inprocess_b32_large": "serve_c32_vs_inprocess_b32 for a production-size model (resnet50 at "
+                                        "128x128): the same serving overhead against a model 15x as costly",
 }
 
 
@@ -64,6 +66,7 @@ def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "onnx_vs_eager_b1": [(fmt.format(b, "onnx_b1"), fmt.format(b, "eager_b1")) for b in backbones],
         "serve_c32_vs_inprocess_b32": [("serving/c32/reps", "serving/inprocess_b32/reps")],
         "serve_c32_vs_c1": [("serving/c32/reps", "serving/c1/reps")],
+        "serve_c32_vs_inprocess_b32_large": [("serving_large/c32/reps", "serving_large/inprocess_b32/reps")],
         "loader_speedup_vs_seed": [("data/loader/ours_reps", "data/loader/seed_reps")],
         "loader_vs_train_step": [("data/loader/ours_img_s", "training/raw_img_s")],  # not paired: median figures
         "onnx_vs_torchscript_b32": [(fmt.format(b, "onnx_b32"), fmt.format(b, "torchscript_b32"))

@@ -6,12 +6,14 @@
 2. ``bentoml serve`` starts from the repo root on a free loopback port with the serving config
    (``conf/serve/default.yaml`` + ``FACEATTR_SERVE_*`` overrides given to the benchmark); the benchmark waits for
    ``/readyz``.
-3. Clients (asyncio + httpx, one connection each) POST real JPEGs (the generated 178x218 CelebA files) to
-   ``/predict`` at concurrency 1, 8 and 32, each level bounded by a request count and a time limit, after a warm-up.
+3. Clients (``faceattr/bench/http_load.py``: pre-encoded requests, one keep-alive connection each) POST real
+   JPEGs (the generated 178x218 CelebA files) to ``/predict`` at concurrency 1, 8 and 32, each level bounded by a
+   request count and a time limit, after a warm-up.
    Figures: img/s (answered images / wall time), client-side latency p50/p99, and the mean batch size the model
    saw (``faceattr_model_batch_size`` sum/count on ``/metrics``, the difference over the level).
-4. The ceiling: the same artefact run in this process by the service's own ``Predictor`` on uint8 batches of 32
-   (``max_batch_size``), timed in repetitions interleaved with the concurrency-32 load.
+4. The ceiling: the artefact the service runs (``format: auto`` resolved alike), run in this process by the
+   service's own ``Predictor`` with every core on uint8 batches of 32 (``max_batch_size``), timed in repetitions
+   interleaved with the concurrency-32 load.
 5. Peak RSS of the serving process tree under load, and at rest after start-up.
 
 The load generator runs on the same cores as the server: its CPU time is part of what is measured.
@@ -19,7 +21,6 @@ The load generator runs on the same cores as the server: its CPU time is part of
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import os
@@ -35,7 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.bench.common import REPO, Settings
+from faceattr.bench.common import REPO, Settings, size_pair
+from faceattr.bench import http_load
+from faceattr.bench.http_load import multipart_request, run_load
 from faceattr.bench.timing import PeakRSS, latency_summary, median, percentile
 
 
@@ -139,52 +142,27 @@ def parse_batch_metrics(text: str) -> tuple[float, float]:
     return values["faceattr_model_batch_size_sum"], values["faceattr_model_batch_size_count"]
 
 
-async def _load(url: str, images: list[bytes], concurrency: int, requests: int, max_seconds: float,
-                per_request: int = 1) -> dict[str, Any]:
-    """``requests`` POSTs from ``concurrency`` clients, stopping at ``max_seconds``: one image each to /predict, or
-    ``per_request`` images each to /predict_batch. Latencies are per request."""
-    import httpx
-
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    issued = 0
-    deadline = time.perf_counter() + max_seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60.0) as client:
-
-        async def worker(offset: int) -> None:
-            nonlocal issued
-            while issued < requests and time.perf_counter() < deadline:
-                index = issued
-                issued += 1
-                data = images[(index + offset) % len(images)]
-                started = time.perf_counter()
-                try:
-                    if per_request == 1:
-                        response = await client.post("/predict", files={"image": ("face.jpg", data, "image/jpeg")})
-                    else:
-                        files = [("images", (f"{k}.jpg", images[(index * per_request + k) % len(images)], "image/jpeg"))
-                                 for k in range(per_request)]
-                        response = await client.post("/predict_batch", files=files)
-                    status = str(response.status_code)
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
-                if status == "200":
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors[status] = errors.get(status, 0) + 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"latencies": latencies, "errors": errors, "elapsed": elapsed}
+def encoded_requests(url: str, images: list[bytes], per_request: int = 1) -> list[bytes]:
+    """One pre-encoded HTTP request per image (``/predict``, field ``image``), or per ``per_request`` consecutive
+    images (``/predict_batch``, field ``images`` repeated)."""
+    host = url.split("://", 1)[1]
+    if per_request == 1:
+        return [multipart_request(host, "/predict", [("image", "face.jpg", data, "image/jpeg")]) for data in images]
+    return [
+        multipart_request(host, "/predict_batch", [
+            ("images", f"{k}.jpg", images[(start + k) % len(images)], "image/jpeg") for k in range(per_request)])
+        for start in range(0, len(images), per_request)
+    ]
 
 
 def cpu_seconds(server_pid: int | None) -> dict[str, float]:
     """CPU seconds (user + system) so far of this process (the load generator) and of the server's processes:
-    ``api`` (FaceAttr: HTTP, decoding, preprocessing) and ``model`` (FaceAttrModel: batching and the model)."""
+    ``model``: the model's compute, i.e. the FaceAttrModel process (runner=service) or the threads named
+    ``faceattr-model`` in the API process (runner=inline: the model thread and the OpenMP team it started);
+    ``api``: the rest of the FaceAttr processes (HTTP, decoding, preprocessing, batching)."""
     import psutil
+
+    from faceattr.serve.batching import MODEL_THREAD
 
     me = psutil.Process().cpu_times()
     out = {"client": me.user + me.system, "api": 0.0, "model": 0.0, "other": 0.0}
@@ -198,18 +176,34 @@ def cpu_seconds(server_pid: int | None) -> dict[str, float]:
         try:
             times = process.cpu_times()
             command = " ".join(process.cmdline())
+            threads = process.threads()
         except psutil.Error:
             continue
         key = "model" if "FaceAttrModel" in command else "api" if "FaceAttr" in command else "other"
-        out[key] += times.user + times.system
+        total = times.user + times.system
+        if key == "api":
+            model = 0.0
+            for thread in threads:
+                try:
+                    name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if name == MODEL_THREAD:
+                    model += thread.user_time + thread.system_time
+            out["model"] += model
+            total -= model
+        out[key] += total
     return out
 
 
 def load_level(url: str, images: list[bytes], concurrency: int, requests: int, max_seconds: float,
                server_pid: int | None = None, per_request: int = 1) -> dict[str, Any]:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    encoded = encoded_requests(url, images, per_request)
     before, cpu_before = batch_metrics(url), cpu_seconds(server_pid)
-    outcome = asyncio.run(_load(url, images, concurrency, requests, max_seconds, per_request))
+    load = http_load.run(run_load(host, int(port), encoded, concurrency, requests, max_seconds))
     after, cpu_after = batch_metrics(url), cpu_seconds(server_pid)
+    outcome: dict[str, Any] = {"latencies": load.latencies, "errors": load.errors, "elapsed": load.elapsed}
     calls = after[1] - before[1]
     answered = len(outcome["latencies"]) * per_request
     outcome["img_s"] = answered / outcome["elapsed"] if outcome["elapsed"] > 0 else float("nan")
@@ -219,10 +213,12 @@ def load_level(url: str, images: list[bytes], concurrency: int, requests: int, m
     return outcome
 
 
-def ceiling_runner(export_dir: Path, fmt: str, num_threads: int | None):
-    """The service's ``Predictor`` on the exported artefact, in this process."""
-    from faceattr.serve.config import ServeConfig
-    from faceattr.serve.runtime import ModelInfo, Predictor
+def ceiling_runner(export_dir: Path, serve_cfg, num_threads: int | None):
+    """The service's ``Predictor`` on the exported artefact, in this process: the artefact the service runs with
+    ``serve_cfg`` (its ``format``, ``auto`` resolved as the service does, on the CPU)."""
+    import dataclasses
+
+    from faceattr.serve.runtime import ModelInfo, Predictor, served_format
 
     meta = json.loads((export_dir / "faceattr.json").read_text())
     info = ModelInfo(
@@ -230,7 +226,9 @@ def ceiling_runner(export_dir: Path, fmt: str, num_threads: int | None):
         image_size=tuple(meta["image_size"]), crop=tuple(meta["crop"]) if meta.get("crop") else None,
         thresholds=tuple(meta["thresholds"].values()), formats=dict(meta["formats"]), metadata=meta,
     )
-    return Predictor(info, ServeConfig(format=fmt, device="cpu", num_threads=num_threads)), info
+    config = dataclasses.replace(serve_cfg, format=served_format(serve_cfg, info, "cpu"), device="cpu",
+                                 num_threads=num_threads)
+    return Predictor(info, config), info
 
 
 def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None,
@@ -242,7 +240,7 @@ def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, s
     env = dict(os.environ)
     env.update({"BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
                 "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **overrides})
-    serve_cfg = load_serve_config(env)
+    serve_cfg = load_serve_config(env).for_device("cpu")  # the served API workers and threads
     started = time.time()
     checkpoint = random_checkpoint(cfg, tmp / "random.ckpt")
     export_dir = export_model(checkpoint, tmp, env)
@@ -250,7 +248,9 @@ def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, s
     images = [Path(p).read_bytes() for p in image_paths]
     result: dict[str, Any] = {
         "backbone": str(cfg.model.backbone),
+        "image_size": "x".join(str(v) for v in size_pair(cfg.data.image_size)),
         "format": serve_cfg.format,
+        "runner": serve_cfg.runner,
         "max_batch_size": serve_cfg.max_batch_size,
         "max_latency_ms": serve_cfg.max_latency_ms,
         "num_threads": serve_cfg.num_threads,
@@ -260,7 +260,9 @@ def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, s
         "image_bytes_mean": int(np.mean([len(b) for b in images])),
         "export_s": round(export_s, 1),
     }
-    predictor, info = ceiling_runner(export_dir, serve_cfg.format, serve_cfg.num_threads)
+    # The ceiling uses every core (the library default), whatever thread setting the served config chose.
+    predictor, info = ceiling_runner(export_dir, serve_cfg, None)
+    result["format"] = predictor.format
     batch = np.random.default_rng(0).integers(0, 256, (serve_cfg.max_batch_size, 3, *info.image_size), dtype=np.uint8)
     for _ in range(3):
         predictor(batch)

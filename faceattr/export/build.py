@@ -186,6 +186,8 @@ def onnx_session(path: Path, device: str = "cpu", num_threads: int | None = None
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    # No busy-waiting of the thread pool between calls: on a shared CPU it takes cores from decoding and HTTP.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if num_threads:
         options.intra_op_num_threads = num_threads
     providers = ["CPUExecutionProvider"]

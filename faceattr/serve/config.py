@@ -25,8 +25,11 @@ from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, PixelBudget, rea
 
 ENV_PREFIX = "FACEATTR_SERVE_"
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
-FORMATS = ("torchscript", "onnx")
+FORMATS = ("auto", "torchscript", "onnx")
 THRESHOLD_MODES = ("calibrated", "fixed")
+RUNNERS = ("inline", "service")
+#: The most API workers ``api_workers: null`` starts (one per core up to this).
+MAX_AUTO_WORKERS = 4
 
 
 class ServeConfigError(ValueError):
@@ -38,7 +41,8 @@ class ServeConfig:
     """The validated settings (see ``conf/serve/default.yaml`` for what each one means)."""
 
     model: str = "faceattr"
-    format: str = "torchscript"
+    format: str = "auto"
+    runner: str = "inline"
     device: str = "auto"
     threshold_mode: str = "calibrated"
     threshold: float = 0.5
@@ -51,10 +55,11 @@ class ServeConfig:
     max_images_per_request: int = 16
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
     num_threads: int | None = None
-    api_workers: int = 1
+    api_workers: int | None = None
     model_workers: int = 1
     timeout_s: float = 60.0
     decimals: int = 6
+    access_log: bool = False
     source: str = field(default="defaults", compare=False)
 
     @property
@@ -67,8 +72,24 @@ class ServeConfig:
         budget = PixelBudget(self.max_decode_pixels, timeout_s=self.timeout_s / 2)
         return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.image_formats, budget)
 
+    def for_device(self, device: str, cores: int | None = None) -> ServeConfig:
+        """``api_workers`` and ``num_threads`` made concrete for the model running on ``device``.
+
+        With the model inline on a CPU, ``null`` means one API worker per core (at most ``MAX_AUTO_WORKERS``: each
+        holds a copy of the model) and the cores shared out between them as model threads: every process then runs
+        HTTP, decoding and its model without waiting on another (BENCHMARKS.md, Serving). Otherwise one API worker
+        and the library's own thread count.
+        """
+        if cores is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        inline_cpu = self.runner == "inline" and device == "cpu"
+        workers = self.api_workers or (min(cores, MAX_AUTO_WORKERS) if inline_cpu else 1)
+        threads = self.num_threads or (max(1, cores // workers) if inline_cpu else None)
+        return dataclasses.replace(self, api_workers=workers, num_threads=threads)
+
     def describe(self) -> str:
-        keys = ("model", "format", "device", "threshold_mode", "max_batch_size", "max_latency_ms")
+        keys = ("model", "format", "runner", "device", "api_workers", "num_threads", "threshold_mode",
+                "max_batch_size", "max_latency_ms")
         return ", ".join(f"{key}={getattr(self, key)}" for key in keys) + f" (from {self.source})"
 
 
@@ -130,6 +151,10 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
         if not isinstance(items, (list, tuple)) or not items:
             raise ServeConfigError(f"{where}: expected a non-empty list")
         return tuple(str(item).strip().upper() for item in items if str(item).strip())
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ServeConfigError(f"{where}: expected true or false")
+        return value
     if kind.startswith("int"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ServeConfigError(f"{where}: expected an integer")
@@ -145,6 +170,8 @@ def _validate(config: ServeConfig) -> ServeConfig:
     where = f"({config.source})"
     if config.format not in FORMATS:
         raise ServeConfigError(f"format={config.format!r} {where}: expected one of {', '.join(FORMATS)}")
+    if config.runner not in RUNNERS:
+        raise ServeConfigError(f"runner={config.runner!r} {where}: expected one of {', '.join(RUNNERS)}")
     if config.threshold_mode not in THRESHOLD_MODES:
         raise ServeConfigError(
             f"threshold_mode={config.threshold_mode!r} {where}: expected one of {', '.join(THRESHOLD_MODES)}"
@@ -155,15 +182,16 @@ def _validate(config: ServeConfig) -> ServeConfig:
         raise ServeConfigError(f"device={config.device!r} {where}: expected auto, cpu, cuda or cuda:N")
     positive = (
         "max_batch_size", "max_latency_ms", "max_image_bytes", "max_image_pixels", "max_decode_pixels",
-        "max_request_bytes", "max_images_per_request", "api_workers", "model_workers",
+        "max_request_bytes", "max_images_per_request", "model_workers",
     )
     for key in positive:
         if getattr(config, key) < 1:
             raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be at least 1")
     if config.max_batch_size < 2:
         raise ServeConfigError(f"max_batch_size={config.max_batch_size} {where}: BentoML needs at least 2")
-    if config.num_threads is not None and config.num_threads < 1:
-        raise ServeConfigError(f"num_threads={config.num_threads} {where}: must be null or at least 1")
+    for key in ("num_threads", "api_workers"):
+        if getattr(config, key) is not None and getattr(config, key) < 1:
+            raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be null or at least 1")
     unreadable = [name for name in config.image_formats if name not in readable_formats()]
     if unreadable:
         raise ServeConfigError(

@@ -1,12 +1,15 @@
 """The BentoML service: ``bentoml serve`` from the repo root (``bentofile.yaml`` names ``FaceAttr``).
 
-Two services, one process each (``bentoml serve`` starts both):
+``FaceAttr`` is the HTTP API: ``POST /predict`` (multipart field ``image``) and ``POST /predict_batch`` (multipart
+field ``images``, repeated). It checks, decodes and preprocesses uploads in a thread pool, concurrently, runs the
+model on uint8 batches and turns probabilities into JSON. Where the model runs is ``runner`` (conf/serve):
 
-* ``FaceAttr`` (the HTTP API): ``POST /predict`` (multipart field ``image``) and ``POST /predict_batch`` (multipart
-  field ``images``, repeated). It checks, decodes and preprocesses uploads in a thread pool, concurrently, then
-  sends uint8 tensors to the model service and turns probabilities into JSON.
-* ``FaceAttrModel``: one batchable endpoint ``infer``; BentoML's adaptive batching merges concurrent calls (up to
-  ``max_batch_size`` images, waiting at most ``max_latency_ms``) into one model call.
+* ``inline`` (default): in each API worker process, on a dedicated thread, behind adaptive batching
+  (``faceattr/serve/batching.py``): the requests waiting when the model becomes free are merged into one call of up
+  to ``max_batch_size`` images. No second hop per image: the fastest on CPU (BENCHMARKS.md, Serving).
+* ``service``: in ``FaceAttrModel``, a second BentoML service (its own process(es), ``model_workers``) with one
+  batchable endpoint ``infer``, which BentoML's adaptive batching feeds; the API calls it over BentoML's
+  inter-service HTTP. For several API workers sharing one GPU model, or scaling the two independently.
 
 Settings come from ``conf/serve/*.yaml`` and ``FACEATTR_SERVE_*`` variables (``faceattr/serve/config.py``). With no
 model in the store the import fails with one line (exit status 2) saying to run ``export.py``.
@@ -15,7 +18,9 @@ model in the store the import fails with one line (exit status 2) saying to run 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ctypes
+import ctypes.util
 import sys
 import time
 from pathlib import Path
@@ -31,17 +36,19 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from faceattr.serve.batching import InlineBatcher, Overloaded
 from faceattr.serve.config import ServeConfig, ServeConfigError, load_serve_config
 from faceattr.serve.images import ImageError, load_and_preprocess
-from faceattr.serve.runtime import ModelError, ModelInfo, Predictor, pick_device, resolve_model
+from faceattr.serve.runtime import ModelError, ModelInfo, Predictor, pick_device, resolve_model, served_format
 
 
 def _startup() -> tuple[ServeConfig, ModelInfo]:
     try:
         config = load_serve_config()
         model = resolve_model(config)
+        device = pick_device(config.device)
+        config = dataclasses.replace(config, format=served_format(config, model, device)).for_device(device)
         model.artefact(config.format)  # the chosen format exists
-        pick_device(config.device)  # and the device
         return config, model
     except (ServeConfigError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -186,6 +193,7 @@ class UploadGuard:
     name="FaceAttrModel",
     workers=CONFIG.model_workers,
     traffic={"timeout": CONFIG.timeout_s},
+    logging={"access": {"enabled": CONFIG.access_log}},
 )
 class FaceAttrModel:
     """Runs the exported model; concurrent calls are merged by adaptive batching."""
@@ -194,12 +202,7 @@ class FaceAttrModel:
     bento_model = bentoml.models.BentoModel(MODEL.tag)
 
     def __init__(self) -> None:
-        self.predictor = Predictor(MODEL, CONFIG)
-        h, w = MODEL.image_size
-        for size in (1, 2, 1, 2):  # warm-up: TorchScript's profiling executor optimizes over the first calls
-            self.predictor(np.zeros((size, 3, h, w), dtype=np.uint8))
-        print(f"faceattr model {MODEL.tag} ({CONFIG.format} on {self.predictor.device}) ready; "
-              f"{CONFIG.describe()}", flush=True)
+        self.predictor = _ready_predictor()
 
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
                  max_latency_ms=CONFIG.max_latency_ms)
@@ -207,48 +210,80 @@ class FaceAttrModel:
         """uint8 images (N, 3, h, w) at the model's input size -> float32 probabilities (N, A)."""
         started = time.perf_counter()
         probabilities = self.predictor(images)
-        MODEL_SECONDS.observe(time.perf_counter() - started)
-        MODEL_BATCH_SIZE.observe(len(images))
+        _observe_model_call(len(images), time.perf_counter() - started)
         return probabilities
+
+
+def _ready_predictor() -> Predictor:
+    """The model, loaded and warmed up (TorchScript's profiling executor optimizes over the first calls)."""
+    predictor = Predictor(MODEL, CONFIG)
+    h, w = MODEL.image_size
+    for size in (1, 2, 1, 2):
+        predictor(np.zeros((size, 3, h, w), dtype=np.uint8))
+    print(f"faceattr model {MODEL.tag} ({CONFIG.format} on {predictor.device}) ready; {CONFIG.describe()}",
+          flush=True)
+    return predictor
+
+
+def _observe_model_call(images: int, seconds: float) -> None:
+    MODEL_SECONDS.observe(seconds)
+    MODEL_BATCH_SIZE.observe(images)
+
+
+def _inline_batcher() -> InlineBatcher:
+    """The model in this process, on its own thread, behind adaptive batching (``faceattr/serve/batching.py``)."""
+    return InlineBatcher(_ready_predictor, CONFIG.max_batch_size, CONFIG.max_latency_ms, observe=_observe_model_call)
 
 
 @bentoml.service(
     name="FaceAttr",
     workers=CONFIG.api_workers,
     traffic={"timeout": CONFIG.timeout_s},
+    logging={"access": {"enabled": CONFIG.access_log}},
 )
 class FaceAttr:
     """Face attributes of photos: 40 CelebA attribute probabilities and those present, per image."""
 
-    model_service = bentoml.depends(FaceAttrModel)
+    if CONFIG.runner == "service":  # the model in its own process(es); `bentoml serve` starts it
+        model_service = bentoml.depends(FaceAttrModel)
     bento_model = bentoml.models.BentoModel(MODEL.tag)
 
     def __init__(self) -> None:
         self.tag = MODEL.tag
         self.attributes = list(MODEL.attributes)
-        self.thresholds = MODEL.thresholds_for(CONFIG)
+        self.thresholds = MODEL.thresholds_for(CONFIG).tolist()
         self.limits = CONFIG.decoding_limits()  # one decoding budget for all requests of this process
-        _return_freed_images_to_the_os()
-        _keep_model_connections(self.model_service)
-        # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
-        torch.set_num_threads(1)
+        self.limits.budget.on_release = _return_freed_memory_after_large_images
+        if CONFIG.runner == "inline":
+            self.batcher = _inline_batcher()
+        else:
+            self.batcher = None
+            _keep_model_connections(self.model_service)
+            # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
+            torch.set_num_threads(1)
 
-    def _preprocess(self, data: bytes) -> np.ndarray:
-        return load_and_preprocess(data, MODEL.image_size, MODEL.crop, self.limits).numpy()
+    def _load(self, path: Path) -> np.ndarray:
+        """Read, check, decode and preprocess one upload (on a worker thread)."""
+        return load_and_preprocess(Path(path).read_bytes(), MODEL.image_size, MODEL.crop, self.limits).numpy()
 
     async def _prepare(self, path: Path) -> np.ndarray:
-        """Read, check, decode and preprocess one upload in a worker thread (concurrently with other requests and
-        with the model); raises Rejected for a bad upload."""
+        """One upload as a model input, prepared in a worker thread (concurrently with other requests and with the
+        model); raises Rejected for a bad upload."""
         if not _is_upload(path):
             raise Rejected(400, "send the image as a multipart file upload")
-        data = await anyio.to_thread.run_sync(Path(path).read_bytes)
         try:
-            return await anyio.to_thread.run_sync(self._preprocess, data)
+            return await anyio.to_thread.run_sync(self._load, path)
         except ImageError as exc:
             raise Rejected(exc.status, str(exc)) from None
 
     async def _infer(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities from the model service (inference is idempotent: a dropped connection is retried)."""
+        """Probabilities from the model: in this process (``runner: inline``) or from the model service
+        (inference is idempotent: a dropped connection to it is retried)."""
+        if self.batcher is not None:
+            try:
+                return await self.batcher(batch)
+            except Overloaded as exc:
+                raise Rejected(503, str(exc)) from None
         for attempt in range(CONNECTION_ATTEMPTS):
             try:
                 return await self.model_service.to_async.infer(batch)
@@ -263,11 +298,13 @@ class FaceAttr:
                 raise
         raise AssertionError("unreachable")
 
-    def _result(self, probabilities: np.ndarray) -> tuple[dict[str, float], list[str]]:
-        rounded = np.round(probabilities.astype(np.float64), CONFIG.decimals)
-        attributes = {name: float(p) for name, p in zip(self.attributes, rounded)}
-        present = [name for name, p, t in zip(self.attributes, probabilities, self.thresholds) if p >= t]
-        return attributes, present
+    def _result(self, probabilities: np.ndarray) -> dict:
+        """``{"attributes": {name: probability}, "present": [names]}`` of one image."""
+        rounded = np.round(probabilities.astype(np.float64), CONFIG.decimals).tolist()
+        return {
+            "attributes": dict(zip(self.attributes, rounded)),
+            "present": [name for name, p, t in zip(self.attributes, probabilities.tolist(), self.thresholds) if p >= t],
+        }
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> Prediction:
@@ -278,8 +315,8 @@ class FaceAttr:
         except Rejected as exc:
             return rejected(exc.status, str(exc))
         IMAGES.labels(outcome="ok").inc()
-        attributes, present = self._result(probabilities[0])
-        return Prediction(model=self.tag, attributes=attributes, present=present)
+        # The documented Prediction, serialized directly (BentoML would validate it field by field again).
+        return JSONResponse({"model": self.tag, **self._result(probabilities[0])})
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(self, images: list[Path]) -> BatchPrediction:
@@ -299,11 +336,7 @@ class FaceAttr:
         except Rejected as exc:
             return rejected(exc.status, str(exc))
         IMAGES.labels(outcome="ok").inc(len(prepared))
-        predictions = []
-        for row in probabilities:
-            attributes, present = self._result(row)
-            predictions.append(ImagePrediction(attributes=attributes, present=present))
-        return BatchPrediction(model=self.tag, predictions=predictions)
+        return JSONResponse({"model": self.tag, "predictions": [self._result(row) for row in probabilities]})
 
 
 CONNECTION_ATTEMPTS = 3
@@ -319,18 +352,26 @@ def _keep_model_connections(proxy) -> None:
         manager.max_age = float("inf")
 
 
-def _return_freed_images_to_the_os(threshold: int = 1 << 20) -> bool:
-    """Have glibc serve allocations of ``threshold`` bytes and more with mmap, so that a decoded image's memory goes
-    back to the OS when it is freed.
+#: Decodes of at least this many pixels are followed by a heap trim (a 1 MP image is ~3 MB decoded, Pillow ~16 MB).
+TRIM_AFTER_PIXELS = 1_000_000
+_LIBC = ctypes.util.find_library("c")
 
-    glibc's default threshold grows (up to 32 MiB) after large blocks are freed; Pillow's 16 MiB image blocks then
-    come from per-thread heap arenas that keep them, and the API process's RSS grows with every thread that ever
-    decoded a large image (measured with 8 concurrent 49-megapixel WebPs, two decoded at a time: the process kept
-    3.9 GB afterwards without this, and went back to its idle 0.9 GB with it). Without glibc this does nothing.
+
+def _return_freed_memory_after_large_images(pixels: int) -> bool:
+    """After decoding a large image, hand the heap memory that decoding freed back to the OS (glibc ``malloc_trim``).
+
+    glibc's malloc keeps freed memory for reuse; Pillow's 16 MiB image blocks come from per-thread heap arenas,
+    and without a trim the API process's RSS grows with every decoding thread that ever held a large image
+    (measured with 8 concurrent 49-megapixel WebPs, two decoded at a time: the process kept 3.9 GB afterwards
+    without a trim, and went back to its idle size with one). A trim after the rare large image keeps that
+    bound without changing how the model allocates: the earlier fix, a 1 MiB ``M_MMAP_THRESHOLD`` for the whole
+    process, made every activation of a batch an mmap/munmap and the in-process model ~45% slower. Without
+    glibc this does nothing.
     """
+    if pixels < TRIM_AFTER_PIXELS or _LIBC is None:
+        return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, threshold))  # M_MMAP_THRESHOLD
+        return bool(ctypes.CDLL(_LIBC).malloc_trim(0))
     except (OSError, AttributeError):
         return False
 
