@@ -158,8 +158,9 @@ def test_runner_and_access_log_settings_and_the_gpu_preset():
     assert (default.format, default.runner, default.access_log) == ("auto", "inline", False)
     assert (default.api_workers, default.num_threads) == (None, None)
     # null workers/threads: one worker per core (at most 4), the cores shared out as model threads; explicit wins.
-    assert [(c.api_workers, c.num_threads) for c in (default.for_device("cpu", cores=2),
-            default.for_device("cpu", cores=16), default.for_device("cuda", cores=16))] == [(2, 1), (4, 4), (1, None)]
+    assert [(c.api_workers, c.num_threads, c.decode_threads) for c in (default.for_device("cpu", cores=2),
+            default.for_device("cpu", cores=16), default.for_device("cuda", cores=16))] == [
+        (2, 1, 2), (4, 4, 5), (1, None, 17)]
     explicit = load_serve_config({"FACEATTR_SERVE_API_WORKERS": "3", "FACEATTR_SERVE_NUM_THREADS": "2"})
     assert (explicit.for_device("cpu", cores=2).api_workers, explicit.for_device("cpu", cores=2).num_threads) == (3, 2)
     service = load_serve_config({"FACEATTR_SERVE_RUNNER": "service"}).for_device("cpu", cores=8)
@@ -169,6 +170,7 @@ def test_runner_and_access_log_settings_and_the_gpu_preset():
     assert load_serve_config({"FACEATTR_SERVE_ACCESS_LOG": "true"}).access_log is True
     with pytest.raises(ServeConfigError, match="runner='remote' .*expected one of inline, service"):
         load_serve_config({"FACEATTR_SERVE_RUNNER": "remote"})
+    assert load_serve_config({"FACEATTR_SERVE_DECODE_THREADS": "3"}).for_device("cpu", cores=2).decode_threads == 3
     with pytest.raises(ServeConfigError, match="api_workers=0 .*must be null or at least 1"):
         load_serve_config({"FACEATTR_SERVE_API_WORKERS": "0"})
     with pytest.raises(ServeConfigError, match="access_log='yes please' .*expected true or false"):

@@ -55,6 +55,7 @@ class ServeConfig:
     max_images_per_request: int = 16
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
     num_threads: int | None = None
+    decode_threads: int | None = None
     api_workers: int | None = None
     model_workers: int = 1
     timeout_s: float = 60.0
@@ -78,18 +79,20 @@ class ServeConfig:
         With the model inline on a CPU, ``null`` means one API worker per core (at most ``MAX_AUTO_WORKERS``: each
         holds a copy of the model) and the cores shared out between them as model threads: every process then runs
         HTTP, decoding and its model without waiting on another (BENCHMARKS.md, Serving). Otherwise one API worker
-        and the library's own thread count.
+        and the library's own thread count. ``decode_threads: null`` is the worker's share of the cores plus one
+        (at least 2): more threads decoding at once only contend for the cores and the GIL.
         """
         if cores is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         inline_cpu = self.runner == "inline" and device == "cpu"
         workers = self.api_workers or (min(cores, MAX_AUTO_WORKERS) if inline_cpu else 1)
         threads = self.num_threads or (max(1, cores // workers) if inline_cpu else None)
-        return dataclasses.replace(self, api_workers=workers, num_threads=threads)
+        decoders = self.decode_threads or max(2, cores // workers + 1)
+        return dataclasses.replace(self, api_workers=workers, num_threads=threads, decode_threads=decoders)
 
     def describe(self) -> str:
-        keys = ("model", "format", "runner", "device", "api_workers", "num_threads", "threshold_mode",
-                "max_batch_size", "max_latency_ms")
+        keys = ("model", "format", "runner", "device", "api_workers", "num_threads", "decode_threads",
+                "threshold_mode", "max_batch_size", "max_latency_ms")
         return ", ".join(f"{key}={getattr(self, key)}" for key in keys) + f" (from {self.source})"
 
 
@@ -189,7 +192,7 @@ def _validate(config: ServeConfig) -> ServeConfig:
             raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be at least 1")
     if config.max_batch_size < 2:
         raise ServeConfigError(f"max_batch_size={config.max_batch_size} {where}: BentoML needs at least 2")
-    for key in ("num_threads", "api_workers"):
+    for key in ("num_threads", "api_workers", "decode_threads"):
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be null or at least 1")
     unreadable = [name for name in config.image_formats if name not in readable_formats()]

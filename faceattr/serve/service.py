@@ -254,6 +254,7 @@ class FaceAttr:
         self.thresholds = MODEL.thresholds_for(CONFIG).tolist()
         self.limits = CONFIG.decoding_limits()  # one decoding budget for all requests of this process
         self.limits.budget.on_release = _return_freed_memory_after_large_images
+        self._decoders = anyio.CapacityLimiter(CONFIG.decode_threads)  # uploads decoded at once
         if CONFIG.runner == "inline":
             self.batcher = _inline_batcher()
         else:
@@ -272,7 +273,7 @@ class FaceAttr:
         if not _is_upload(path):
             raise Rejected(400, "send the image as a multipart file upload")
         try:
-            return await anyio.to_thread.run_sync(self._load, path)
+            return await anyio.to_thread.run_sync(self._load, path, limiter=self._decoders)
         except ImageError as exc:
             raise Rejected(exc.status, str(exc)) from None
 
