@@ -73,7 +73,7 @@ def fake_results() -> dict:
                     "c32": dict(level, img_s=140.0, reps=[140.0, 70.0]),
                     "inprocess_b32": {"batch": 32, "img_s": 500.0, "p50_ms": 60.0, "cpu_ms_per_image": 2.0,
                                       "reps": [500.0, 250.0]},
-                    "cpu_bound_ratio_estimate": 0.33, "zero_server_overhead_bound": 0.67},
+                    "cpu_bound_ratio_estimate": 0.33},
         "memory": {"command": "python train.py experiment=quickstart", "wall_s": 1.0, "global_step": 3,
                    "peak_rss_main_mb": 1.0, "peak_rss_tree_mb": 2.0, "peak_pss_tree_mb": 1.5, "processes": 3},
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import faceattr.serve.images as images
+from faceattr.serve import images
 from faceattr.serve.images import ImageError, load_and_preprocess
 
 

@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from faceattr.bench.common import REPO, Settings, size_pair
 from faceattr.bench import http_load
+from faceattr.bench.common import REPO, Settings, size_pair
 from faceattr.bench.http_load import multipart_request, run_load
 from faceattr.bench.timing import PeakRSS, latency_summary, median, percentile
 
@@ -360,9 +360,6 @@ def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, s
     result["cpu_bound_ratio_estimate"] = round(
         result["inprocess_b32"]["cpu_ms_per_image"] / sum(spent.values()), 3) if all(
         math.isfinite(v) for v in spent.values()) else None
-    result["zero_server_overhead_bound"] = round(
-        result["inprocess_b32"]["cpu_ms_per_image"] / (result["inprocess_b32"]["cpu_ms_per_image"] + spent["client"]),
-        3) if math.isfinite(spent["client"]) else None
     log(f"  {result['format']}: " + ", ".join(
         f"c{c} {result[f'c{c}']['img_s']:.0f} img/s (p50 {result[f'c{c}']['p50_ms']:.0f} ms, batch "
         f"{result[f'c{c}']['mean_batch']:.1f})" for c in settings.serve_requests)

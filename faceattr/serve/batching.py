@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 #: The model thread's name, also given to the OS thread (``/proc/<pid>/task/<tid>/comm``, ``top -H``): the threads
 #: the model starts there (torch's OpenMP team) inherit it, so the model's CPU time can be told apart.
 MODEL_THREAD = "faceattr-model"
