@@ -3,9 +3,9 @@
 The benchmark's clients share the machine's cores with the server they measure, so every millisecond of CPU they
 spend per request is taken from the server (on 2 cores httpx's AsyncClient cost ~2.5-5 ms of CPU per request, more
 than the model's own ~2 ms per image). This client writes pre-encoded ``multipart/form-data`` requests on plain
-asyncio streams and reads the status line, the headers and a ``Content-Length`` or chunked body: about 0.1 ms of
-CPU per request (on uvloop, when installed: :func:`run`). It speaks exactly the HTTP/1.1 that ``bentoml serve`` (uvicorn) answers; it is not a general
-client (no TLS, no redirects, no proxies).
+asyncio streams and reads the status line, the headers and a ``Content-Length`` or chunked body: 0.1-0.3 ms of
+CPU per request (BENCHMARKS.md, Serving). It speaks exactly the HTTP/1.1 that ``bentoml serve`` (uvicorn)
+answers; it is not a general client (no TLS, no redirects, no proxies).
 """
 
 from __future__ import annotations
@@ -127,8 +127,8 @@ async def run_load(host: str, port: int, requests_bytes: list[bytes], concurrenc
 
 
 def run(coroutine):
-    """Run ``coroutine`` to completion on uvloop (installed with the project: the server's uvicorn uses it too; about
-    half of asyncio's CPU per request here), else on asyncio's own loop."""
+    """Run ``coroutine`` to completion on uvloop (installed with the project for the server's uvicorn), else on
+    asyncio's own loop."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a project dependency

@@ -135,7 +135,7 @@ def resolve_model(config: ServeConfig) -> ModelInfo:
 
 def served_format(config: ServeConfig, info: ModelInfo, device: str) -> str:
     """The artefact to run: ``config.format``, or for ``auto`` ONNX Runtime on a CPU when the model has an ONNX
-    artefact (2-3x TorchScript's speed there: BENCHMARKS.md, Inference), else TorchScript."""
+    artefact (2.4-3x TorchScript there at batch 1, 1.1-1.6x at batch 32: BENCHMARKS.md, Inference), else TorchScript."""
     if config.format != "auto":
         return config.format
     return "onnx" if "onnx" in info.formats and device == "cpu" else "torchscript"
