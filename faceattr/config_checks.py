@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,6 +18,7 @@ NUMBER_KEYS: dict[str, tuple[type, ...]] = {
     "data.batch_size": (int,),
     "data.num_workers": (int,),
     "data.limit": (int,),
+    "data.val_limit": (int,),
     "trainer.max_epochs": (int,),
     "trainer.min_epochs": (int,),
     "trainer.check_val_every_n_epoch": (int,),
@@ -52,14 +52,14 @@ def build(cfg: DictConfig, what: str, **kwargs: Any) -> Any:
 
 
 def check_checkpoint_fits(ckpt_path: str | Path, model: Any) -> None:
-    """A checkpoint to resume from must be a faceattr checkpoint of the same backbone, attributes and input size."""
+    """A checkpoint to resume from must load (see ``read_checkpoint``) and be a faceattr checkpoint of the same
+    backbone, attributes and input size."""
+    from faceattr.export.build import read_checkpoint
+
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise UserError(f"ckpt_path={ckpt_path} is not a loadable checkpoint ({str(exc).splitlines()[0][:120]})") from None
-    saved = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    if not saved or "backbone" not in saved:
-        raise UserError(f"ckpt_path={ckpt_path} is not a faceattr training checkpoint (no faceattr hyper-parameters)")
+        saved = read_checkpoint(Path(ckpt_path))["hyper_parameters"]
+    except UserError as exc:
+        raise UserError(f"ckpt_path={ckpt_path} is not a loadable checkpoint: {exc}") from None
     for key in ("backbone", "attributes", "image_size"):
         if saved.get(key) != model.hparams.get(key):
             raise UserError(

@@ -1,9 +1,14 @@
-"""User errors: expected mistakes (a missing folder, a bad override) reported as one line, never a traceback."""
+"""User errors: expected mistakes (a missing folder, a bad override) and a full or read-only disk, reported as one
+line, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
+import shutil
 import sys
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -13,16 +18,98 @@ class UserError(Exception):
     """A mistake the user can fix; the message says what was wrong and how to fix it."""
 
 
+# Write failures that are the machine's state, not a bug: reported as one line (disk_write_error).
+NO_SPACE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+# Recognised wherever they come from (a library's own write); the others only from a write we know is one.
+ANY_WRITE_ERRNOS = (*NO_SPACE, errno.EROFS)
+
+
+def _where_to_write() -> str | None:
+    """The setting that sends this process's output elsewhere: the run dir of train.py, the folder of export.py."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.job.config_name == "export":
+        return "output_dir=..."
+    return "hydra.sweep.dir=..." if hydra_cfg.mode == RunMode.MULTIRUN else "hydra.run.dir=..."
+
+
+def _existing(directory: Path) -> Path | None:
+    """``directory`` or its nearest existing parent (where free space can be measured)."""
+    for candidate in (directory, *directory.parents):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def format_size(size: float) -> str:
+    """``38.2 MB``: decimal units, as ``ls -h --si`` and ``df -H`` show them."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def disk_write_error(
+    exc: OSError, path: str | Path | None = None, needed: int | None = None, hint: str | None = None
+) -> UserError | None:
+    """The one-line UserError for a write of ``path`` (``needed`` bytes) that failed with ``exc`` because the disk is
+    full, the file system read-only, or the directory gone or not writable; None for any other error.
+
+    ``hint`` is the setting that writes elsewhere (default: ``hydra.run.dir=...`` in a training run,
+    ``hydra.sweep.dir=...`` in a sweep, ``output_dir=...`` in an export). Without ``path`` (a library's own write,
+    see find_user_error) only a full disk and a read-only file system are recognised.
+    """
+    code = exc.errno
+    target = Path(path) if path is not None else (Path(str(exc.filename)) if exc.filename else None)
+    what = str(target) if target is not None else "a file"
+    setting = hint or _where_to_write()
+    if code in NO_SPACE:
+        sizes = []
+        existing = _existing(target.parent) if target is not None else None
+        if existing is not None:
+            with contextlib.suppress(OSError):
+                sizes.append(f"{format_size(shutil.disk_usage(existing).free)} free")
+        if needed:
+            sizes.append(f"~{format_size(needed)} needed")
+        shown = f" ({', '.join(sizes)})" if sizes else ""
+        fix = f"free space or set {setting}" if setting else "free space or write elsewhere"
+        return UserError(f"{NO_SPACE[code]} writing {what}{shown}: {fix}")
+    if code == errno.EROFS:
+        fix = f"set {setting} to a writable directory" if setting else "write to a writable directory"
+        return UserError(f"read-only file system writing {what}: {fix}")
+    if path is None:
+        return None
+    directory = Path(path).parent
+    if code in (errno.ENOENT, errno.ENOTDIR) and not directory.is_dir():
+        fix = f"recreate it or set {setting}" if setting else "recreate it"
+        return UserError(f"the output directory {directory} vanished writing {what} (deleted or unmounted?): {fix}")
+    if code in (errno.EACCES, errno.EPERM):
+        fix = f"make {directory} writable or set {setting}" if setting else f"make {directory} writable"
+        return UserError(f"permission denied writing {what}: {fix}")
+    return None
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
-    """Return the UserError behind ``exc`` (Hydra's instantiate and DataLoader workers wrap it), if any."""
+    """Return the UserError behind ``exc`` (Hydra's instantiate and DataLoader workers wrap it), if any; a full disk
+    or read-only file system behind it (a library's own write failing) counts as one (see disk_write_error)."""
     seen: set[int] = set()
+    disk_error: OSError | None = None
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         if isinstance(current, UserError):
             return current
+        if disk_error is None and isinstance(current, OSError) and current.errno in ANY_WRITE_ERRNOS:
+            disk_error = current
         seen.add(id(current))
         current = current.__cause__ or current.__context__
-    return None
+    return disk_write_error(disk_error) if disk_error is not None else None
 
 
 def one_line(error: UserError) -> str:

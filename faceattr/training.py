@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
+from faceattr.atomic import write_json, write_text
+from faceattr.best_metric import BestMetric
 from faceattr.config_checks import build, check_checkpoint_fits, check_types
 from faceattr.errors import UserError
 from faceattr.numbers import finite_or_none
@@ -40,11 +42,15 @@ HPARAM_KEYS = (
     "data.batch_size",
     "data.image_size",
     "data.limit",
+    "data.val_limit",
     "trainer.max_epochs",
     "trainer.precision",
     "seed",
 )
-HPARAM_METRICS = ("val/auroc_best", "val/auroc", "val/loss", "test/auroc", "test/acc", "test/f1", "test/loss")
+HPARAM_METRICS = (
+    "val/auroc_best", "val/auroc", "val/acc", "val/bacc", "val/loss",
+    "test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss",
+)
 
 
 def resolve_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
@@ -113,9 +119,7 @@ def log_hparams_with_metrics(loggers: list[Logger], params: dict[str, Any]) -> N
 
 def record_run(path: Path, record: dict[str, Any]) -> None:
     """Write ``run.json`` atomically: readers (summaries, export) never see half a record."""
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    partial.replace(path)
+    write_json(path, record)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -149,25 +153,27 @@ def train(cfg: DictConfig) -> float | None:
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         _convert_="all",
     )
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    best_metric = BestMetric(cfg.monitor.metric, cfg.monitor.mode)
+    callbacks = [*instantiate_group(cfg.get("callbacks")), best_metric]
     loggers = instantiate_group(cfg.get("logger"))
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, model)
     trainer: L.Trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False)
 
     if trainer.is_global_zero:
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     best_score = finite_or_none(checkpoint.best_model_score) if checkpoint is not None and best_path else None
     if best_score is None:
-        best_score = finite_or_none(trainer.callback_metrics.get(cfg.monitor.metric))
+        best_score = best_metric.best  # the best epoch's value, also without a ModelCheckpoint
     test_metrics: dict[str, float] = {}
     if cfg.get("test"):
+        # The best checkpoint when there is one; else the weights at the end of training.
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, verbose=False)
-        test_metrics = {k: v for k, v in (results[0] if results else {}).items() if "/auroc/" not in k}
+        test_metrics = {k: v for k, v in (results[0] if results else {}).items() if k.count("/") == 1}
 
     if trainer.is_global_zero:
         log_hparams_with_metrics(trainer.loggers, flat_hparams(cfg))
@@ -181,7 +187,11 @@ def train(cfg: DictConfig) -> float | None:
                 "best_score": best_score,
                 "best_checkpoint": best_path or None,
                 "val_auroc_best": finite_or_none(model.best_val_auroc),
+                # Which weights test/* come from: the best checkpoint, or null for the final in-memory weights.
+                "tested_checkpoint": (best_path or None) if test_metrics else None,
                 "test": {k: finite_or_none(v) for k, v in test_metrics.items()},
+                # Per attribute on the test split: positive rate, accuracy, balanced accuracy, AUROC, F1, threshold.
+                "test_per_attribute": model.results.get("test", {}).get("per_attribute", {}) if test_metrics else {},
                 "epochs": trainer.current_epoch,
                 "global_step": trainer.global_step,
                 "num_parameters": model.num_parameters,

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = build_summary(args.paths, metric=args.metric, mode=args.mode, title=args.title)
     if all(run.score(summary.metric) is None for run in summary.runs) and args.metric:
-        raise UserError(f"--metric {args.metric}: no run has a value for it (try val/auroc or test/auroc)")
+        raise UserError(f"--metric {args.metric}: no run has a value for it (try val/auroc or val/loss --mode min)")
     out = args.out or Path("outputs/comparisons") / time.strftime("%Y-%m-%d/%H-%M-%S")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")

@@ -3,19 +3,20 @@
     python scripts/load_test.py --url http://127.0.0.1:3000 --concurrency 64 --seconds 60
     python scripts/load_test.py --url ... --route /predict_batch --batch 4 --json load.json --max-rss-growth-mb 200
 
-Each client posts one request at a time, as fast as answers come, to ``--route`` (``/predict``, or
-``/predict_batch`` with ``--batch`` images per request) and starts no new request after ``--seconds``; a request
-still in flight then has ``--timeout`` seconds to finish, so the run is bounded in time (and, with
-``--max-requests``, in count). A warm-up (``--warmup`` seconds at the same concurrency, not counted) comes first.
+Each client (``benchmarks/http_load.py``, the serving benchmark's load generator: one keep-alive connection,
+requests encoded once) posts one request at a time, as fast as answers come, to ``--route`` (``/predict``, or
+``/predict_batch`` with ``--batch`` images per request) and starts no new request after ``--seconds``; every request
+has ``--timeout`` seconds to finish, so the run is bounded in time (and, with ``--max-requests``, in count). A
+warm-up (``--warmup`` seconds at the same concurrency, not counted) comes first.
 
 Images: the files given with ``--images`` (files or folders of JPEG/PNG/WebP), else a pool made from matplotlib's
 sample portrait (Grace Hopper) encoded as JPEG, PNG and WebP at several sizes, from CelebA's 178x218 to 1.2 MP.
 
 Reported: requests, answers by status (and client-side failures by exception), images per second, latency
-percentiles, and the resident memory (RSS) of the server process tree (``bentoml serve`` and its workers, found by
-the port it listens on, or ``--pid``) sampled every ``--sample-s`` seconds: idle (before the warm-up), start
-(after it), end, max, and growth = end - start. Exit status 1 when any request failed or RSS grew by more than
-``--max-rss-growth-mb``.
+percentiles of the requests answered 200 (interpolated between order statistics, as in BENCHMARKS.md), and the
+resident memory (RSS) of the server process tree (``bentoml serve`` and its workers, found by the port it listens
+on, or ``--pid``) sampled every ``--sample-s`` seconds: idle (before the warm-up), start (after it), end, max, and
+growth = end - start. Exit status 1 when any request failed or RSS grew by more than ``--max-rss-growth-mb``.
 
 Loopback use only: this is a test tool, not a benchmark of anything across a network.
 """
@@ -23,19 +24,22 @@ Loopback use only: this is a test tool, not a benchmark of anything across a net
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import statistics
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import http_load  # noqa: E402
+from benchmarks.timing import percentile  # noqa: E402
+from faceattr.numbers import finite_or_none  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 MIB = 1024 * 1024
@@ -175,23 +179,6 @@ class RssSampler:
 # --- load --------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Tally:
-    latencies: list[float] = field(default_factory=list)
-    statuses: Counter = field(default_factory=Counter)
-    failures: Counter = field(default_factory=Counter)  # client-side: timeouts, refused connections, ...
-    images_ok: int = 0
-    examples: dict[str, str] = field(default_factory=dict)  # one body per error status
-
-    @property
-    def requests(self) -> int:
-        return sum(self.statuses.values()) + sum(self.failures.values())
-
-    @property
-    def errors(self) -> int:
-        return self.requests - self.statuses.get(200, 0)
-
-
 async def run_load(
     url: str,
     images: list[tuple[str, bytes]],
@@ -201,79 +188,37 @@ async def run_load(
     batch: int = 1,
     timeout: float = 30.0,
     max_requests: int | None = None,
-) -> tuple[Tally, float]:
-    """``concurrency`` clients posting for ``seconds``; returns the tally and the wall time it took."""
-    tally = Tally()
-    field_name = "images" if route.rstrip("/").endswith("predict_batch") else "image"
-    counter = iter(range(1 << 62))
-    deadline = time.perf_counter() + seconds
-    # Idle connections are dropped before the server's keep-alive timeout (uvicorn: 5 s) can close them under us.
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
-
-    async def client_loop(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
-            number = next(counter)
-            if max_requests is not None and number >= max_requests:
-                return
-            chosen = [images[(number * batch + k) % len(images)] for k in range(batch)]
-            files = [(field_name, (name, data)) for name, data in chosen]
-            started = time.perf_counter()
-            try:
-                response = await client.post(route, files=files)
-            except httpx.HTTPError as exc:
-                tally.failures[type(exc).__name__] += 1
-                cause = exc.__cause__ or exc.__context__
-                tally.examples.setdefault(
-                    type(exc).__name__,
-                    f"after {time.perf_counter() - started:.2f} s, at {started - deadline + seconds:.1f} s of the "
-                    f"run: {exc!r} ({cause!r})",
-                )
-                await asyncio.sleep(0.05)  # a refused connection must not turn into a busy loop
-                continue
-            tally.latencies.append(time.perf_counter() - started)
-            tally.statuses[response.status_code] += 1
-            if response.status_code == 200:
-                tally.images_ok += batch
-            else:
-                tally.examples.setdefault(str(response.status_code), response.text[:300])
-
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-        tasks = [asyncio.create_task(client_loop(client)) for _ in range(concurrency)]
-        done, pending = await asyncio.wait(tasks, timeout=seconds + timeout + 10)
-        for task in pending:  # cannot happen with the client timeout; a hard bound all the same
-            task.cancel()
-            tally.failures["Unfinished"] += 1
-        for task in done:
-            if task.exception() is not None:
-                tally.failures[type(task.exception()).__name__] += 1
-    return tally, time.perf_counter() - started
+) -> tuple[http_load.LoadResult, float]:
+    """``concurrency`` clients posting ``batch`` images per request for ``seconds``; returns what they measured and
+    the wall time it took."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    path = parsed.path.rstrip("/") + route
+    requests = http_load.encoded_requests(parsed.netloc, path, images, batch)
+    result = await http_load.run_load(parsed.hostname, port, requests, concurrency, max_requests, seconds,
+                                      timeout=timeout, tls=parsed.scheme == "https")
+    return result, result.elapsed
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def summarize(tally: Tally, wall: float, rss: RssSampler | None, idle: dict[str, int] | None,
+def summarize(result: http_load.LoadResult, wall: float, rss: RssSampler | None, idle: dict[str, int] | None,
               start: dict[str, int] | None, config: dict) -> dict:
-    ms = [v * 1000 for v in tally.latencies]
+    ms = [v * 1000 for v in result.latencies]
+    images_ok = result.ok * config.get("batch", 1)
     report = {
         **config,
         "wall_s": round(wall, 2),
-        "requests": tally.requests,
-        "ok": tally.statuses.get(200, 0),
-        "errors": tally.errors,
-        "statuses": {str(k): v for k, v in sorted(tally.statuses.items())},
-        "client_failures": dict(tally.failures),
-        "error_examples": tally.examples,
-        "images_ok": tally.images_ok,
-        "images_per_s": round(tally.images_ok / wall, 1) if wall else 0.0,
-        "requests_per_s": round(tally.requests / wall, 1) if wall else 0.0,
+        "requests": result.requests,
+        "ok": result.ok,
+        "errors": result.requests - result.ok,
+        "statuses": {str(k): v for k, v in sorted(result.statuses.items())},
+        "client_failures": dict(result.failures),
+        "error_examples": result.examples,
+        "images_ok": images_ok,
+        "images_per_s": round(images_ok / wall, 1) if wall else 0.0,
+        "requests_per_s": round(result.requests / wall, 1) if wall else 0.0,
         "latency_ms": {
-            "p50": percentile(ms, 50), "p90": percentile(ms, 90), "p99": percentile(ms, 99),
+            "p50": finite_or_none(percentile(ms, 50)), "p90": finite_or_none(percentile(ms, 90)),
+            "p99": finite_or_none(percentile(ms, 99)),
             "max": max(ms) if ms else None, "mean": statistics.fmean(ms) if ms else None,
         },
     }
@@ -355,21 +300,21 @@ def main(argv: list[str] | None = None) -> int:
     sampler = RssSampler(pid, args.sample_s) if pid else None
     idle = sampler.sample() if sampler else None
     if args.warmup > 0:
-        asyncio.run(run_load(url, images, args.concurrency, args.warmup, args.route, args.batch, args.timeout))
+        http_load.run(run_load(url, images, args.concurrency, args.warmup, args.route, args.batch, args.timeout))
     start = None
     if sampler:
         sampler.samples.clear()
         start = sampler.sample()
         sampler.start()
-    tally, wall = asyncio.run(run_load(url, images, args.concurrency, args.seconds, args.route, args.batch,
-                                       args.timeout, args.max_requests))
+    result, wall = http_load.run(run_load(url, images, args.concurrency, args.seconds, args.route, args.batch,
+                                          args.timeout, args.max_requests))
     if sampler:
         sampler.stop()
         sampler.sample()
     config = {"url": url, "route": args.route, "concurrency": args.concurrency, "seconds": args.seconds,
               "batch": args.batch, "warmup_s": args.warmup, "server_pid": pid,
               "image_names": [name for name, _ in images], "image_bytes": [len(data) for _, data in images]}
-    report = summarize(tally, wall, sampler, idle, start, config)
+    report = summarize(result, wall, sampler, idle, start, config)
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

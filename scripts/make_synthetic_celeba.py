@@ -3,7 +3,8 @@
     python scripts/make_synthetic_celeba.py DIR --num-images N --seed S [--layout original|kaggle] [--workers W]
 
 ``original`` writes CelebA's Google Drive / torchvision layout into DIR, ``kaggle`` the Kaggle
-(jessicali9530/celeba-dataset) layout. See faceattr/data/synthetic.py for the formats and the attribute model.
+(jessicali9530/celeba-dataset) layout. See faceattr/data/synthetic/ for the formats and the attribute model.
+DIR appears complete or not at all; an earlier generated folder there is replaced, a folder of other files refused.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _at_least(minimum: int):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Generate synthetic CelebA-format data (images + annotation files).")
-    parser.add_argument("dir", help="output folder (created if missing)")
+    parser.add_argument("dir", help="output folder: new, empty, or an earlier generated one (replaced)")
     parser.add_argument("--num-images", type=_at_least(1), required=True, help="number of images to generate")
     parser.add_argument("--seed", type=_at_least(0), default=0, help="generator seed (default 0)")
     parser.add_argument("--layout", choices=LAYOUTS, default="original", help="file layout (default original)")

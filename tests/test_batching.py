@@ -1,5 +1,5 @@
 """The in-process adaptive batching of the service (faceattr/serve/batching.py), with a stand-in model: fast, no
-server. The served behaviour (real model, HTTP) is in test_serve.py."""
+server. The served behaviour (real model, HTTP) is in test_serve_api.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The benchmark machinery (scripts/bench.py, faceattr/bench/) on tiny sizes: helpers, ratios, report, CLI output.
+"""The benchmark machinery (scripts/bench.py, benchmarks/) on tiny sizes: helpers, ratios, report, CLI output,
+and the load generator it shares with scripts/load_test.py.
 
 No timing is asserted: only that every figure lands in the JSON and that each ratio is computed from the figures
 of the same run.
@@ -11,9 +12,10 @@ import math
 
 import pytest
 
-from faceattr.bench import cli, ratios, report
-from faceattr.bench.serving import parse_batch_metrics
-from faceattr.bench.timing import interleaved, latency_summary, median, percentile, ratio
+from benchmarks import cli, ratios, report
+from benchmarks.served_model import free_port
+from benchmarks.serving import parse_batch_metrics
+from benchmarks.timing import interleaved, latency_summary, median, percentile, ratio
 
 
 def test_percentiles_medians_and_ratios():
@@ -43,6 +45,30 @@ def test_batch_metrics_are_summed_over_label_sets():
         'faceattr_model_batch_size_count{worker="2"} 1.0',
     ])
     assert parse_batch_metrics(text) == (42.0, 6.0)
+
+
+def test_serving_levels_pool_their_repetitions():
+    """A load level's figures: medians over repetitions, percentiles over every latency, errors summed; the
+    /predict_batch level has the same figures less the request and error counts."""
+    from benchmarks.serving import LevelSamples, batch_level_summary, cpu_bound_ratio_estimate
+
+    samples = LevelSamples()
+    for img_s, latencies, errors in ((100.0, [0.010, 0.030], {}), (300.0, [0.020], {"503": 1}),
+                                     (200.0, [0.040], {"503": 2, "TimeoutError": 1})):
+        samples.add({"img_s": img_s, "latencies": latencies, "mean_batch": img_s / 100, "errors": errors,
+                     "cpu_ms_per_image": {"client": 1.0, "api": img_s / 100, "model": 3.0, "other": 9.0}})
+    level = samples.summary()
+    assert level == {"img_s": 200.0, "p50_ms": 25.0, "p99_ms": pytest.approx(39.7), "mean_batch": 2.0,
+                     "requests_ok": 4, "errors": {"503": 3, "TimeoutError": 1}, "reps": [100.0, 300.0, 200.0],
+                     "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0}}
+    batch = batch_level_summary(samples)
+    assert list(batch) == ["clients", "images_per_request", "img_s", "p50_ms", "p99_ms", "mean_batch", "reps",
+                           "cpu_ms_per_image"]
+    assert (batch["clients"], batch["images_per_request"], batch["img_s"]) == (4, 8, 200.0)
+    result = {"c32": level, "inprocess_b32": {"cpu_ms_per_image": 3.0}}
+    assert cpu_bound_ratio_estimate(result, 32) == 0.5  # 3 ms alone / (1 + 2 + 3) ms served
+    level["cpu_ms_per_image"]["api"] = math.nan
+    assert cpu_bound_ratio_estimate(result, 32) is None
 
 
 def fake_results() -> dict:
@@ -151,18 +177,19 @@ def test_tiny_run_of_the_input_pipeline(tmp_path, monkeypatch):
     assert "## Input pipeline" in text
 
 
-def test_lean_load_client_counts_answers_errors_and_multipart_bodies():
-    """faceattr.bench.http_load against a stdlib HTTP/1.1 server: keep-alive Content-Length answers, chunked
-    answers, a 4xx and a closed connection; the server sees well-formed multipart uploads."""
-    import asyncio
+@pytest.fixture
+def http_server():
+    """A stdlib HTTP/1.1 server on a free loopback port: ``/ok`` (keep-alive, Content-Length), ``/chunked``,
+    ``/close`` (closes after answering), ``/bad`` (400), ``/slow`` (answers after 2 s); every other path answers 200.
+    Yields (host, port, received): the (field, filename, content type, data) of every multipart part it got."""
+    import contextlib
     import threading
+    import time
     from email.parser import BytesParser
     from email.policy import HTTP
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from faceattr.bench.http_load import multipart_request, run_load
-
-    received: list[tuple[str, bytes]] = []
+    received: list[tuple[str, str, str, bytes]] = []
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -175,9 +202,14 @@ def test_lean_load_client_counts_answers_errors_and_multipart_bodies():
             message = BytesParser(policy=HTTP).parsebytes(
                 f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
             for part in message.iter_parts():
-                received.append((part.get_param("name", header="content-disposition"), part.get_payload(decode=True)))
+                received.append((part.get_param("name", header="content-disposition"), part.get_filename(),
+                                 part.get_content_type(), part.get_payload(decode=True)))
             if self.path == "/bad":
                 self._answer(400, b'{"error": "no"}')
+            elif self.path == "/slow":
+                time.sleep(2)
+                with contextlib.suppress(ConnectionError):  # the client gave up and closed the connection
+                    self._answer(200, b'{"ok": true}')
             elif self.path == "/chunked":
                 self.send_response(200)
                 self.send_header("Transfer-Encoding", "chunked")
@@ -201,26 +233,100 @@ def test_lean_load_client_counts_answers_errors_and_multipart_bodies():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address
     try:
-        def load(path, total, files=None):
-            files = files or [("image", "a.jpg", b"\xff\xd8 jpeg \r\n--bytes", "image/jpeg")]
-            request = multipart_request(f"{host}:{port}", path, files)
-            return asyncio.run(run_load(host, port, [request], concurrency=3, total=total, max_seconds=20,
-                                        keep_bodies=2))
-
-        ok = load("/ok", 9)
-        assert len(ok.latencies) == 9 and ok.errors == {} and ok.bodies == [b'{"ok": true}'] * 2
-        assert received[0] == ("image", b"\xff\xd8 jpeg \r\n--bytes")
-        chunked = load("/chunked", 4)
-        assert len(chunked.latencies) == 4 and chunked.bodies[0] == b'{"ok": true}'
-        closing = load("/close", 5)  # the server closes after each answer: the client reconnects
-        assert len(closing.latencies) == 5 and closing.errors == {}
-        bad = load("/bad", 4)
-        assert bad.latencies == [] and bad.errors == {"400": 4}
-        received.clear()
-        two = load("/ok", 1, [("images", f"{i}.jpg", bytes([i]) * 3, "image/jpeg") for i in range(2)])
-        assert len(two.latencies) == 1 and received == [("images", b"\0\0\0"), ("images", b"\1\1\1")]
+        yield host, port, received
     finally:
         server.shutdown()
         server.server_close()
-    refused = asyncio.run(run_load(host, port, [b"GET / HTTP/1.1\r\n\r\n"], 1, 2, 5))
+
+
+def test_lean_load_client_counts_answers_errors_and_multipart_bodies(http_server):
+    """benchmarks.http_load against a stdlib HTTP/1.1 server: keep-alive Content-Length answers, chunked answers, a
+    4xx, a closed connection, a request past its timeout; the server sees well-formed multipart uploads."""
+    import asyncio
+
+    from benchmarks.http_load import multipart_request, run_load
+
+    host, port, received = http_server
+
+    def load(path, total, files=None, timeout=30.0):
+        files = files or [("image", "a.jpg", b"\xff\xd8 jpeg \r\n--bytes", "image/jpeg")]
+        request = multipart_request(f"{host}:{port}", path, files)
+        return asyncio.run(run_load(host, port, [request], concurrency=3, total=total, max_seconds=20,
+                                    keep_bodies=2, timeout=timeout))
+
+    ok = load("/ok", 9)
+    assert len(ok.latencies) == 9 and ok.errors == {} and ok.bodies == [b'{"ok": true}'] * 2
+    assert ok.requests == ok.ok == 9 and ok.statuses == {200: 9}
+    assert received[0] == ("image", "a.jpg", "image/jpeg", b"\xff\xd8 jpeg \r\n--bytes")
+    chunked = load("/chunked", 4)
+    assert len(chunked.latencies) == 4 and chunked.bodies[0] == b'{"ok": true}'
+    closing = load("/close", 5)  # the server closes after each answer: the client reconnects
+    assert len(closing.latencies) == 5 and closing.errors == {}
+    bad = load("/bad", 4)
+    assert bad.latencies == [] and bad.errors == {"400": 4} and bad.examples == {"400": '{"error": "no"}'}
+    slow = load("/slow", 1, timeout=0.2)  # no answer within the request's timeout: counted, the run ends
+    assert slow.latencies == [] and slow.errors == {"TimeoutError": 1}
+    assert "TimeoutError" in slow.examples["TimeoutError"]
+    received.clear()
+    two = load("/ok", 1, [("images", f"{i}.jpg", bytes([i]) * 3, "image/jpeg") for i in range(2)])
+    assert len(two.latencies) == 1
+    assert [(name, data) for name, _, _, data in received] == [("images", b"\0\0\0"), ("images", b"\1\1\1")]
+    refused = asyncio.run(run_load(host, free_port(), [b"GET / HTTP/1.1\r\n\r\n"], 1, 2, 5))
     assert refused.latencies == [] and sum(refused.errors.values()) == 2  # nobody listens: counted, not raised
+
+
+def test_encoded_requests_cycle_through_the_images():
+    """Request i carries images i*n, i*n+1, ... (wrapping); as many distinct requests as the cycle needs."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    from benchmarks.http_load import encoded_requests
+
+    images = [(f"{i}.png", bytes([i])) for i in range(3)]
+
+    def parts(request: bytes) -> list[tuple[str, str, str, bytes]]:
+        head, body = request.split(b"\r\n\r\n", 1)
+        content_type = next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Type"))
+        message = BytesParser(policy=HTTP).parsebytes(content_type + b"\r\n\r\n" + body)
+        return [(p.get_param("name", header="content-disposition"), p.get_filename(), p.get_content_type(),
+                 p.get_payload(decode=True)) for p in message.iter_parts()]
+
+    single = encoded_requests("h:1", "/predict", images)
+    assert [parts(r) for r in single] == [[("image", f"{i}.png", "image/png", bytes([i]))] for i in range(3)]
+    assert single[0].startswith(b"POST /predict HTTP/1.1\r\nHost: h:1\r\n")
+    pairs = encoded_requests("h:1", "/predict_batch", images, per_request=2)  # 0 1 | 2 0 | 1 2
+    assert [[name for _, name, _, _ in parts(r)] for r in pairs] == [["0.png", "1.png"], ["2.png", "0.png"],
+                                                                     ["1.png", "2.png"]]
+    assert {field for r in pairs for field, _, _, _ in parts(r)} == {"images"}
+
+
+def test_load_test_uses_the_shared_client_and_percentiles(http_server, capsys):
+    """scripts/load_test.py: its load runs on benchmarks.http_load and its report's percentiles are
+    benchmarks.timing.percentile (the one definition BENCHMARKS.md uses)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from benchmarks import http_load
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "load_test.py"
+    spec = importlib.util.spec_from_file_location("faceattr_load_test", path)
+    load_test = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = load_test
+    spec.loader.exec_module(load_test)
+
+    host, port, received = http_server
+    images = [("a.jpg", b"a"), ("b.webp", b"b"), ("c.png", b"c")]
+    result, wall = http_load.run(load_test.run_load(f"http://{host}:{port}", images, concurrency=2, seconds=20,
+                                                    route="/predict_batch", batch=2, max_requests=6))
+    assert isinstance(result, http_load.LoadResult) and result.ok == 6 and wall == result.elapsed
+    assert {(name, filename, content_type) for name, filename, content_type, _ in received} == {
+        ("images", "a.jpg", "image/jpeg"), ("images", "b.webp", "image/webp"), ("images", "c.png", "image/png")}
+    report = load_test.summarize(result, wall, None, None, None, {"url": f"http://{host}:{port}",
+                                 "route": "/predict_batch", "concurrency": 2, "seconds": 20, "batch": 2})
+    assert report["requests"] == report["ok"] == 6 and report["errors"] == 0 and report["images_ok"] == 12
+    ms = [v * 1000 for v in result.latencies]
+    for q in (50, 90, 99):
+        assert report["latency_ms"][f"p{q}"] == round(percentile(ms, q), 1)
+    load_test.print_report(report)
+    assert "requests 6  ok 6  errors 0" in capsys.readouterr().out

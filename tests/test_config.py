@@ -79,11 +79,12 @@ def test_data_options_instantiate(tmp_path, data):
 
 @pytest.mark.parametrize("trainer", ["default", "cpu", "ddp"])
 def test_trainer_options_instantiate_with_callbacks_and_loggers(tmp_path, trainer):
-    cfg = compose_train(tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu", "logger=many")
+    cfg = compose_train(tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu", "logger=many",
+                        "callbacks.progress_bar.mode=lines")  # mode=auto would depend on stdout being a terminal
     callbacks = instantiate_group(cfg.callbacks)
     loggers = instantiate_group(cfg.logger)
     assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor",
-                                                    "TQDMProgressBar"}
+                                                    "EpochLines"}
     assert {type(lg).__name__ for lg in loggers} == {"TensorBoardLogger", "CSVLogger"}
     trainer_obj = instantiate(resolve_trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers)
     assert isinstance(trainer_obj, L.Trainer)

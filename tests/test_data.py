@@ -87,14 +87,16 @@ def test_unknown_attribute_lists_the_valid_names(synthetic_root):
         datamodule(synthetic_root, attributes=["Smilling"]).setup()
 
 
-def test_limit_subsamples_each_partition_proportionally_and_deterministically(synthetic_root):
+def test_limit_subsamples_training_deterministically(synthetic_root):
     dm = datamodule(synthetic_root, limit=40)
     dm.setup()
-    sizes = {split: len(ds) for split, ds in dm.splits.items()}
-    assert 36 <= sum(sizes.values()) <= 44 and all(sizes.values()) and sizes["train"] > sizes["valid"]
+    assert len(dm.splits["train"]) == 40
     again = datamodule(synthetic_root, limit=40)
     again.setup()
     assert (again.splits["train"].filenames == dm.splits["train"].filenames).all()
+    other = datamodule(synthetic_root, limit=40, seed=1)
+    other.setup()
+    assert not (other.splits["train"].filenames == dm.splits["train"].filenames).all()
 
 
 def test_train_augmentation_applies_to_train_only(synthetic_root):
@@ -218,3 +220,29 @@ def test_worker_process_errors_keep_the_one_line_message(broken):
         next(iter(dm.val_dataloader()))
     line = one_line(find_user_error(info.value))
     assert line.startswith("image ") and "skip_corrupt" in line and "\n" not in line
+
+
+def test_limit_shrinks_training_only_and_the_test_split_is_always_whole(synthetic_root):
+    from faceattr.data import CelebADataModule
+    from faceattr.data.celeba import SPLITS, read_celeba
+
+    partitions = read_celeba(synthetic_root).partitions
+    whole = {split: int((partitions == code).sum()) for split, code in SPLITS.items()}
+    limited = CelebADataModule(root=str(synthetic_root), limit=20, num_workers=0)
+    limited.setup("fit")
+    sizes = {split: len(images) for split, images in limited.splits.items()}
+    assert sizes == {"train": 20, "valid": whole["valid"], "test": whole["test"]}
+    both = CelebADataModule(root=str(synthetic_root), limit=20, val_limit=5, num_workers=0)
+    both.setup("fit")
+    assert [len(both.splits[s]) for s in ("train", "valid", "test")] == [20, 5, whole["test"]]
+    with pytest.raises(UserError, match="data.val_limit=0 must be at least 1"):
+        CelebADataModule(root=str(synthetic_root), val_limit=0)
+
+
+def test_the_subsample_has_its_own_seed_so_a_seed_sweep_keeps_the_images():
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        seeds = [compose("train", overrides=[f"seed={seed}", "data.limit=100"]).data.seed for seed in (1, 2)]
+    assert seeds[0] == seeds[1] == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,13 +15,11 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, cli_env, run_cli
-from PIL import Image
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.errors import UserError
 from faceattr.export.calibrate import check_run_config, f1_thresholds
 from faceattr.export.resolve import resolve_checkpoint
-from faceattr.serve.images import ImageError, ImageLimits, crop_box, decode_image, load_and_preprocess, preprocess
 
 
 def compose_export(*overrides: str):
@@ -72,8 +69,17 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     assert list(thresholds) == list(CELEBA_ATTRIBUTES)
     assert all(0.0 < t < 1.0 for t in thresholds.values())
     assert "F1-optimal" in meta["threshold_method"]
-    assert meta["metrics"]["validation"]["num_images"] > 0 and "auroc" in meta["metrics"]["validation"]
-    assert meta["metrics"]["test"]["test/auroc"] == pytest.approx(record["test"]["test/auroc"])
+    validation, test = meta["metrics"]["validation"], meta["metrics"]["test"]
+    assert validation["num_images"] > 0 and "auroc" in validation
+    # The calibrated figures on validation are labelled as tuned there; the service's rule is measured on test.
+    assert set(validation) >= {"at_0.5", "at_thresholds_tuned_here"} and "at_thresholds" not in validation
+    assert test["num_images"] > 0
+    assert set(test["at_thresholds"]) == {"acc", "bacc", "f1"} and set(test["at_0.5"]) == {"acc", "bacc", "f1"}
+    # Exported = the checkpoint the run tested: its test/* figures are copied.
+    assert meta["source"]["run_test_is_this_checkpoint"] is True
+    assert meta["metrics"]["run_test"]["test/auroc"] == pytest.approx(record["test"]["test/auroc"])
+    # The service's preprocessing of CelebA's aligned images equals training's: same accuracy at 0.5.
+    assert test["at_0.5"]["acc"] == pytest.approx(record["test"]["test/acc"], abs=1e-4)
     # BentoML's own view of the model: `bentoml models list` and the metadata of model.yaml.
     listing = subprocess.run([sys.executable, "-m", "bentoml", "models", "list"], env=cli_env(tmp),
                              capture_output=True, text=True, check=True).stdout
@@ -155,6 +161,9 @@ def test_checkpoint_file_form(tiny_run, tmp_path):
     meta = export(cfg)
     assert meta["source"]["checkpoint"] == str(last.resolve())
     assert meta["source"]["picked"] == "checkpoint file given"
+    # last.ckpt is not the checkpoint the run tested (its best): the run's test/* figures are not copied.
+    assert meta["metrics"]["run_test"] == {} and meta["source"]["run_test_is_this_checkpoint"] is False
+    assert meta["metrics"]["test"]["num_images"] > 0
     assert meta["parity"]["torchscript"]["max_abs_diff"] <= 1e-4
     assert (tmp_path / "model.pt").is_file() and (tmp_path / "model.onnx").is_file()  # export=onnx: both
     assert meta["parity"]["onnx"]["max_abs_diff"] <= 1e-4
@@ -303,8 +312,8 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
     from faceattr.export.options import check_command_line
 
     ckpt = f"ckpt={tiny_run}"
-    valid = ("valid: ckpt, name, store, output_dir, data_root, parity.num_images, parity.atol, calibration.max_images, "
-             "calibration.default_threshold, calibration.batch_size, calibration.num_workers, export.formats, "
+    valid = ("valid: ckpt, name, store, output_dir, data_root, test_metrics, parity.num_images, parity.atol, "
+             "calibration.max_images, calibration.default_threshold, calibration.batch_size, calibration.num_workers, export.formats, "
              "export.opset; groups: export=onnx|torchscript")
     cases = {
         "foo=1": f"unknown export option 'foo'; {valid}",
@@ -447,65 +456,3 @@ def test_thresholds_maximize_f1_and_default_where_undefined():
     assert thresholds[0].item() == pytest.approx(0.2)
     assert calibrated.tolist() == [True, False] and thresholds[1].item() == 0.5
 
-
-# --- preprocessing (shared by the service and export) --------------------------------------------------------
-
-
-def _jpeg(image: Image.Image, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=95, **kwargs)
-    return buffer.getvalue()
-
-
-@pytest.mark.slow
-def test_preprocessing_of_aligned_images_equals_training(synthetic_root):
-    from faceattr.data import CelebADataModule
-
-    datamodule = CelebADataModule(root=str(synthetic_root), image_size=32, crop=178, num_workers=0)
-    datamodule.setup()
-    split = datamodule.splits["valid"]
-    for index in range(4):
-        expected, _ = split[index]
-        data = Path(split.path(index)).read_bytes()
-        assert torch.equal(load_and_preprocess(data, (32, 32), (178, 178)), expected)
-
-
-def test_crop_box_maps_the_training_crop_into_any_photo():
-    assert crop_box(218, 178, (178, 178)) == (178, 178)  # aligned: exactly training's crop
-    assert crop_box(436, 356, (178, 178)) == (356, 356)  # same frame at twice the size
-    assert crop_box(200, 400, (178, 178)) == (163, 163)  # wide: frame = full height
-    assert crop_box(1000, 300, (178, 178)) == (300, 300)  # tall: frame = full width
-    assert crop_box(218, 178, None) == (218, 178)
-    out = preprocess(torch.zeros(3, 123, 457, dtype=torch.uint8), (32, 32), (178, 178))
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-
-
-def test_decoding_handles_modes_orientation_and_bad_input():
-    photo = Image.new("RGB", (60, 40), (200, 30, 30))
-    gray = decode_image(_jpeg(photo.convert("L")))
-    assert gray.shape == (3, 40, 60) and torch.equal(gray[0], gray[1])
-    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
-    png = io.BytesIO()
-    rgba.save(png, "PNG")
-    assert decode_image(png.getvalue()).min() == 255  # transparent -> white
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
-    assert decode_image(_jpeg(photo, exif=exif)).shape == (3, 60, 40)
-    palette = io.BytesIO()
-    photo.convert("P").save(palette, "PNG")
-    assert decode_image(palette.getvalue()).shape == (3, 40, 60)
-    deep = io.BytesIO()
-    Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(deep, "PNG")
-    assert decode_image(deep.getvalue()).max() == 255
-    gif = io.BytesIO()
-    photo.save(gif, "GIF")
-    with pytest.raises(ImageError, match="not an image of a supported format"):
-        decode_image(gif.getvalue())
-    with pytest.raises(ImageError, match="empty"):
-        decode_image(b"")
-    noisy = _jpeg(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)))
-    with pytest.raises(ImageError, match="truncated or corrupt"):
-        decode_image(noisy[: len(noisy) * 2 // 3])
-    with pytest.raises(ImageError) as too_big:
-        decode_image(_jpeg(photo), ImageLimits(max_pixels=1000))
-    assert too_big.value.status == 413

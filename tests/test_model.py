@@ -103,7 +103,7 @@ def test_pos_weight_comes_from_training_rates():
 
     module._trainer = FakeTrainer()
     module.setup("fit")
-    torch.testing.assert_close(module.criterion.pos_weight, torch.tensor([1.0, 4.0, 9.0]))
+    torch.testing.assert_close(module.pos_weight, torch.tensor([1.0, 4.0, 9.0]))
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -135,3 +135,125 @@ def test_weights_errors_are_one_clear_line(kwargs, message, monkeypatch):
 def test_unknown_backbone_is_a_user_error():
     with pytest.raises(UserError, match="not a timm model name"):
         FaceAttrModule(backbone="no_such_net", attributes=ATTRS)
+
+
+# --- Trustworthy numbers: metric definitions and the defects each test below guards against. ---
+
+
+def test_macro_metrics_match_torchmetrics_and_balanced_accuracy_by_hand():
+    from torchmetrics.classification import MultilabelAccuracy, MultilabelF1Score
+
+    from faceattr.model.metrics import AttributeMetrics, macro
+
+    g = torch.Generator().manual_seed(0)
+    probs, labels = torch.rand(200, 5, generator=g), torch.randint(0, 2, (200, 5), generator=g)
+    labels[:, 4] = 0  # one attribute with no positive at all
+    metrics = AttributeMetrics(5)
+    metrics.update(probs[:120], labels[:120])
+    metrics.update(probs[120:], labels[120:])
+    values = metrics.compute()
+    reference_acc = MultilabelAccuracy(num_labels=5, average="macro")(probs, labels)
+    reference_f1 = MultilabelF1Score(num_labels=5, average="macro")(probs, labels)
+    assert float(macro(values["acc"])) == pytest.approx(float(reference_acc), abs=1e-6)
+    assert float(macro(values["f1"])) == pytest.approx(float(reference_f1), abs=1e-6)
+    predicted = probs >= 0.5
+    truth = labels.bool()
+    tpr = (predicted & truth).sum(0) / truth.sum(0).clamp(min=1)
+    tnr = (~predicted & ~truth).sum(0) / (~truth).sum(0)
+    torch.testing.assert_close(values["bacc"][:4].float(), ((tpr + tnr) / 2)[:4].float())
+    assert float(values["bacc"][4]) == pytest.approx(float(tnr[4]))  # one class: the defined rate
+    torch.testing.assert_close(values["positive_rate"].float(), labels.float().mean(0))
+    assert int(values["num_images"]) == 200 and math.isnan(float(values["auroc"][4]))
+
+
+def test_thresholds_change_the_decisions_not_the_auroc():
+    from faceattr.model.metrics import AttributeMetrics
+
+    probs = torch.tensor([[0.3, 0.9], [0.4, 0.8], [0.6, 0.1], [0.2, 0.2]])
+    labels = torch.tensor([[1, 1], [1, 1], [0, 0], [0, 0]])
+    at_half, calibrated = AttributeMetrics(2), AttributeMetrics(2)
+    calibrated.set_thresholds(torch.tensor([0.25, 0.5]))
+    for metrics in (at_half, calibrated):
+        metrics.update(probs, labels)
+    assert float(at_half.compute()["acc"][0]) == 0.25 and float(calibrated.compute()["acc"][0]) == 0.75
+    assert float(at_half.compute()["auroc"][0]) == float(calibrated.compute()["auroc"][0])
+
+
+def test_bf16_autocast_still_computes_probabilities_and_loss_in_float32():
+    module = make_module().eval()
+    images, labels = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 2, (8, 3))
+    logged = {}
+    module.log = lambda name, value, **kwargs: logged.setdefault(name, (value, kwargs))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        module.validation_step((images, labels.to(torch.uint8), 0), 0)
+    stored = module.metrics["val"].auroc.preds[0]
+    assert stored.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        logits = module(images.float() / 255)
+    torch.testing.assert_close(stored, torch.sigmoid(logits.float()))
+    assert logged["val/loss"][0].dtype == torch.float32
+    # Under DDP the validation loss is reduced over ranks like the torchmetrics figures.
+    assert logged["val/loss"][1]["sync_dist"] is True
+
+
+def test_normalization_is_the_backbones_own_unless_configured():
+    vit = FaceAttrModule(backbone="test_vit", attributes=ATTRS, image_size=32, backbone_kwargs={"img_size": 32})
+    assert vit.hparams.mean == [0.5, 0.5, 0.5] and vit.hparams.std == [0.5, 0.5, 0.5]
+    resnet = FaceAttrModule(backbone="resnet10t", attributes=ATTRS, image_size=32)
+    assert resnet.hparams.mean == pytest.approx([0.485, 0.456, 0.406])
+    explicit = make_module(mean=[0.1, 0.2, 0.3], std=[1, 1, 1])
+    assert explicit.hparams.mean == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_vit_position_embedding_and_class_token_get_no_weight_decay():
+    module = FaceAttrModule(backbone="test_vit", attributes=ATTRS, image_size=32, backbone_kwargs={"img_size": 32},
+                            optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
+
+    class FakeTrainer:
+        estimated_stepping_batches = 10
+
+    module._trainer = FakeTrainer()
+    optimizer = module.configure_optimizers()
+    names = {id(p): n for n, p in module.net.named_parameters()}
+    no_decay = {names[id(p)] for group in optimizer.param_groups if group["weight_decay"] == 0 for p in group["params"]}
+    assert {"pos_embed", "cls_token"} <= no_decay
+    assert not any(name.endswith("qkv.weight") for name in no_decay)
+
+
+def test_pos_weight_is_not_in_the_checkpoint_weights_and_old_checkpoints_still_load(tmp_path):
+    module = make_module(pos_weight=True)
+    module.pos_weight = torch.tensor([1.0, 4.0, 9.0])
+    assert not any("pos_weight" in key for key in module.state_dict())
+    # A checkpoint written before the fix had the loss weights (and the best score) in its state_dict.
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
+    path = tmp_path / "old.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"]["criterion.pos_weight"] = torch.tensor([1.0, 4.0, 9.0])
+    checkpoint["state_dict"]["best_val_auroc"] = torch.tensor(0.75)
+    del checkpoint["faceattr_best_val_auroc"]
+    torch.save(checkpoint, path)
+    loaded = FaceAttrModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert loaded.best_val_auroc == pytest.approx(0.75)
+
+
+def test_best_metric_keeps_the_best_epoch_not_the_last():
+    from faceattr.best_metric import BestMetric
+
+    class FakeTrainer:
+        sanity_checking = False
+        callback_metrics: dict = {}
+
+    trainer, best = FakeTrainer(), BestMetric("val/auroc", "max")
+    for value in (0.80, 0.91, 0.85):
+        trainer.callback_metrics = {"val/auroc": torch.tensor(value)}
+        best.on_validation_end(trainer, None)
+    assert best.best == pytest.approx(0.91)
+    lowest = BestMetric("val/loss", "min")
+    lowest.load_state_dict({"best": 0.3})  # resumed: the first part's best still counts
+    for value in (0.5, 0.2, 0.4):
+        trainer.callback_metrics = {"val/loss": torch.tensor(value)}
+        lowest.on_validation_end(trainer, None)
+    assert lowest.best == pytest.approx(0.2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,9 @@ def test_summary_ranks_both_jobs_with_their_checkpoints(sweep):
         assert row["varying_overrides"] == {"test_resnet": "model=tiny_resnet", "test_vit": "model=tiny_vit"}[
             row["backbone"]]
         assert float(row["num_parameters"]) > 0 and row["epochs"] == "1" and row["status"] == "completed"
+        # The literature's figures beside the ranking metric (ranked on validation only).
+        assert float(row["test_acc"]) == pytest.approx(record["test"]["test/acc"], abs=1e-6)
+        assert float(row["test_bacc"]) == pytest.approx(record["test"]["test/bacc"], abs=1e-6)
     markdown = (sweep_dir / "summary.md").read_text()
     # The printed table (once) and summary.md name both backbones and their checkpoint files.
     assert proc.stdout.count("Summary of") == 1
@@ -103,6 +107,7 @@ def test_summary_ranks_both_jobs_with_their_checkpoints(sweep):
         for text in (proc.stdout, markdown):
             assert row["backbone"] in text and checkpoint in text
     assert "![" in markdown and "summary.png" in markdown
+    assert re.search(r"\|\s*test/acc\s*\|\s*test/bacc\s*\|", markdown)
 
 
 def test_summary_plot_is_a_real_image(sweep):
@@ -246,6 +251,9 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
 def compose_with_hydra(*overrides: str):
     from hydra import compose, initialize_config_dir
 
+    from faceattr.resume import register_resolvers
+
+    register_resolvers()  # ${run_id:} in hydra.sweep.dir, as train.py registers it
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("train", overrides=list(overrides), return_hydra_config=True)
 

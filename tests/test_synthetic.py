@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import importlib.util
+import logging
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
 from collections import defaultdict
@@ -16,6 +21,7 @@ from torchvision.datasets import CelebA
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.data import synthetic
+from faceattr.data.synthetic import celeba_files
 from faceattr.data.synthetic import (
     ATTR_FILE, BBOX_FILE, IDENTITY_FILE, LANDMARKS_FILE, PARTITION_FILE, ensure_synthetic, generate_celeba,
     generate_synthetic, read_marker, sample_face, write_kaggle_layout,
@@ -80,6 +86,41 @@ def test_a_different_seed_gives_different_data(generated):
     serial, other = generated["serial"], generated["other_seed"]
     for name in (ATTR_FILE, IDENTITY_FILE, LANDMARKS_FILE, "img_align_celeba/000001.jpg"):
         assert (serial / name).read_bytes() != (other / name).read_bytes(), name
+
+
+# Pinned output of seed 11, 12 images: the generator must keep producing exactly these bytes (a refactor or a
+# change of the file writer that alters labels, geometry or pixels fails here). JPEG bytes are those of Pillow's
+# bundled libjpeg-turbo, whose encoder output is stable across releases.
+PINNED_SEED, PINNED_N = 11, 12
+PINNED_POSITIVE = {  # image number: its attributes labelled 1 (all others -1)
+    1: {"Attractive", "Big_Lips", "High_Cheekbones", "Mouth_Slightly_Open", "No_Beard", "Smiling", "Straight_Hair",
+        "Wearing_Earrings", "Wearing_Lipstick", "Young"},
+    7: {"Attractive", "Heavy_Makeup", "No_Beard", "Wavy_Hair", "Wearing_Lipstick", "Young"},
+    12: {"Attractive", "Big_Lips", "Black_Hair", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "No_Beard",
+         "Smiling", "Young"},
+}
+PINNED_SHA256 = {
+    ATTR_FILE: "f65f7b3d6064d90c3b3292198e1010ab8f75d9b2f5a6af108fb6e526b0914bb0",
+    PARTITION_FILE: "1a259a081d92f04f6250dc462a3de7fbcb48c644a9fb20d4bd0bbb5b183b11e4",
+    IDENTITY_FILE: "b6079a81c1800f43b94cef76191a8f9c4e97675cf2ea9edc2114ad51bc5414fe",
+    BBOX_FILE: "2b37afca89e0b7f80f1ac38e093e4550ed91e7433345f1f8c41d6a118519c17f",
+    LANDMARKS_FILE: "08a3cb935d98c549d784c7839d2354f815e06399873c5fb67bb6a3bf79e2281a",
+    "img_align_celeba/000001.jpg": "f53f8bccc4a085307d19e29b24514dc5604b2e6f3733c3a88b9bdbbcb26c1eef",
+    "img_align_celeba/000007.jpg": "d7d47eb52bf6a6ae890059bcccca3ac3994219e9c93f542c20cd9cc98e4623ef",
+    "img_align_celeba/000012.jpg": "800cb60ad25b7b2ba97b990b47b0e47fc63d0dd943916fe1680c795e92dccc14",
+}
+
+
+def test_a_fixed_seed_gives_the_pinned_labels_and_bytes(tmp_path):
+    root = generate_celeba(tmp_path / "pinned", PINNED_N, seed=PINNED_SEED, workers=1)
+    lines = (root / ATTR_FILE).read_text().splitlines()
+    for number, positive in PINNED_POSITIVE.items():
+        name, *values = lines[number + 1].split()
+        assert name == f"{number:06d}.jpg"
+        assert {attribute for attribute, value in zip(CELEBA_ATTRIBUTES, values) if value == "1"} == positive
+        assert values.count("-1") == len(CELEBA_ATTRIBUTES) - len(positive)
+    for name, digest in PINNED_SHA256.items():
+        assert hashlib.sha256((root / name).read_bytes()).hexdigest() == digest, name
 
 
 # --- formats ----------------------------------------------------------------------------------------------------
@@ -203,7 +244,7 @@ def test_kaggle_layout_agrees_with_the_original(generated, tmp_path):
 
 def test_generate_synthetic_kaggle_leaves_only_the_kaggle_layout(tmp_path):
     root = generate_synthetic(tmp_path / "out", 12, seed=3, layout="kaggle")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]  # no original-layout temporary left
     assert (root / "list_attr_celeba.csv").is_file() and not (root / ATTR_FILE).exists()
     assert len(list((root / "img_align_celeba" / "img_align_celeba").glob("*.jpg"))) == 12
 
@@ -255,48 +296,144 @@ def test_key_correlations_hold(sampled):
 # --- cache, interruption, arguments -----------------------------------------------------------------------------
 
 
-def test_ensure_synthetic_reuses_then_regenerates_on_another_seed_or_size(tmp_path):
+def temporaries(folder: Path) -> list[Path]:
+    """The generator's temporary folders (``.<name>.partial-<hex>``) in ``folder``."""
+    return sorted(p for p in folder.iterdir() if ".partial-" in p.name)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_ensure_synthetic_reuses_a_complete_folder_untouched_and_removes_stale_temporaries(tmp_path):
     root = tmp_path / "cache"
     assert ensure_synthetic(root, 40, seed=0) == root
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".cache.lock", "cache"]
     marker, image = root / synthetic.MARKER, root / "img_align_celeba" / "000001.jpg"
     stamps = (marker.stat().st_mtime_ns, image.stat().st_mtime_ns)
-    ensure_synthetic(root, 40, seed=0)
+    stale = tmp_path / f".cache.partial-{'0' * 32}"
+    (stale / "img_align_celeba").mkdir(parents=True)
+    (stale / "img_align_celeba" / "000001.jpg").write_bytes(b"half a run")
+    assert ensure_synthetic(root, 40, seed=0) == root
     assert (marker.stat().st_mtime_ns, image.stat().st_mtime_ns) == stamps
-
-    before = (root / ATTR_FILE).read_bytes()
-    ensure_synthetic(root, 40, seed=1)
-    assert read_marker(root)["seed"] == 1 and (root / ATTR_FILE).read_bytes() != before
-
-    ensure_synthetic(root, 25, seed=1)
-    assert read_marker(root)["num_images"] == 25
-    assert len(list((root / "img_align_celeba").iterdir())) == 25  # stale images of the larger run removed
+    assert not stale.exists()
 
 
-def test_an_interrupted_generation_is_not_mistaken_for_a_complete_one(tmp_path, monkeypatch):
-    root = generate_celeba(tmp_path, 20, seed=0)
+def test_ensure_synthetic_refuses_a_folder_generated_for_other_settings(tmp_path):
+    """Two runs sharing a root with different settings: the second fails; the first one's data stays intact."""
+    root = ensure_synthetic(tmp_path / "shared", 40, seed=0)
+    before = snapshot(root)
+    for num_images, seed in ((40, 1), (25, 0), (600, 0)):
+        with pytest.raises(UserError, match=f"holds generated data of 40 images, seed 0, not {num_images} images"):
+            ensure_synthetic(root, num_images, seed=seed)
+    assert snapshot(root) == before
+    assert temporaries(tmp_path) == []
 
-    def crash(*args, **kwargs):
+
+def test_explicit_generation_replaces_an_earlier_generated_folder_whole(tmp_path, caplog):
+    root = generate_celeba(tmp_path / "data", 30, seed=0)
+    with caplog.at_level(logging.WARNING, logger="faceattr.data.synthetic"):
+        assert generate_celeba(root, 12, seed=1) == root
+    assert "replacing the generated data set" in caplog.text and "30 images, seed 0" in caplog.text
+    assert read_marker(root)["num_images"] == 12 and read_marker(root)["seed"] == 1
+    assert len(list((root / "img_align_celeba").iterdir())) == 12
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.lock", "data"]
+
+
+def test_a_folder_holding_other_files_is_never_written_to(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "notes.txt").write_text("keep")
+    calls = (lambda: generate_celeba(root, 5), lambda: ensure_synthetic(root, 5),
+             lambda: generate_synthetic(root, 5, layout="kaggle"))
+    for call in calls:
+        with pytest.raises(UserError, match="not a complete generated data set"):
+            call()
+    assert snapshot(root) == {"notes.txt": b"keep"}
+    assert temporaries(tmp_path) == []
+
+
+def crash_after(images: int, error: BaseException, monkeypatch) -> None:
+    """Make the writer raise ``error`` once it has rendered ``images`` images (in this process: use workers=1)."""
+    real, rendered = celeba_files.render_face, []
+
+    def render(*args, **kwargs):
+        if len(rendered) == images:
+            raise error
+        rendered.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(celeba_files, "render_face", render)
+
+
+def test_an_interrupted_generation_leaves_nothing_and_the_next_call_regenerates(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    crash_after(5, KeyboardInterrupt(), monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(root, 30, seed=0, workers=1)
+    assert not root.exists() and read_marker(root) is None
+    assert temporaries(tmp_path) == []
+    monkeypatch.undo()
+    ensure_synthetic(root, 30, seed=0, workers=1)
+    assert read_marker(root)["num_images"] == 30 and len(rows(root / PARTITION_FILE, 0)) == 30
+    assert len(list((root / "img_align_celeba").iterdir())) == 30
+
+
+def test_an_interrupted_regeneration_keeps_the_previous_folder_whole(tmp_path, monkeypatch):
+    root = generate_celeba(tmp_path / "data", 20, seed=0)
+    before = snapshot(root)
+
+    def crash(*args, **kwargs):  # every image written, no annotation file yet
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "_write_annotations", crash)
+    monkeypatch.setattr(celeba_files, "_write_annotations", crash)
     with pytest.raises(KeyboardInterrupt):
-        generate_celeba(root, 30, seed=0)
-    assert read_marker(root) is None
-    monkeypatch.undo()
-    ensure_synthetic(root, 30, seed=0)
-    assert read_marker(root)["num_images"] == 30 and len(rows(root / PARTITION_FILE, 0)) == 30
+        generate_celeba(root, 30, seed=1)
+    assert snapshot(root) == before
+    assert temporaries(tmp_path) == []
+
+
+def test_a_full_disk_is_one_user_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    crash_after(3, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), monkeypatch)
+    with pytest.raises(UserError, match="no space left on device writing .*data.root="):
+        ensure_synthetic(tmp_path / "data", 20, workers=1)
+    assert not (tmp_path / "data").exists() and temporaries(tmp_path) == []
+
+
+def _generate_and_get_killed(root: str) -> None:
+    """Child process: ensure_synthetic, killed by SIGKILL (no clean-up at all) after saving 5 images."""
+    real, rendered = celeba_files.render_face, []
+
+    def render(*args, **kwargs):
+        if len(rendered) == 5:
+            os.kill(os.getpid(), signal.SIGKILL)
+        rendered.append(args)
+        return real(*args, **kwargs)
+
+    celeba_files.render_face = render
+    ensure_synthetic(root, 30, seed=0, workers=1)
+
+
+def test_a_killed_generation_looks_incomplete_and_the_next_run_cleans_up_and_regenerates(tmp_path):
+    root = tmp_path / "data"
+    process = multiprocessing.get_context("fork").Process(target=_generate_and_get_killed, args=(str(root),))
+    process.start()
+    process.join(60)
+    assert process.exitcode == -signal.SIGKILL
+    assert not root.exists() and read_marker(root) is None
+    [stale] = temporaries(tmp_path)
+    assert len(list((stale / "img_align_celeba").iterdir())) == 5 and read_marker(stale) is None
+
+    assert ensure_synthetic(root, 30, seed=0) == root
+    assert temporaries(tmp_path) == []
+    assert read_marker(root)["num_images"] == 30 and len(list((root / "img_align_celeba").iterdir())) == 30
 
 
 def _ensure_and_log(root: str, log: str) -> None:
-    """Child process: ensure_synthetic, logging each actual generation."""
-    real = synthetic.generate_celeba
-
-    def logged(*args, **kwargs):
-        with open(log, "a") as f:
-            f.write("generated\n")
-        return real(*args, **kwargs)
-
-    synthetic.generate_celeba = logged
+    """Child process: ensure_synthetic, logging each actual generation to ``log``."""
+    logger = logging.getLogger("faceattr.data.synthetic")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(logging.FileHandler(log))
     ensure_synthetic(root, 60, seed=2, workers=1)
 
 
@@ -309,7 +446,8 @@ def test_concurrent_ensure_synthetic_generates_once(tmp_path):
     for process in processes:
         process.join(60)
     assert [process.exitcode for process in processes] == [0, 0, 0]
-    assert log.read_text() == "generated\n"
+    assert [line.split(" into ")[0] for line in log.read_text().splitlines()] == [
+        "generating 60 synthetic images (seed 2)"]
     assert read_marker(root)["num_images"] == 60
     reference = generate_celeba(tmp_path / "reference", 60, seed=2)
     assert (root / ATTR_FILE).read_bytes() == (reference / ATTR_FILE).read_bytes()

@@ -24,8 +24,12 @@ class CelebADataModule(L.LightningDataModule):
         image_size: model input size, an int or ``[height, width]``.
         crop: centre crop applied to the 178x218 aligned image before resizing; ``None`` = no crop.
         train_augment: ``transforms.v2`` transforms applied to training images after resizing.
-        limit: use at most this many images in total, drawn at random (seeded) from each official partition in
-            proportion to its size; ``None`` = all.
+        limit: use at most this many training images, drawn at random (seeded by ``seed``) from the official
+            training partition; ``None`` = all. Never applies to validation or test.
+        val_limit: likewise for the validation partition (``None`` = all). The test split is always the whole
+            official test partition, so test figures compare with the literature's.
+        seed: seed of the ``limit``/``val_limit`` subsamples (its own, so that a sweep over the training seed
+            keeps the same images).
         synthetic: ``{num_images, seed}`` to generate CelebA-format data into ``root`` on first use.
     """
 
@@ -37,6 +41,7 @@ class CelebADataModule(L.LightningDataModule):
         crop: int | Sequence[int] | None = 178,
         train_augment: Sequence = (),
         limit: int | None = None,
+        val_limit: int | None = None,
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 2,
@@ -49,12 +54,14 @@ class CelebADataModule(L.LightningDataModule):
         super().__init__()
         self.root = Path(root).expanduser()
         self.attribute_names: tuple[str, ...] = tuple(attributes) if attributes else CELEBA_ATTRIBUTES
-        if limit is not None and limit < 3:
-            raise UserError(f"data.limit={limit} is too small: it needs at least one image per partition")
+        for key, value in (("limit", limit), ("val_limit", val_limit)):
+            if value is not None and value < 1:
+                raise UserError(f"data.{key}={value} must be at least 1 (or null for the whole partition)")
         self.image_size = size_pair(image_size)
         self.crop = None if crop is None else size_pair(crop)
         self.train_augment = list(train_augment or [])
         self.limit = limit
+        self.val_limit = val_limit
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -73,10 +80,10 @@ class CelebADataModule(L.LightningDataModule):
 
     def _indices(self, index: CelebAIndex, split: str) -> torch.Tensor:
         chosen = torch.nonzero(index.partitions == SPLITS[split]).flatten()
-        if self.limit is not None and self.limit < len(index.partitions):
-            share = max(1, round(self.limit * len(chosen) / len(index.partitions)))
+        limit = {"train": self.limit, "valid": self.val_limit}.get(split)  # never the test split
+        if limit is not None and limit < len(chosen):
             generator = torch.Generator().manual_seed(self.seed + SPLITS[split])
-            chosen = chosen[torch.randperm(len(chosen), generator=generator)[:share]].sort().values
+            chosen = chosen[torch.randperm(len(chosen), generator=generator)[:limit]].sort().values
         if len(chosen) == 0:
             raise UserError(
                 f"the {split} partition of {self.root} is empty: list_eval_partition has no image marked "

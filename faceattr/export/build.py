@@ -4,7 +4,11 @@ Contract of both artefacts: input ``images`` float32 ``(N, 3, H, W)``, RGB in [0
 (any N); output ``probabilities`` float32 ``(N, num_attributes)``. Normalization and the sigmoid are inside, so
 the TorchScript file runs with torch alone (``torch.jit.load``) and the ONNX file with ONNX Runtime alone. Both
 carry the export metadata (attribute names, input size, crop, thresholds) as ``faceattr.json``: an extra file of
-the TorchScript archive, ``metadata_props`` of the ONNX model.
+the TorchScript archive, ``metadata_props`` of the ONNX model. Both are serialized in memory and written atomically
+(:mod:`faceattr.atomic`): an artefact is complete or absent.
+
+:func:`read_checkpoint` is the one check that a checkpoint loads, for every reader (export, eval, ``ckpt_path=``,
+``resume=``): a file that does not load is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from faceattr.atomic import write_bytes
 from faceattr.errors import UserError
 
 METADATA_NAME = "faceattr.json"
+ZIP_MAGIC = b"PK\x03\x04"
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
 
@@ -38,7 +44,17 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's contents, loaded with ``weights_only=True`` (no pickled code runs), after checking that it is
     a faceattr (Lightning) checkpoint; a one-line UserError saying what the file is otherwise."""
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise UserError(f"{checkpoint}: no such checkpoint file")
     if not zipfile.is_zipfile(checkpoint):
+        with open(checkpoint, "rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        if not head:
+            raise UserError(f"{checkpoint} is not a PyTorch checkpoint: the file is empty (a save cut short by a "
+                            "full disk or a crash?); use another checkpoint of the run")
+        if head == ZIP_MAGIC:
+            raise UserError(f"{checkpoint} is truncated (an incomplete zip archive: a save cut short by a full disk "
+                            "or a crash); use another checkpoint of the run")
         raise UserError(f"{checkpoint} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
                         "not one): pass a .ckpt written by train.py")
     try:
@@ -68,6 +84,15 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
         raise UserError(f"{checkpoint} is a Lightning checkpoint of another model (its hyper_parameters lack "
                         f"{', '.join(missing)}): not a faceattr checkpoint from train.py")
     return state
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` does not load as a faceattr checkpoint (the one line of :func:`read_checkpoint`), or None."""
+    try:
+        read_checkpoint(checkpoint)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def load_module(checkpoint: Path):
@@ -125,13 +150,14 @@ def quiet_torchscript():
 
 
 def export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Path, metadata: dict[str, Any]) -> Path:
-    """Trace ``model`` on ``example`` and save it with ``faceattr.json`` inside; returns ``path``."""
+    """Trace ``model`` on ``example`` and save it with ``faceattr.json`` inside (atomically); returns ``path``."""
+    buffer = io.BytesIO()
     with quiet_torchscript(), torch.no_grad():
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={METADATA_NAME: json.dumps(metadata)})
-    return path
+        torch.jit.save(traced, buffer, _extra_files={METADATA_NAME: json.dumps(metadata)})
+    return write_bytes(path, buffer.getbuffer(), hint="output_dir=...")
 
 
 def load_torchscript(path: Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
@@ -146,9 +172,8 @@ def load_torchscript(path: Path, device: str = "cpu") -> tuple[torch.jit.ScriptM
 def export_onnx(
     model: ProbabilityModel, example: torch.Tensor, path: Path, metadata: dict[str, Any], opset: int | None = None
 ) -> Path:
-    """Export with the torch.onnx (dynamo) exporter, batch axis dynamic, metadata in ``metadata_props``."""
-    import onnx
-
+    """Export with the torch.onnx (dynamo) exporter, batch axis dynamic, metadata in ``metadata_props``; the model
+    is serialized in memory and written atomically; returns ``path``."""
     batch = torch.export.Dim("batch", min=1, max=65536)
     kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
     log = io.StringIO()
@@ -156,29 +181,26 @@ def export_onnx(
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             warnings.simplefilter("ignore")
-            torch.onnx.export(
+            program = torch.onnx.export(
                 model,
                 (example,),
-                str(path),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch},),
                 dynamo=True,
-                external_data=False,
                 verbose=False,
                 **kwargs,
             )
+            proto = program.model_proto
     except Exception as exc:  # noqa: BLE001 - exporter failures come in many types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UserError(f"ONNX export failed ({first}); export=torchscript still works for this model") from None
     finally:
         logging.disable(logging.NOTSET)
-    proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_NAME, json.dumps(metadata)
-    onnx.save(proto, str(path))
-    return path
+    return write_bytes(path, proto.SerializeToString(), hint="output_dir=...")
 
 
 def onnx_session(path: Path, device: str = "cpu", num_threads: int | None = None):

@@ -27,8 +27,8 @@ LOCAL_LIMITS = ImageLimits(max_bytes=1 << 40, max_pixels=1 << 40)
 
 
 @dataclass
-class ValidationSet:
-    """Paths and labels of the validation images, and where they came from."""
+class ImageSet:
+    """Paths and labels of one split's images, and where they came from."""
 
     root: Path
     paths: list[str]
@@ -103,10 +103,11 @@ def check_run_config(hparams: dict[str, Any], run_config: dict[str, Any], source
         )
 
 
-def validation_set(
-    hparams: dict[str, Any], run_config: dict[str, Any], data_root: str | None
-) -> tuple[ValidationSet | None, str]:
-    """The validation split the run was evaluated on (same root, attributes, limit and seed), or None and why.
+def split_set(
+    hparams: dict[str, Any], run_config: dict[str, Any], data_root: str | None, split: str = "valid"
+) -> tuple[ImageSet | None, str]:
+    """The ``split`` (valid or test) the run was evaluated on (same root, attributes, subsample and seed), or None
+    and why. The test split is always the whole official partition.
 
     ``data_root`` (``data_root=`` on the command line) replaces the run's ``data.root``; it must exist and its
     annotation file must have every attribute of the checkpoint. The run's root may be gone (another machine): then
@@ -130,7 +131,7 @@ def validation_set(
         attributes=list(hparams["attributes"]),
         image_size=list(hparams["image_size"]),
         crop=None if hparams.get("crop") is None else list(hparams["crop"]),
-        limit=data.get("limit") if not explicit else None,
+        val_limit=data.get("val_limit") if not explicit else None,
         seed=int(seed) if seed is not None else 0,
         num_workers=0,
     )
@@ -149,9 +150,10 @@ def validation_set(
             f"checkpoint's {len(hparams['attributes'])} attributes ({', '.join(missing[:5])}"
             f"{', ...' if len(missing) > 5 else ''}); pass the CelebA folder the model was trained on"
         ) from None
-    split = datamodule.splits["valid"]
-    paths = [split.path(i) for i in range(len(split))]
-    return ValidationSet(root_path, paths, split.labels.clone()), f"validation split of {root_path}"
+    images = datamodule.splits[split]
+    paths = [images.path(i) for i in range(len(images))]
+    name = "validation" if split == "valid" else split
+    return ImageSet(root_path, paths, images.labels.clone()), f"{name} split of {root_path}"
 
 
 def predict(
@@ -203,35 +205,30 @@ def f1_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.
     return thresholds.float(), calibrated
 
 
-def _macro_f1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
-    tp = (predicted & labels).sum(0).double()
-    fp = (predicted & ~labels).sum(0).double()
-    fn = (~predicted & labels).sum(0).double()
-    denominator = 2 * tp + fp + fn
-    f1 = torch.where(denominator > 0, 2 * tp / denominator.clamp(min=1), torch.zeros_like(tp))
-    return float(f1.mean())
+def decision_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> dict[str, float]:
+    """Macro accuracy, balanced accuracy and F1 of the decisions ``probs >= thresholds`` (the training metrics'
+    definitions, :mod:`faceattr.model.metrics`)."""
+    from faceattr.model.metrics import AttributeMetrics, macro
+
+    metrics = AttributeMetrics(probs.shape[1])
+    metrics.set_thresholds(thresholds)
+    metrics.update(probs, labels.int())
+    values = metrics.compute()
+    return {name: round(float(macro(values[name])), 6) for name in ("acc", "bacc", "f1")}
 
 
-def validation_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> dict[str, float]:
-    """Macro AUROC (over attributes with both classes), macro F1 and accuracy at 0.5 and at ``thresholds``."""
-    from faceattr.model.metrics import AttributeAUROC
+def split_metrics(probs: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> dict[str, Any]:
+    """Macro AUROC (over attributes with both classes) and the decision metrics at 0.5 and at ``thresholds``."""
+    from faceattr.model.metrics import AttributeAUROC, macro
 
     if len(probs) == 0:
         return {}
-    truth = labels.bool()
     auroc = AttributeAUROC(probs.shape[1])
-    auroc.update(probs, labels.int())
-    per_attribute = auroc.compute()
-    macro = float(torch.nanmean(per_attribute)) if not torch.isnan(per_attribute).all() else math.nan
-    at_half = probs >= 0.5
-    at_thresholds = probs >= thresholds.view(1, -1)
-    metrics = {
-        "auroc": macro,
-        "f1@0.5": _macro_f1(at_half, truth),
-        "f1@calibrated": _macro_f1(at_thresholds, truth),
-        "acc@0.5": float((at_half == truth).float().mean()),
-        "acc@calibrated": float((at_thresholds == truth).float().mean()),
-        "num_images": int(len(probs)),
-    }
-    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()
-            if not (isinstance(v, float) and not math.isfinite(v))}
+    auroc.update(probs.float(), labels.int())
+    value = float(macro(auroc.compute()))
+    metrics: dict[str, Any] = {"num_images": int(len(probs))}
+    if math.isfinite(value):
+        metrics["auroc"] = round(value, 6)
+    metrics["at_0.5"] = decision_metrics(probs, labels, torch.full_like(thresholds, 0.5))
+    metrics["at_thresholds"] = decision_metrics(probs, labels, thresholds)
+    return metrics

@@ -45,6 +45,7 @@ OPTIONS: dict[str, Callable[[Any], str | None]] = {
     "store": _check(lambda v: isinstance(v, bool), "expected true or false"),
     "output_dir": _optional_str,
     "data_root": _optional_str,
+    "test_metrics": _check(lambda v: isinstance(v, bool), "expected true or false"),
     "parity.num_images": _check(lambda v: _is_int(v) and v >= 1,
                                 "expected an integer >= 1 (the parity check needs at least one image)"),
     "parity.atol": _check(lambda v: _is_number(v) and v >= 0, "expected a number >= 0"),

@@ -1,10 +1,16 @@
 """What ``ckpt=`` names: a ``.ckpt`` file, a run dir (its best checkpoint) or a sweep dir (the best job's).
 
-A run dir (``outputs/<date>/<time>/`` from ``train.py``) holds ``run.json``, ``config.yaml`` and ``checkpoints/``;
-a sweep dir (``multirun/<date>/<time>/``) holds one run dir per job (``0/``, ``1/``, ...). The best checkpoint of a
-run is ``run.json``'s ``best_checkpoint``; without ``run.json`` (a run still going, or killed) it is the
-ModelCheckpoint state inside ``last.ckpt``, then the score in the checkpoint names. The best job of a sweep is the
-one with the best ``best_score`` of the monitored metric (``monitor.metric``/``monitor.mode`` of its config).
+A run dir (``outputs/<date>/<time>-<id>/`` from ``train.py``) holds ``run.json``, ``config.yaml`` and
+``checkpoints/``; a sweep dir (``multirun/<date>/<time>-<id>/``) holds one run dir per job (``0/``, ``1/``, ...).
+The best checkpoint of a run is ``run.json``'s ``best_checkpoint``; without ``run.json`` (a run still going, or
+killed) it is the ModelCheckpoint state inside ``last.ckpt``, then the score in the checkpoint names. The best job
+of a sweep is the one with the best ``best_score`` of the monitored metric (``monitor.metric``/``monitor.mode`` of
+its config).
+
+Every pick is verified (:func:`faceattr.export.build.read_checkpoint`): a checkpoint file given as ``ckpt=`` that
+does not load is refused with one line naming it; when a run's best checkpoint does not load (truncated by a crash
+or a full disk), the run's next checkpoint that loads is used instead (the best scored one by name, else
+``last.ckpt``, else the newest) and the reason says so.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import torch
 import yaml
 
 from faceattr.errors import UserError
+from faceattr.export.build import checkpoint_problem, read_checkpoint
 from faceattr.numbers import finite_or_none
 
 RUN_RECORD = "run.json"
@@ -108,8 +115,49 @@ def _checkpoint_state(last: Path) -> tuple[str | None, float | None]:
     return None, None
 
 
+def _scored(found: list[Path]) -> list[tuple[float, Path]]:
+    """(score in the name, path) of the checkpoints whose names carry a score."""
+    scored = []
+    for path in found:
+        match = SCORE_IN_NAME.search(path.stem) if path.name != LAST else None
+        if match:
+            scored.append((float(match.group(1)), path))
+    return scored
+
+
+def _fallbacks(found: list[Path], mode: str) -> list[tuple[Path, float | None, str]]:
+    """(path, score, why) of a run's checkpoints in the order to fall back on when its best does not load: by the
+    score in their names, then ``last.ckpt``, then the newest."""
+    ranked = sorted(_scored(found), key=lambda item: item[0], reverse=mode == "max")
+    order = [(path, score, f"the best score in the checkpoint names ({score:.4f})") for score, path in ranked]
+    order += [(path, None, "the run's latest state") for path in found if path.name == LAST]
+    order += [(path, None, "the newest checkpoint") for path in sorted(found, key=lambda p: p.stat().st_mtime,
+                                                                         reverse=True)]
+    first: dict[Path, tuple[Path, float | None, str]] = {}
+    for item in order:
+        first.setdefault(item[0], item)
+    return list(first.values())
+
+
 def best_of_run(run_dir: Path) -> Resolved:
-    """The best checkpoint of one run dir (see the module doc for the order of the sources)."""
+    """The best checkpoint of one run dir that loads (see the module doc for the order of the sources)."""
+    resolved = _recorded_best(run_dir)
+    problem = checkpoint_problem(resolved.checkpoint)
+    if problem is None:
+        return resolved
+    checkpoints = run_dir / CHECKPOINT_DIR
+    broken = resolved.checkpoint.resolve()
+    found = [path for path in sorted(checkpoints.glob("*.ckpt")) if path.resolve() != broken]
+    for path, score, why in _fallbacks(found, monitor_of(run_dir, resolved.run_record)[1]):
+        if checkpoint_problem(path) is None:
+            resolved.reason = f"the run's best checkpoint does not load ({problem}); using {path.name} instead: {why}"
+            resolved.checkpoint, resolved.score = path, score
+            return resolved
+    raise UserError(f"{problem}; no other checkpoint in {checkpoints} loads either")
+
+
+def _recorded_best(run_dir: Path) -> Resolved:
+    """The best checkpoint of one run dir as recorded (run.json, the state in last.ckpt, the names), unverified."""
     record = read_json(run_dir / RUN_RECORD)
     metric, mode = monitor_of(run_dir, record)
     config = read_run_config(run_dir)
@@ -136,11 +184,7 @@ def best_of_run(run_dir: Path) -> Resolved:
             shown = "n/a" if score is None else f"{score:.4f}"
             return Resolved(best, run_dir, f"best checkpoint by {metric} ({mode}) = {shown}, from the "
                             f"ModelCheckpoint state in {LAST} (no usable {RUN_RECORD})", score, metric, record, config)
-    scored = []
-    for path in found:
-        match = SCORE_IN_NAME.search(path.stem) if path.name != LAST else None
-        if match:
-            scored.append((float(match.group(1)), path))
+    scored = _scored(found)
     if scored:
         score, best = (max if mode == "max" else min)(scored, key=lambda item: item[0])
         return Resolved(best, run_dir, f"best score in the checkpoint names ({mode}) = {score:.4f} (no usable "
@@ -198,6 +242,7 @@ def resolve_checkpoint(ckpt: str | Path) -> Resolved:
     if not path.exists():
         raise UserError(f"ckpt={ckpt}: no such file or directory")
     if path.is_file():
+        read_checkpoint(path)  # a file that does not load: one line naming it
         run_dir = run_dir_of(path.resolve())
         monitor = monitor_of(run_dir)[0] if run_dir else None
         return Resolved(path, run_dir, "checkpoint file given", None, monitor,

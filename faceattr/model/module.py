@@ -14,16 +14,19 @@ from collections.abc import Callable, Sequence
 import lightning as L
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 
 from faceattr.data.transforms import size_pair
 from faceattr.model.backbone import create_backbone
-from faceattr.model.metrics import build_metrics
+from faceattr.model.metrics import MACRO, attribute_table, build_metrics, macro
 from faceattr.model.rng import rng_states, set_rng_states
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STAGES = ("val", "test")
+# State that older checkpoints kept in the state_dict and that is now elsewhere (dropped when loading them):
+# the loss weights (rebuilt from the data) and the best validation AUROC (now a checkpoint entry of its own).
+LEGACY_STATE_KEYS = ("criterion.pos_weight", "best_val_auroc")
+BEST_VAL_AUROC_KEY = "faceattr_best_val_auroc"
 
 
 class FaceAttrModule(L.LightningModule):
@@ -34,7 +37,8 @@ class FaceAttrModule(L.LightningModule):
         attributes: attribute names, one output each, in order.
         image_size: input ``(height, width)`` (or an int) the model is trained at.
         crop: centre crop applied to the aligned 178x218 image before resizing (recorded for export and serving).
-        mean, std: per-channel normalization applied inside ``forward``.
+        mean, std: per-channel normalization applied inside ``forward``; ``None`` = the backbone's own (timm's
+            ``pretrained_cfg``: ImageNet statistics for ResNets, 0.5/0.5 for ViTs).
         pretrained: start from timm's pretrained weights (needs the network), unless ``weights`` is given.
         weights: path of a local timm weights file to start from.
         drop_rate: dropout before the classifier.
@@ -52,8 +56,8 @@ class FaceAttrModule(L.LightningModule):
         attributes: Sequence[str],
         image_size: int | Sequence[int] = 64,
         crop: int | Sequence[int] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         pretrained: bool = False,
         weights: str | None = None,
         drop_rate: float = 0.0,
@@ -65,6 +69,10 @@ class FaceAttrModule(L.LightningModule):
         scheduler: Callable | None = None,
     ) -> None:
         super().__init__()
+        net = create_backbone(backbone, len(attributes), pretrained, weights, drop_rate, dict(backbone_kwargs or {}))
+        own = getattr(net, "pretrained_cfg", None) or {}
+        mean = own.get("mean", (0.485, 0.456, 0.406)) if mean is None else mean
+        std = own.get("std", (0.229, 0.224, 0.225)) if std is None else std
         self.save_hyperparameters(
             {
                 "backbone": backbone,
@@ -85,17 +93,20 @@ class FaceAttrModule(L.LightningModule):
         self.attributes = list(self.hparams.attributes)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net = create_backbone(
-            backbone, len(self.attributes), pretrained, weights, drop_rate, self.hparams.backbone_kwargs
-        )
+        self.net = net
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, 3, 1, 1), persistent=False)
-        # Best macro val AUROC so far: a buffer, so it is checkpointed and survives a resume.
-        self.register_buffer("best_val_auroc", torch.tensor(float("-inf")))
-        self.criterion = nn.BCEWithLogitsLoss()
+        # Best macro val AUROC so far: a checkpoint entry of its own (not a buffer, which weight averaging would
+        # average), so it survives a resume.
+        self.best_val_auroc = float("-inf")
+        # Loss weights of the positives (model.pos_weight=true), computed from the training split in setup(); not
+        # part of the weights: a checkpoint holds only what the exported model needs.
+        self.register_buffer("pos_weight", None, persistent=False)
         self.metrics = nn.ModuleDict({stage: build_metrics(len(self.attributes)) for stage in STAGES})
+        # The last epoch's per-attribute figures of each stage ({attribute: {acc, bacc, auroc, ...}}) and macro figures.
+        self.results: dict[str, dict] = {}
 
     @property
     def num_parameters(self) -> int:
@@ -112,10 +123,15 @@ class FaceAttrModule(L.LightningModule):
             self.net.compile()  # in place: state_dict keys stay those of the plain backbone
 
     def setup(self, stage: str) -> None:
+        # Every stage: the validation and test losses weigh positives as training did.
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if stage == "fit" and self.hparams.pos_weight and datamodule is not None:
+        if self.hparams.pos_weight and datamodule is not None:
             rate = datamodule.train_positive_rate.clamp(1e-3, 1 - 1e-3)
-            self.criterion = nn.BCEWithLogitsLoss(pos_weight=((1 - rate) / rate).to(self.device))
+            self.pos_weight = ((1 - rate) / rate).to(self.device)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Binary cross-entropy over attributes, in float32 (also under bf16/16-mixed autocast)."""
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=self.pos_weight)
 
     @staticmethod
     def _unpack(batch) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
@@ -131,7 +147,7 @@ class FaceAttrModule(L.LightningModule):
             self.log("data/skipped_corrupt", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
         if images is None:
             return None
-        loss = self.criterion(self(images), labels)
+        loss = self.loss(self(images), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(images))
         return loss
 
@@ -141,8 +157,9 @@ class FaceAttrModule(L.LightningModule):
             self.log(f"{stage}/skipped_corrupt", float(skipped), on_step=False, on_epoch=True, reduce_fx="sum")
         if images is None:
             return
-        logits = self(images)
-        self.log(f"{stage}/loss", self.criterion(logits, labels), on_epoch=True, prog_bar=True, batch_size=len(images))
+        logits = self(images).float()  # metrics and loss in float32, whatever the training precision
+        self.log(f"{stage}/loss", self.loss(logits, labels), on_epoch=True, prog_bar=True, batch_size=len(images),
+                 sync_dist=True)
         self.metrics[stage].update(torch.sigmoid(logits), labels.int())
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -152,22 +169,26 @@ class FaceAttrModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_epoch_metrics(self, stage: str) -> float:
+        """Log the stage's macro and per-attribute figures; keep them in ``self.results[stage]``; return macro AUROC."""
         values = self.metrics[stage].compute()
         self.metrics[stage].reset()
-        per_attribute = values["auroc"]
-        macro = torch.nanmean(per_attribute) if not torch.isnan(per_attribute).all() else per_attribute[0]
-        self.log_dict(
-            {f"{stage}/auroc": macro, f"{stage}/acc": values["acc"], f"{stage}/f1": values["f1"]}, prog_bar=True
-        )
-        self.log_dict({f"{stage}/auroc/{name}": v for name, v in zip(self.attributes, per_attribute) if v == v})
-        return float(macro)
+        macros = {name: macro(values[name]).float() for name in MACRO}
+        self.log_dict({f"{stage}/{name}": value for name, value in macros.items()}, prog_bar=True)
+        for name in ("auroc", "acc"):
+            self.log_dict({f"{stage}/{name}/{a}": v.float() for a, v in zip(self.attributes, values[name]) if v == v})
+        self.results[stage] = {
+            "macro": {name: float(value) for name, value in macros.items()} | {
+                "num_images": int(values["num_images"])},
+            "per_attribute": attribute_table(values, self.attributes),
+        }
+        return float(macros["auroc"])
 
     def on_validation_epoch_end(self) -> None:
-        macro = self._log_epoch_metrics("val")
-        if not self.trainer.sanity_checking and not math.isnan(macro):
-            self.best_val_auroc.fill_(max(float(self.best_val_auroc), macro))
-        if math.isfinite(float(self.best_val_auroc)):
-            self.log("val/auroc_best", self.best_val_auroc.clone(), prog_bar=True)
+        value = self._log_epoch_metrics("val")
+        if not self.trainer.sanity_checking and not math.isnan(value):
+            self.best_val_auroc = max(self.best_val_auroc, value)
+        if math.isfinite(self.best_val_auroc):
+            self.log("val/auroc_best", torch.tensor(self.best_val_auroc), prog_bar=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
@@ -175,17 +196,27 @@ class FaceAttrModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Global RNG states, so a resumed run draws the same augmentations and shuffles it would have drawn.
         checkpoint["rng_states"] = rng_states()
+        checkpoint[BEST_VAL_AUROC_KEY] = self.best_val_auroc
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
+        state = checkpoint.get("state_dict", {})
+        legacy_best = state.get("best_val_auroc")
+        for key in LEGACY_STATE_KEYS:
+            state.pop(key, None)
+        best = checkpoint.get(BEST_VAL_AUROC_KEY, legacy_best)
+        self.best_val_auroc = float("-inf") if best is None else float(best)
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise ValueError("FaceAttrModule needs an optimizer partial to train")
         weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
-        # No weight decay on biases and norm layers (timm's helper).
-        optimizer = self.optimizer_factory(param_groups_weight_decay(self.net, weight_decay))
+        # No weight decay on biases, norm layers and what the backbone itself lists (timm's no_weight_decay():
+        # a ViT's pos_embed and cls_token).
+        no_decay = self.net.no_weight_decay() if hasattr(self.net, "no_weight_decay") else ()
+        groups = param_groups_weight_decay(self.net, weight_decay, no_weight_decay_list=no_decay)
+        optimizer = self.optimizer_factory(groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)

@@ -6,16 +6,20 @@ from a path it was given.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from faceattr.serve.config import ServeConfig, bento_root
+
+if TYPE_CHECKING:
+    import bentoml
 
 METADATA_FILE = "faceattr.json"
 EXPORT_HINT = "run `python export.py ckpt=<run dir>` first (see docs/serving.md)"
@@ -90,9 +94,9 @@ def model_tag(config: ServeConfig) -> str:
     return packaged[0] if packaged else config.model
 
 
-def resolve_model(config: ServeConfig) -> ModelInfo:
-    """Find the model to serve (:func:`model_tag`: ``name`` = latest version, or ``name:version``) in the local
-    BentoML store."""
+def stored_model(config: ServeConfig) -> bentoml.Model:
+    """The model to serve (:func:`model_tag`: ``name`` = latest version, or ``name:version``) in the local BentoML
+    store; its ``tag`` is the exact ``name:version``."""
     import bentoml
     from bentoml.exceptions import BentoMLException, NotFound
 
@@ -111,6 +115,12 @@ def resolve_model(config: ServeConfig) -> ModelInfo:
     except (BentoMLException, ValueError) as exc:  # an invalid tag
         raise ModelError(f"FACEATTR_SERVE_MODEL={config.model!r} is not a model tag (name or name:version): "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return model
+
+
+def resolve_model(config: ServeConfig) -> ModelInfo:
+    """What the service needs to know about the model to serve (:func:`stored_model`), from its metadata."""
+    model = stored_model(config)
     path = Path(model.path)
     try:
         metadata = json.loads((path / METADATA_FILE).read_text())
@@ -139,6 +149,15 @@ def served_format(config: ServeConfig, info: ModelInfo, device: str) -> str:
     if config.format != "auto":
         return config.format
     return "onnx" if "onnx" in info.formats and device == "cpu" else "torchscript"
+
+
+def served_model(config: ServeConfig, tag: str) -> tuple[ServeConfig, ModelInfo]:
+    """Model ``tag`` (an exact ``name:version``, as :func:`stored_model` found it) read from the store, and ``config``
+    with the artefact format to run decided (:func:`served_format`) and checked to exist."""
+    model = resolve_model(dataclasses.replace(config, model=tag))
+    config = dataclasses.replace(config, format=served_format(config, model, pick_device(config.device)))
+    model.artefact(config.format)
+    return config, model
 
 
 def pick_device(device: str) -> str:

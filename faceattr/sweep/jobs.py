@@ -1,5 +1,9 @@
 """One job of a Hydra multirun: failures are recorded instead of stopping the sweep; DDP re-runs the job, not the sweep.
 
+A single run (:func:`run_single_job`) records its failure the same way (``run.json`` says ``status: failed`` with
+the one-line error), then stops with that error. Both remove the temporary files a killed writer left in the run
+dir (:func:`faceattr.atomic.remove_stale_temporaries`) before they start.
+
 Three multirun pitfalls are handled here (``train.py`` calls :func:`run_multirun_job` in multirun mode):
 
 1. **A failing job.** Hydra's basic sweeper re-raises the first failed job after its batch (and ``SystemExit``
@@ -39,6 +43,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, read_write
 
+from faceattr.atomic import remove_stale_temporaries
 from faceattr.errors import UserError, find_user_error, one_line
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ CHILD_DROPPED_HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.job.name", "hy
 # Command-line flags that choose the config; a child must see the same ones.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 MAX_ERROR_CHARS = 500
+# The resolved config a run writes when it starts (faceattr/training.py): rewritten = the run started.
+CONFIG_FILE = "config.yaml"
 # Lightning's thread that SIGKILLs the main process when a rank process fails (lightning.fabric launchers).
 OBSERVER_THREAD = "child-process-observer"
 # How long the rank processes of a finished job may take to exit before they are killed.
@@ -81,24 +88,67 @@ def global_rank() -> int:
     return 0
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0: not a DDP process started by SLURM or by Lightning (``LOCAL_RANK``)."""
+    return global_rank() == 0 and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
 def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task(cfg)`` as one job of a multirun; on an exception record the failure and return None."""
     started = time.time()
     env_before = {name: os.environ.get(name) for name in DIST_ENV}
     threads_before = set(threading.enumerate())
+    _remove_stale_temporaries()
     try:
         with _ddp_children_rerun_this_job(cfg):
             return task(cfg)
     except Exception as exc:  # noqa: BLE001 - the sweep goes on; KeyboardInterrupt/SystemExit still stop it
-        _record_failure(cfg, exc, started)
+        record_failure(cfg, exc, started)
         return None
     finally:
         _release_rank_processes(threads_before)
         _reset_distributed(env_before)
 
 
+def run_single_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task(cfg)`` as a single run; on an exception record the failure in ``run.json`` and re-raise it.
+
+    A failure that changed nothing in a run dir that already has a record (``resume=<run dir>`` with a bad override:
+    the run's ``config.yaml`` was not rewritten) leaves that record as it is.
+    """
+    started = time.time()
+    config_before = _stat(_job_dir() / CONFIG_FILE)
+    _remove_stale_temporaries()
+    try:
+        return task(cfg)
+    except Exception as exc:
+        from faceattr.training import RUN_RECORD
+
+        untouched = _stat(_job_dir() / CONFIG_FILE) == config_before
+        if not (untouched and (_job_dir() / RUN_RECORD).is_file()):
+            record_failure(cfg, exc, started, console=False)
+        raise
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of ``path``: what changes when it is written again (atomically: a new inode)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def _job_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
+
+
+def _remove_stale_temporaries() -> None:
+    """Remove what a killed writer left in the run dir and its checkpoints/ (rank 0 only: the others write nothing)."""
+    if not is_rank_zero():
+        return
+    for directory in (_job_dir(), _job_dir() / "checkpoints"):
+        remove_stale_temporaries(directory)
 
 
 def _log_file() -> Path | None:
@@ -108,7 +158,9 @@ def _log_file() -> Path | None:
     return None
 
 
-def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
+def record_failure(cfg: DictConfig, exc: Exception, started: float, console: bool = True) -> None:
+    """Record that the run or sweep job failed with ``exc``: the traceback in its log file, ``run.json`` with
+    ``status: failed`` and the one-line error (global rank 0), and with ``console`` a line on the console."""
     from faceattr.training import RUN_RECORD, record_run
 
     hydra_cfg = HydraConfig.get()
@@ -120,9 +172,10 @@ def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
-    where = f" (traceback in {log_file})" if log_file else ""
-    log.error("job %s failed: %s%s", hydra_cfg.job.num, line, where)
-    if global_rank() != 0:
+    if console:
+        where = f" (traceback in {log_file})" if log_file else ""
+        log.error("job %s failed: %s%s", hydra_cfg.job.num, line, where)
+    if not is_rank_zero():
         return
     backbone = OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False)
     monitor = OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False)
@@ -142,8 +195,8 @@ def _record_failure(cfg: DictConfig, exc: Exception, started: float) -> None:
         job_dir = _job_dir()
         job_dir.mkdir(parents=True, exist_ok=True)
         record_run(job_dir / RUN_RECORD, run_record)
-    except OSError as write_error:  # the sweep must go on even if the record cannot be written
-        log.error("could not write the failure record of job %s: %s", hydra_cfg.job.num, write_error)
+    except (OSError, UserError) as write_error:  # the sweep must go on, the error be shown, even without a record
+        log.error("could not write the failure record in %s: %s", _job_dir(), write_error)
 
 
 def _is_subprocess_ddp(cfg: DictConfig) -> bool:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from faceattr.sweep.summary import Summary
+from faceattr.atomic import write_bytes
+
+if TYPE_CHECKING:  # only the type: summary.py imports this module to draw its plot
+    from faceattr.sweep.summary import Summary
 
 MAX_COLORED = 9  # more runs than this: the best ones in colour (tab10 without its grey), the others thin and grey
 LABEL_CHARS = 64
@@ -119,5 +124,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
     bars.set_xlabel(summary.metric if not has_test else f"best {summary.metric} (dots) and test/auroc (diamonds)")
     fig.suptitle(f"{summary.title}  ({n} runs)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    write_bytes(path, image.getbuffer())

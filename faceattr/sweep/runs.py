@@ -23,7 +23,7 @@ RUN_RECORD = "run.json"  # the same name as faceattr.training.RUN_RECORD (not im
 EVENTS_GLOB = "events.out.tfevents.*"
 CURVE_TAG = "val/auroc"
 BEST_TAG = "val/auroc_best"
-TEST_TAGS = ("test/auroc", "test/acc", "test/f1", "test/loss")
+TEST_TAGS = ("test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss")
 HPARAMS_PLUGIN = "hparams"
 
 

@@ -10,11 +10,13 @@ One code path for the end-of-sweep Hydra callback and ``scripts/compare_runs.py`
 from __future__ import annotations
 
 import csv
+import io
 import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from faceattr.atomic import write_text
 from faceattr.errors import UserError
 from faceattr.sweep.runs import Run, load_runs
 
@@ -127,7 +129,8 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     metric_column = summary.metric not in ("val/auroc", "val/auroc_best")
     header = ["#", "job", "status", "overrides", "backbone"]
     header += [f"best {summary.metric}"] if metric_column else []
-    header += ["val/auroc", "test/auroc", "epochs", "time", "params", "best checkpoint"]
+    # Ranked on validation only; the test figures are shown for reporting, never for choosing a model.
+    header += ["val/auroc", "test/auroc", "test/acc", "test/bacc", "epochs", "time", "params", "best checkpoint"]
     rows = []
     rank = 0
     for run in summary.runs:
@@ -136,7 +139,8 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
         row = [str(rank) if scored else "-", run.name, run.status, " ".join(summary.varying_overrides(run, short=True)),
                run.backbone or ""]
         row += [_fmt_score(run.score(summary.metric))] if metric_column else []
-        row += [_fmt_score(run.val_auroc_best), _fmt_score(run.test.get("test/auroc")),
+        row += [_fmt_score(run.val_auroc_best), *(_fmt_score(run.test.get(f"test/{name}"))
+                                                   for name in ("auroc", "acc", "bacc")),
                 "" if run.epochs is None else str(run.epochs), _fmt_time(run.wall_time_s),
                 _fmt_count(run.num_parameters), _display_path(run.best_checkpoint)]
         rows.append(row)
@@ -151,7 +155,8 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table, padded so that it also reads well as plain text."""
     cells = [[_escape(c) for c in header]] + [[_escape(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params") or "auroc" in name
+    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params")
+               or name.startswith(("val/", "test/"))
                or name.startswith("best ") and name != "best checkpoint"}
 
     def line(row: list[str]) -> str:
@@ -217,13 +222,13 @@ def render_markdown(summary: Summary, plot_name: str | None = "summary.png", ten
 
 
 CSV_COLUMNS = ("rank", "job", "status", "backbone", "overrides", "varying_overrides", "monitor", "best_score",
-               "val_auroc_best", "test_auroc", "test_acc", "test_f1", "test_loss", "epochs", "wall_time_s",
+               "val_auroc_best", "test_auroc", "test_acc", "test_bacc", "test_f1", "test_loss", "epochs", "wall_time_s",
                "num_parameters", "best_checkpoint", "error", "run_dir")
 
 
 def write_csv(summary: Summary, path: Path) -> None:
     header, rows = table_rows(summary)
-    with open(path, "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for run, row in zip(summary.runs, rows):
@@ -239,6 +244,7 @@ def write_csv(summary: Summary, path: Path) -> None:
                 "val_auroc_best": run.val_auroc_best,
                 "test_auroc": run.test.get("test/auroc"),
                 "test_acc": run.test.get("test/acc"),
+                "test_bacc": run.test.get("test/bacc"),
                 "test_f1": run.test.get("test/f1"),
                 "test_loss": run.test.get("test/loss"),
                 "epochs": run.epochs,
@@ -248,6 +254,7 @@ def write_csv(summary: Summary, path: Path) -> None:
                 "error": run.error or "",
                 "run_dir": str(run.path.resolve()),
             })
+        write_text(path, f.getvalue())
 
 
 def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = None) -> dict[str, Path]:
@@ -259,5 +266,5 @@ def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = Non
     paths = {name: out_dir / name for name in SUMMARY_FILES}
     plot_summary(summary, paths["summary.png"])
     write_csv(summary, paths["summary.csv"])
-    paths["summary.md"].write_text(render_markdown(summary, "summary.png", tensorboard))
+    write_text(paths["summary.md"], render_markdown(summary, "summary.png", tensorboard))
     return paths

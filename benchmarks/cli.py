@@ -84,7 +84,7 @@ def _fmt(value: Any) -> str:
 
 
 def print_summary(results: dict[str, Any], out=sys.stdout) -> None:
-    from faceattr.bench.ratios import EXTRA, RATIOS
+    from benchmarks.ratios import EXTRA, RATIOS
 
     print("\nratios (figure / baseline, same run):", file=out)
     for name, (target, _) in RATIOS.items():
@@ -102,8 +102,8 @@ def print_summary(results: dict[str, Any], out=sys.stdout) -> None:
 def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     import torch
 
-    from faceattr.bench import common, ratios
-    from faceattr.bench.timing import machine_info
+    from benchmarks import common, ratios
+    from benchmarks.timing import machine_info
 
     settings = common.MODES[args.mode]
     families = [f for f in FAMILIES if f in args.only.split(",")]
@@ -127,19 +127,19 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
         t0 = time.time()
         try:
             if family == "data":
-                from faceattr.bench import data
+                from benchmarks import data
 
                 results["data"] = data.run(settings, data_root, cfg.data, log=log)
             elif family == "training":
-                from faceattr.bench import training
+                from benchmarks import training
 
                 results["training"] = training.run(settings, cfg, log=log)
             elif family == "inference":
-                from faceattr.bench import inference
+                from benchmarks import inference
 
                 results["inference"] = inference.run(settings, list(common.size_pair(cfg.data.image_size)), log=log)
             elif family == "serving":
-                from faceattr.bench import serving
+                from benchmarks import serving
 
                 results["serving"] = serving.run(settings, cfg, common.serving_images(data_root), serve_env, log=log)
                 if settings.serve_large:
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                         large, common.quickstart_config(*settings.config_overrides, *settings.serve_large),
                         common.serving_images(data_root), serve_env, log=log)
             elif family == "memory":
-                from faceattr.bench import memory
+                from benchmarks import memory
 
                 results["memory"] = memory.run(settings, common.memory_overrides(settings, data_root), log=log)
         except Exception:  # noqa: BLE001 - one family failing must not lose the others' figures
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.omp_wait_policy == "passive" and args.from_json is None:
         # Read by libgomp when torch is first imported (below, lazily) and by every subprocess.
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    from faceattr.bench import report
+    from benchmarks import report
 
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())

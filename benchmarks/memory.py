@@ -3,7 +3,7 @@
 The run is a subprocess sampled every 0.2 s with its DataLoader workers (see ``timing.PeakRSS`` for what the
 three figures mean). ``--quick`` shortens the run with ``trainer.limit_*`` overrides (listed in the result); the
 full benchmark runs the quickstart unchanged. The serving process's memory under load is measured by
-``faceattr.bench.serving``.
+``benchmarks.serving``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from faceattr.bench.common import REPO, Settings
-from faceattr.bench.timing import PeakRSS
+from benchmarks.common import REPO, Settings
+from benchmarks.timing import PeakRSS
 
 
 def run(settings: Settings, extra_overrides: tuple[str, ...] = (), log=print) -> dict[str, Any]:

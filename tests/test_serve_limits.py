@@ -1,20 +1,19 @@
-"""Reliability of the service: a load burst, a schemathesis run, hostile uploads, safe loading.
+"""The service's limits and its answers to hostile requests: decompression bombs, the decoding memory budget,
+oversized images and bodies, server paths, URLs and pickles sent as input, and loading models only from the store.
 
 One `bentoml serve` for the module (the tiny run's model) with the default byte limits (10 MiB per image, 32 MiB
 per body) and small pixel limits (4 MP per image, 8 MP decoded at once), so that the decompression bombs are cheap
-to send and to refuse. The 60 s load run and the full schemathesis run are by hand (docs/serving.md, Reliability).
+to send and to refuse. Load and faults are in test_serve_faults.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import io
 import json
 import os
 import pickle
-import re
 import struct
 import subprocess
 import sys
@@ -28,59 +27,29 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import REPO, cli_env
+from conftest import REPO
 from PIL import Image
-from test_serve import SAMPLES, free_port, serving
+from serve_process import SAMPLES, assert_still_serving, free_port, service_workers, serving
 
 from faceattr.export.build import load_torchscript
 from faceattr.serve.config import ServeConfigError, load_serve_config
-from faceattr.serve.images import ImageError, ImageLimits, PixelBudget, decode_image
 from faceattr.serve.runtime import ModelError, ModelInfo
 
 pytestmark = pytest.mark.slow
 
 MAX_IMAGE_PIXELS = 4_000_000
 MAX_DECODE_PIXELS = 8_000_000
-RELIABILITY_ENV = {
+LIMITS_ENV = {
     "FACEATTR_SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
     "FACEATTR_SERVE_MAX_DECODE_PIXELS": str(MAX_DECODE_PIXELS),
 }
 MIB = 1024 * 1024
-# The load burst: 64 clients for 5 s after a 1 s warm-up; the server's RSS (all its processes) may grow this much.
-BURST_RSS_GROWTH_MIB = 200
-
-
-def _load_test_module():
-    spec = importlib.util.spec_from_file_location("load_test", REPO / "scripts" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["load_test"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-load_test = _load_test_module()
 
 
 @pytest.fixture(scope="module")
 def server(tiny_run, tmp_path_factory):
-    with serving(tiny_run, tmp_path_factory.mktemp("reliability"), RELIABILITY_ENV) as served:
+    with serving(tiny_run, tmp_path_factory.mktemp("limits"), LIMITS_ENV) as served:
         yield served
-
-
-def api_process(server) -> psutil.Process:
-    """The FaceAttr (HTTP API) worker: the process that decodes uploads."""
-    for process in psutil.Process(server["pid"]).children(recursive=True):
-        cmdline = process.cmdline()
-        if "--service-name" in cmdline and cmdline[cmdline.index("--service-name") + 1] == "FaceAttr":
-            return process
-    raise AssertionError("no FaceAttr worker under bentoml serve")
-
-
-def assert_still_serving(server) -> None:
-    photo = (SAMPLES / "grace_hopper.jpg").read_bytes()
-    response = httpx.post(server["url"] + "/predict", files={"image": ("a.jpg", photo)}, timeout=60)
-    assert response.status_code == 200, response.text
-    assert "Traceback" not in server["log"].read_text()
 
 
 # --- hostile images ----------------------------------------------------------------------------------------------
@@ -162,50 +131,6 @@ def test_decompression_bombs_are_refused_from_their_header(server):
     assert_still_serving(server)
 
 
-def test_pixel_budget_bounds_the_pixels_decoded_at_once():
-    budget = PixelBudget(10, timeout_s=5)
-    order: list[str] = []
-    first_in = threading.Event()
-    release_first = threading.Event()
-
-    def first():
-        with budget.reserve(6):
-            order.append("first in")
-            first_in.set()
-            release_first.wait(5)
-            order.append("first out")
-
-    def second():
-        first_in.wait(5)
-        with budget.reserve(6):  # 6 + 6 > 10: waits for the first
-            order.append("second in")
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    assert order == ["first in"] and budget.in_use == 6
-    release_first.set()
-    for thread in threads:
-        thread.join(5)
-    assert order == ["first in", "first out", "second in"] and budget.in_use == 0
-    with budget.reserve(10**9):  # larger than the whole budget: runs alone
-        assert budget.in_use == 10
-        impatient = PixelBudget(10, timeout_s=0.1)
-        with impatient.reserve(10), pytest.raises(ImageError) as busy:
-            with impatient.reserve(1):
-                pass
-        assert busy.value.status == 503 and "busy decoding" in str(busy.value)
-    # In decode_image: the reservation covers the decode, and a 503 is not mistaken for a corrupt image.
-    png = io.BytesIO()
-    Image.new("RGB", (40, 30)).save(png, "PNG")
-    full = PixelBudget(1200, timeout_s=0.1)
-    with full.reserve(1200), pytest.raises(ImageError) as busy:
-        decode_image(png.getvalue(), ImageLimits(budget=full))
-    assert busy.value.status == 503
-    assert decode_image(png.getvalue(), ImageLimits(budget=full)).shape == (3, 30, 40) and full.in_use == 0
-
-
 def test_decoding_budget_setting_is_checked():
     default = load_serve_config({}).decoding_limits()
     assert default.budget.capacity == 50_000_000 == default.max_pixels and default.budget.timeout_s == 30
@@ -227,7 +152,7 @@ def test_concurrent_bombs_under_the_limit_decode_within_the_memory_budget(server
     """16 concurrent 38-byte WebPs of 4 MP each (under max_image_pixels, so they are decoded): the decoding budget
     (max_decode_pixels = 2 such images) keeps the API process's peak memory near 2 decodes, not 16 (measured: about
     +205 MiB with the budget, +1066 MiB without)."""
-    process = api_process(server)
+    process = service_workers(server)[0]  # one API worker: the one whose memory is measured
     bomb = webp_bomb(2000, 1999)
     single = 2000 * 1999 * 22 / MIB  # about 22 bytes per decoded WebP pixel at the peak
     Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
@@ -349,44 +274,6 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
                   "/docs.json/..%2f..%2fetc%2fpasswd", "/..%2f..%2fetc%2fpasswd"):
         response = httpx.get(url + route, timeout=60)
         assert response.status_code == 404 and "root:" not in response.text, (route, response.status_code)
-    assert_still_serving(server)
-
-
-# --- load and fuzzing ----------------------------------------------------------------------------------------------
-
-
-def test_64_clients_for_5_seconds_without_errors_or_memory_growth(server):
-    """scripts/load_test.py's client in-process: 64 concurrent clients posting real photos (JPEG, PNG, WebP, from
-    178x218 to 1.2 MP) for 5 s after a 1 s warm-up; every answer 200, server RSS growth bounded."""
-    images = load_test.sample_images()
-    sampler = load_test.RssSampler(server["pid"], interval=0.5)
-    asyncio.run(load_test.run_load(server["url"], images, concurrency=64, seconds=1.0))
-    start = sampler.sample()
-    sampler.start()
-    tally, wall = asyncio.run(load_test.run_load(server["url"], images, concurrency=64, seconds=5.0))
-    sampler.stop()
-    sampler.sample()
-    report = load_test.summarize(tally, wall, sampler, None, start, {"url": server["url"], "route": "/predict",
-                                 "concurrency": 64, "seconds": 5.0, "batch": 1})
-    load_test.print_report(report)
-    assert report["errors"] == 0, (report["statuses"], report["client_failures"], report["error_examples"])
-    assert report["ok"] >= 64
-    assert report["rss_mib"]["growth"] <= BURST_RSS_GROWTH_MIB, report["rss_mib"]
-
-
-def test_schemathesis_finds_no_server_error(server, tmp_path):
-    """Property-based requests generated from /docs.json (valid and invalid bodies, content types, methods): no 5xx."""
-    schemathesis = Path(sys.executable).with_name("schemathesis")
-    command = [str(schemathesis), "run", server["url"] + "/docs.json", "--checks", "not_a_server_error",
-               "--max-examples", "25", "--seed", "1", "--generation-database", "none", "--workers", "2",
-               "--request-timeout", "30", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
-    proc = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    summary = re.search(r"(\d+) generated, (\d+) passed", output)
-    print("\nschemathesis:", summary.group(0) if summary else output[-500:])
-    assert proc.returncode == 0, output[-4000:]
-    assert summary and int(summary.group(1)) >= 50 and summary.group(1) == summary.group(2), output[-2000:]
-    assert "Operations:       6 selected / 6 total" in output
     assert_still_serving(server)
 
 

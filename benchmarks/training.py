@@ -27,8 +27,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from faceattr.bench.common import Settings
-from faceattr.bench.timing import interleaved, median
+from benchmarks.common import Settings
+from benchmarks.timing import interleaved, median
 
 
 class StepTimer(Callback):
@@ -99,7 +99,7 @@ def raw_loop(model, loader, total_steps: int, log_every: int) -> list[float]:
     logged = []
     for step, (images, labels, _) in enumerate(loader):
         images, labels = images.float().div_(255), labels.float()
-        loss = model.criterion(model(images), labels)
+        loss = model.loss(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

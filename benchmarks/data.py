@@ -1,7 +1,7 @@
 """Input pipeline: JPEG files on disk -> the normalized float batch the model consumes.
 
 * ``per_worker``: one process (``num_workers=0``, one intra-op thread, as in a worker) running the whole path,
-  faceattr's against the seed article's (:mod:`faceattr.bench.seed_baseline`), interleaved batch by batch.
+  faceattr's against the seed article's (:mod:`benchmarks.seed_baseline`), interleaved batch by batch.
   faceattr's path is ``CelebAImages`` (uint8 decode, crop, resize, flip in the worker) +
   ``collate_skipping_corrupt`` + the conversion the model does on the device (``float() / 255``, normalize), counted
   here so that both sides end at the same normalized batch.
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from faceattr.bench.common import Settings
-from faceattr.bench.seed_baseline import IMAGENET_MEAN, IMAGENET_STD, SeedCelebADataset, read_attributes, seed_transform
-from faceattr.bench.timing import interleaved, median
+from benchmarks.common import Settings
+from benchmarks.seed_baseline import IMAGENET_MEAN, IMAGENET_STD, SeedCelebADataset, read_attributes, seed_transform
+from benchmarks.timing import interleaved, median
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from faceattr.bench.timing import median, ratio
+from benchmarks.timing import median, ratio
 
 #: name -> (target or None, meaning). Targets are lower bounds.
 RATIOS: dict[str, tuple[float | None, str]] = {

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from faceattr.bench.common import Settings
-from faceattr.bench.timing import latency_summary, median, percentile
+from benchmarks.common import Settings
+from benchmarks.timing import latency_summary, median, percentile
 
 RUNTIMES = ("eager", "torchscript", "onnx")
 

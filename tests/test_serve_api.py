@@ -1,4 +1,7 @@
-"""The BentoML service end to end: one real `bentoml serve` subprocess answering every HTTP case, then `bentoml build`.
+"""The service's HTTP API, end to end: what the endpoints answer (predictions equal to the stored model's on the
+shared preprocessing, errors as 4xx with a message), batching, the two runners, the worker layout, start-up without
+a model, and `bentoml build`. One real `bentoml serve` subprocess answers every case. Limits and hostile uploads are
+in test_serve_limits.py, load and faults in test_serve_faults.py.
 
 Photos: matplotlib's sample photograph of Grace Hopper (a colour portrait, also sent as grayscale, WebP, rotated by
 EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG without a face).
@@ -7,27 +10,23 @@ EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG wit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
-import matplotlib
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, cli_env
 from PIL import Image
+from serve_process import SAMPLES, free_port, install_model, service_workers, serving
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.export.build import load_torchscript
@@ -35,19 +34,12 @@ from faceattr.serve.images import load_and_preprocess
 
 pytestmark = pytest.mark.slow
 
-SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
 LIMITS = {  # small limits, so that the too-large cases are cheap to send
     "FACEATTR_SERVE_MAX_IMAGE_BYTES": "200000",
     "FACEATTR_SERVE_MAX_REQUEST_BYTES": "400000",
     "FACEATTR_SERVE_MAX_IMAGE_PIXELS": "4000000",
     "FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST": "8",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -69,46 +61,6 @@ def photos() -> dict[str, bytes]:
         "rotated.jpg": encode(hopper.transpose(Image.Transpose.ROTATE_270), "JPEG", exif=exif),
         "panorama.png": encode(Image.fromarray(np.tile(np.asarray(hopper.resize((128, 150))), (1, 5, 1))), "PNG"),
     }
-
-
-@contextlib.contextmanager
-def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None, export_args: tuple[str, ...] = ()):
-    """Export the tiny run (default: ONNX and TorchScript, so the service runs ONNX) into a fresh BENTOML_HOME under
-    ``tmp`` and run `bentoml serve` on a free port; yields a dict: url, tmp, env, model_dir, tag, log (the server's
-    output) and pid (of `bentoml serve`, for its RSS)."""
-    run_cli("export.py", f"ckpt={tiny_run}", "calibration.num_workers=0", *export_args, tmp_path=tmp)
-    env = {**cli_env(tmp), **(extra_env or {}), "BENTOML_DO_NOT_TRACK": "True"}
-    model_dir = next(p for p in (tmp / "bentoml" / "models" / "faceattr").iterdir() if p.is_dir())
-    port = free_port()
-    log = (tmp / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"bentoml serve exited {process.returncode}:\n{(tmp / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise AssertionError(f"bentoml serve not ready in 120 s:\n{(tmp / 'serve.log').read_text()}")
-            time.sleep(0.5)
-        yield {"url": url, "tmp": tmp, "env": env, "model_dir": model_dir, "tag": f"faceattr:{model_dir.name}",
-               "log": tmp / "serve.log", "pid": process.pid}
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -265,15 +217,11 @@ def test_runner_service_puts_the_model_in_its_own_batching_service(tiny_run, tmp
     """runner=service (the GPU preset's), with a TorchScript-only export (so format auto runs TorchScript):
     FaceAttrModel runs in its own process behind BentoML's adaptive batching; the answers are the same as inline
     (ONNX), and concurrent requests still meet in batches."""
-    import psutil
-
     probabilities, thresholds = reference
     with serving(tiny_run, tmp_path, {"FACEATTR_SERVE_RUNNER": "service"}, ("export=torchscript",)) as server:
         assert "faceattr model faceattr:" in server["log"].read_text()
         assert "(torchscript on cpu)" in server["log"].read_text()
-        services = [p.cmdline()[p.cmdline().index("--service-name") + 1]
-                    for p in psutil.Process(server["pid"]).children(recursive=True) if "--service-name" in p.cmdline()]
-        assert sorted(services) == ["FaceAttr", "FaceAttrModel"]
+        assert len(service_workers(server, "FaceAttr")) == 1 and len(service_workers(server, "FaceAttrModel")) == 1
         response = post(server, "/predict", {"image": ("a.jpg", photos["colour.jpg"])})
         assert response.status_code == 200, response.text
         check_prediction(response.json(), probabilities(photos["colour.jpg"]), thresholds)
@@ -291,11 +239,8 @@ def test_runner_service_puts_the_model_in_its_own_batching_service(tiny_run, tmp
 
 
 def test_inline_runner_has_one_api_worker_per_core_and_no_model_service(served):
-    import psutil
-
-    services = [p.cmdline()[p.cmdline().index("--service-name") + 1]
-                for p in psutil.Process(served["pid"]).children(recursive=True) if "--service-name" in p.cmdline()]
-    assert services == ["FaceAttr"] * min(len(os.sched_getaffinity(0)), 4)
+    assert len(service_workers(served, "FaceAttr")) == min(len(os.sched_getaffinity(0)), 4)
+    assert service_workers(served, "FaceAttrModel") == []
     assert "(onnx on cpu) ready" in served["log"].read_text()  # format auto: the ONNX artefact export wrote
 
 
@@ -303,10 +248,21 @@ def test_service_refuses_to_start_without_a_model(tmp_path):
     env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
     proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
     assert lines[0].startswith("error: no model 'faceattr' in the BentoML model store") and "export.py" in lines[0]
+
+
+def test_service_refuses_to_start_without_the_artefact_to_run(tiny_run, tmp_path):
+    """A TorchScript-only model asked to run ONNX: checked once by `bentoml serve` before any worker starts."""
+    model_dir = install_model(tiny_run, tmp_path, ("export=torchscript",))
+    env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True", "FACEATTR_SERVE_FORMAT": "onnx"}
+    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    assert lines[0] == (f"error: model faceattr:{model_dir.name} has no onnx artefact (it has: torchscript); export it "
+                        "with `python export.py ckpt=... export=onnx` or set FACEATTR_SERVE_FORMAT to one it has")
 
 
 def _offline_prefix() -> list[str]:

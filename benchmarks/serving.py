@@ -1,0 +1,334 @@
+"""Serving: a real ``bentoml serve`` of an exported model under concurrent HTTP load, against the model in-process.
+
+1. A randomly initialized quickstart model (weights do not change the speed) is saved as a Lightning checkpoint and
+   exported by the project's export path (``python export.py ckpt=... export=onnx``: TorchScript and ONNX, parity
+   checked) into a temporary BentoML store (``BENTOML_HOME``); ``benchmarks/served_model.py``.
+2. ``bentoml serve`` starts from the repo root on a free loopback port with the serving config
+   (``conf/serve/default.yaml`` + ``FACEATTR_SERVE_*`` overrides given to the benchmark); the benchmark waits for
+   ``/readyz``.
+3. Clients (``benchmarks/http_load.py``: pre-encoded requests, one keep-alive connection each) POST real
+   JPEGs (the generated 178x218 CelebA files) to ``/predict`` at concurrency 1, 8 and 32, each level bounded by a
+   request count and a time limit, after a warm-up.
+   Figures: img/s (answered images / wall time), client-side latency p50/p99, and the mean batch size the model
+   saw (``faceattr_model_batch_size`` sum/count on ``/metrics``, the difference over the level).
+4. The ceiling: the artefact the service runs (``format: auto`` resolved alike), run in this process by the
+   service's own ``Predictor`` with every core on uint8 batches of 32 (``max_batch_size``), timed in repetitions
+   interleaved with the concurrency-32 load.
+5. Peak RSS of the serving process tree under load, and at rest after start-up.
+
+The load generator runs on the same cores as the server: its CPU time is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import http_load
+from benchmarks.common import Settings, size_pair
+from benchmarks.served_model import Server, export_model, random_checkpoint
+from benchmarks.timing import PeakRSS, median, percentile
+
+#: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
+BATCH_LEVEL = (4, 8)
+
+METRIC = re.compile(r"^(faceattr_model_batch_size_(?:sum|count))(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$")
+
+
+def batch_metrics(url: str) -> tuple[float, float]:
+    """(sum, count) of the ``faceattr_model_batch_size`` histogram on ``/metrics``."""
+    import httpx
+
+    return parse_batch_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
+
+
+def parse_batch_metrics(text: str) -> tuple[float, float]:
+    """(sum, count) of ``faceattr_model_batch_size`` in a Prometheus text exposition (summed over label sets)."""
+    values = {"faceattr_model_batch_size_sum": 0.0, "faceattr_model_batch_size_count": 0.0}
+    for line in text.splitlines():
+        match = METRIC.match(line)
+        if match:
+            values[match.group(1)] += float(match.group(2))
+    return values["faceattr_model_batch_size_sum"], values["faceattr_model_batch_size_count"]
+
+
+def cpu_seconds(server_pid: int | None) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (the load generator) and of the server's processes:
+    ``model``: the model's compute, i.e. the FaceAttrModel process (runner=service) or the threads named
+    ``faceattr-model`` in the API process (runner=inline: the model thread and the OpenMP team it started);
+    ``api``: the rest of the FaceAttr processes (HTTP, decoding, preprocessing, batching)."""
+    import psutil
+
+    from faceattr.serve.batching import MODEL_THREAD
+
+    me = psutil.Process().cpu_times()
+    out = {"client": me.user + me.system, "api": 0.0, "model": 0.0, "other": 0.0}
+    if server_pid is None:
+        return out
+    try:
+        processes = [psutil.Process(server_pid), *psutil.Process(server_pid).children(recursive=True)]
+    except psutil.Error:
+        return out
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            command = " ".join(process.cmdline())
+            threads = process.threads()
+        except psutil.Error:
+            continue
+        key = "model" if "FaceAttrModel" in command else "api" if "FaceAttr" in command else "other"
+        total = times.user + times.system
+        if key == "api":
+            model = 0.0
+            for thread in threads:
+                try:
+                    name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if name == MODEL_THREAD:
+                    model += thread.user_time + thread.system_time
+            out["model"] += model
+            total -= model
+        out[key] += total
+    return out
+
+
+def load_level(url: str, images: list[tuple[str, bytes]], concurrency: int, requests: int, max_seconds: float,
+               server_pid: int | None = None, per_request: int = 1) -> dict[str, Any]:
+    """One load level: ``requests`` requests of ``per_request`` images (``/predict``, or ``/predict_batch`` above
+    1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image."""
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    path = "/predict" if per_request == 1 else "/predict_batch"
+    encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request)
+    before, cpu_before = batch_metrics(url), cpu_seconds(server_pid)
+    load = http_load.run(http_load.run_load(host, int(port), encoded, concurrency, requests, max_seconds))
+    after, cpu_after = batch_metrics(url), cpu_seconds(server_pid)
+    outcome: dict[str, Any] = {"latencies": load.latencies, "errors": load.errors, "elapsed": load.elapsed}
+    calls = after[1] - before[1]
+    answered = len(outcome["latencies"]) * per_request
+    outcome["img_s"] = answered / outcome["elapsed"] if outcome["elapsed"] > 0 else float("nan")
+    outcome["mean_batch"] = (after[0] - before[0]) / calls if calls else float("nan")
+    outcome["cpu_ms_per_image"] = {k: (cpu_after[k] - cpu_before[k]) * 1e3 / answered if answered else float("nan")
+                                   for k in cpu_after}
+    return outcome
+
+
+@dataclass
+class LevelSamples:
+    """The repetitions of one load level, pooled: img/s and mean batch per repetition, every latency, errors."""
+
+    img_s: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    mean_batch: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # summed over the repetitions
+    cpu: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, outcome: dict[str, Any]) -> None:
+        self.img_s.append(outcome["img_s"])
+        self.latencies.extend(outcome["latencies"])
+        self.mean_batch.append(outcome["mean_batch"])
+        for key, value in outcome["errors"].items():
+            self.errors[key] = self.errors.get(key, 0) + value
+        self.cpu.append(outcome["cpu_ms_per_image"])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "img_s": median(self.img_s),
+            "p50_ms": round(percentile(self.latencies, 50) * 1e3, 2),
+            "p99_ms": round(percentile(self.latencies, 99) * 1e3, 2),
+            "mean_batch": round(median(self.mean_batch), 2),
+            "requests_ok": len(self.latencies),
+            "errors": self.errors,
+            "reps": [round(v, 2) for v in self.img_s],
+            "cpu_ms_per_image": {k: round(median(c[k] for c in self.cpu), 2) for k in ("client", "api", "model")},
+        }
+
+
+def ceiling_runner(export_dir: Path, serve_cfg, num_threads: int | None):
+    """The service's ``Predictor`` on the exported artefact, in this process: the artefact the service runs with
+    ``serve_cfg`` (its ``format``, ``auto`` resolved as the service does, on the CPU)."""
+    from faceattr.serve.runtime import ModelInfo, Predictor, served_format
+
+    meta = json.loads((export_dir / "faceattr.json").read_text())
+    info = ModelInfo(
+        tag="bench", path=export_dir, attributes=tuple(meta["attributes"]),
+        image_size=tuple(meta["image_size"]), crop=tuple(meta["crop"]) if meta.get("crop") else None,
+        thresholds=tuple(meta["thresholds"].values()), formats=dict(meta["formats"]), metadata=meta,
+    )
+    config = dataclasses.replace(serve_cfg, format=served_format(serve_cfg, info, "cpu"), device="cpu",
+                                 num_threads=num_threads)
+    return Predictor(info, config), info
+
+
+class Ceiling:
+    """The in-process ceiling: the served artefact on random uint8 batches of ``max_batch_size``, with every core
+    (the library default, whatever thread setting the served config chose), warmed up on creation."""
+
+    def __init__(self, export_dir: Path, serve_cfg) -> None:
+        self.predictor, info = ceiling_runner(export_dir, serve_cfg, None)
+        self.batch = np.random.default_rng(0).integers(0, 256, (serve_cfg.max_batch_size, 3, *info.image_size),
+                                                       dtype=np.uint8)
+        for _ in range(3):
+            self.predictor(self.batch)
+        self.img_s: list[float] = []
+        self.latencies: list[float] = []
+        self.cpu_ms_per_image: list[float] = []
+
+    def measure(self, calls: int) -> None:
+        """One repetition: ``calls`` timed calls; img/s = batch / their median latency."""
+        times = []
+        cpu0 = time.process_time()
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            self.predictor(self.batch)
+            times.append(time.perf_counter() - t0)
+        self.cpu_ms_per_image.append((time.process_time() - cpu0) * 1e3 / (len(times) * len(self.batch)))
+        self.latencies.extend(times)
+        self.img_s.append(len(self.batch) / percentile(times, 50))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "batch": int(len(self.batch)),
+            "img_s": median(self.img_s),
+            "p50_ms": round(percentile(self.latencies, 50) * 1e3, 2),
+            "reps": [round(v, 2) for v in self.img_s],
+            "cpu_ms_per_image": round(median(self.cpu_ms_per_image), 2),
+        }
+
+
+def serve_environment(tmp: Path, overrides: dict[str, str]) -> dict[str, str]:
+    """The environment of export and ``bentoml serve``: a temporary store, offline, CPU, the given overrides."""
+    env = dict(os.environ)
+    env.update({"BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
+                "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **overrides})
+    return env
+
+
+def export_random_model(cfg, tmp: Path, env: dict[str, str]) -> tuple[Path, float]:
+    """Step 1: the randomly initialized model exported into the temporary store; (export dir, seconds it took)."""
+    started = time.time()
+    export_dir = export_model(random_checkpoint(cfg, tmp / "random.ckpt"), tmp, env)
+    return export_dir, time.time() - started
+
+
+def setup_description(cfg, serve_cfg, overrides: dict[str, str], images: list[tuple[str, bytes]],
+                      export_s: float) -> dict[str, Any]:
+    """What is served, and how: the head of the result."""
+    return {
+        "backbone": str(cfg.model.backbone),
+        "image_size": "x".join(str(v) for v in size_pair(cfg.data.image_size)),
+        "format": serve_cfg.format,
+        "runner": serve_cfg.runner,
+        "max_batch_size": serve_cfg.max_batch_size,
+        "max_latency_ms": serve_cfg.max_latency_ms,
+        "num_threads": serve_cfg.num_threads,
+        "api_workers": serve_cfg.api_workers,
+        "config": serve_cfg.describe(),
+        "overrides": overrides,
+        "image_bytes_mean": int(np.mean([len(data) for _, data in images])),
+        "export_s": round(export_s, 1),
+    }
+
+
+def rss_at_rest(server: Server) -> dict[str, float]:
+    """Step 5, at rest: the serving process tree's memory right after start-up."""
+    rest = PeakRSS(server.process.pid)
+    rest.sample()
+    return rest.result()
+
+
+def warm_up(server: Server, images: list[tuple[str, bytes]], settings: Settings) -> None:
+    """Connections, thread pools, batch-size estimates: two requests per client at every concurrency level."""
+    for concurrency in settings.serve_requests:
+        load_level(server.url, images, concurrency, 2 * concurrency, settings.serve_max_seconds)
+
+
+def measure_levels(server: Server, images: list[tuple[str, bytes]], settings: Settings,
+                   ceiling: Ceiling) -> tuple[dict[int, LevelSamples], LevelSamples]:
+    """Steps 3 and 4, the timed repetitions: each runs the ``/predict_batch`` level (if asked), then the concurrency
+    levels (in reverse order every other repetition) with the in-process ceiling timed right before the highest."""
+    levels = {concurrency: LevelSamples() for concurrency in settings.serve_requests}
+    batch_level = LevelSamples()
+    clients, per = BATCH_LEVEL
+    top = max(settings.serve_requests)
+    for rep in range(settings.serve_repetitions):
+        if settings.serve_batch_level:
+            batch_level.add(load_level(server.url, images, clients, settings.serve_requests[top] // per,
+                                       settings.serve_max_seconds, server.process.pid, per_request=per))
+        order = list(settings.serve_requests)
+        for concurrency in order if rep % 2 == 0 else order[::-1]:
+            if concurrency == top:
+                ceiling.measure(settings.ceiling_calls_b32)
+            levels[concurrency].add(load_level(server.url, images, concurrency, settings.serve_requests[concurrency],
+                                               settings.serve_max_seconds, server.process.pid))
+    return levels, batch_level
+
+
+def batch_level_summary(samples: LevelSamples) -> dict[str, Any]:
+    clients, per = BATCH_LEVEL
+    figures = {k: v for k, v in samples.summary().items() if k not in ("requests_ok", "errors")}
+    return {"clients": clients, "images_per_request": per, **figures}
+
+
+def cpu_bound_ratio_estimate(result: dict[str, Any], top: int) -> float | None:
+    """With every process CPU-bound on the same cores, img/s scales as 1 / CPU time per image: the serve/in-process
+    ratio the machine allows at best, given the measured per-image CPU of the load generator, the API and the
+    model at concurrency ``top``."""
+    spent = result[f"c{top}"]["cpu_ms_per_image"]
+    if not all(math.isfinite(v) for v in spent.values()):
+        return None
+    return round(result["inprocess_b32"]["cpu_ms_per_image"] / sum(spent.values()), 3)
+
+
+def summary_line(result: dict[str, Any], settings: Settings) -> str:
+    levels = ", ".join(
+        f"c{c} {result[f'c{c}']['img_s']:.0f} img/s (p50 {result[f'c{c}']['p50_ms']:.0f} ms, batch "
+        f"{result[f'c{c}']['mean_batch']:.1f})" for c in settings.serve_requests)
+    return f"  {result['format']}: {levels}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
+
+
+def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None,
+        log=print) -> dict[str, Any]:
+    """Steps 1-5 above for the quickstart model of ``cfg``, loaded with the JPEGs ``image_paths``."""
+    from faceattr.serve.config import load_serve_config
+
+    overrides = dict(overrides or {})
+    tmp = Path(tempfile.mkdtemp(prefix="faceattr-bench-serve-"))
+    env = serve_environment(tmp, overrides)
+    serve_cfg = load_serve_config(env).for_device("cpu")  # the served API workers and threads
+    export_dir, export_s = export_random_model(cfg, tmp, env)
+    images = [(Path(p).name, Path(p).read_bytes()) for p in image_paths]
+    result = setup_description(cfg, serve_cfg, overrides, images, export_s)
+    ceiling = Ceiling(export_dir, serve_cfg)
+    result["format"] = ceiling.predictor.format
+
+    server = Server(env, tmp / "serve.log")
+    try:
+        result["startup_s"] = round(server.wait_ready(), 1)
+        result["rss_at_rest"] = rss_at_rest(server)
+        warm_up(server, images, settings)
+        with PeakRSS(server.process.pid, interval_s=1.0) as peak:
+            levels, batch_level = measure_levels(server, images, settings, ceiling)
+        result["rss_under_load"] = peak.result()
+    finally:
+        server.stop()
+    result["log_tail"] = server.log_tail()
+
+    for concurrency, samples in levels.items():
+        result[f"c{concurrency}"] = samples.summary()
+    if batch_level.img_s:
+        result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
+    result["inprocess_b32"] = ceiling.summary()
+    result["cpu_bound_ratio_estimate"] = cpu_bound_ratio_estimate(result, max(settings.serve_requests))
+    log(summary_line(result, settings))
+    return result

@@ -1,0 +1,217 @@
+"""The evaluation entry: one checkpoint on one split, with the figures papers report.
+
+``evaluate(cfg)`` is what ``python eval.py`` runs (see ``conf/eval.yaml``):
+
+1. resolve ``ckpt`` (a ``.ckpt``, a run dir: its best checkpoint, a sweep dir: its best job's) and rebuild the model
+   from the checkpoint alone;
+2. build the run's own data module (its ``config.yaml``; ``data.*`` keys of eval's config override it), so images are
+   read, cropped and resized exactly as training evaluated them;
+3. pick the decision thresholds: a fixed one (0.5, as training's metrics use), or ``calibrated``: F1-optimal per
+   attribute on the validation split (as export calibrates them for the service);
+4. run Lightning's test (or validate) loop with the model's own metrics; for the checkpoint a training run tested,
+   the test figures equal that run's ``test/*``;
+5. write ``<run dir>/eval/<split>.json`` (macro figures, number of images) and ``<split>_per_attribute.csv``
+   (positive rate, accuracy, balanced accuracy, AUROC, F1, threshold), log ``eval/<split>/*`` to the run's
+   TensorBoard, and return the summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from faceattr.atomic import write_json, write_text
+from faceattr.config_checks import build
+from faceattr.errors import UserError
+from faceattr.export import build as artefacts
+from faceattr.export.calibrate import check_run_config, f1_thresholds
+from faceattr.export.resolve import Resolved, resolve_checkpoint
+from faceattr.layout import EVAL_DIR, TENSORBOARD_DIR, eval_files
+from faceattr.model.metrics import PER_ATTRIBUTE
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "valid")
+MACRO_KEYS = ("acc", "bacc", "auroc", "f1", "loss")
+
+
+def _thresholds_setting(value: Any) -> float | str:
+    if isinstance(value, str) and value.strip().lower() == "calibrated":
+        return "calibrated"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise UserError(f"thresholds={value!r}: expected a number in [0, 1] (e.g. 0.5) or calibrated")
+    return number
+
+
+def _data_config(resolved: Resolved, hparams: dict[str, Any], overrides: DictConfig) -> DictConfig:
+    """The run's data config with eval's non-null ``data.*`` overrides; the model fixes attributes, size and crop."""
+    data = OmegaConf.create((resolved.run_config or {}).get("data") or {})
+    given = {k: v for k, v in OmegaConf.to_container(overrides, resolve=True).items() if v is not None}
+    if not data or "_target_" not in data:
+        if "root" not in given:
+            raise UserError(
+                f"{resolved.checkpoint} has no run config.yaml beside it: pass data.root=<CelebA folder> to "
+                "evaluate it on"
+            )
+        data = OmegaConf.create({"_target_": "faceattr.data.CelebADataModule"})
+    data.merge_with(given)
+    if "root" in given:
+        data.synthetic = None  # a given folder is used as it is, never generated into
+    data.attributes = list(hparams["attributes"])
+    data.image_size = list(hparams["image_size"])
+    data.crop = None if hparams.get("crop") is None else list(hparams["crop"])
+    return data
+
+
+def _output_dir(cfg: DictConfig, resolved: Resolved) -> Path:
+    if cfg.get("output_dir"):
+        return Path(str(cfg.output_dir)).expanduser()
+    return (resolved.run_dir if resolved.run_dir is not None else resolved.checkpoint.parent) / EVAL_DIR
+
+
+def _calibrated_thresholds(module, datamodule) -> tuple[torch.Tensor, int]:
+    """F1-optimal thresholds per attribute on the validation split (the model in eval mode, no gradients)."""
+    probs, labels = [], []
+    module.eval()
+    with torch.inference_mode():
+        for images, batch_labels, _ in datamodule.val_dataloader():
+            if images is None:
+                continue
+            probs.append(torch.sigmoid(module(images.float().div(255)).float()))
+            labels.append(batch_labels)
+    if not probs:
+        raise UserError("thresholds=calibrated needs validation images, but the validation split gave none")
+    probs, labels = torch.cat(probs), torch.cat(labels)
+    thresholds, _ = f1_thresholds(probs, labels)
+    return thresholds, len(labels)
+
+
+def _trainer(resolved: Resolved) -> L.Trainer:
+    # Lightning's start-up notices ("GPU available: ...") would come before the table on stdout.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    precision = ((resolved.run_config or {}).get("trainer") or {}).get("precision") or "32-true"
+    return L.Trainer(
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stdout.isatty(),  # Lightning draws its bars on stdout
+    )
+
+
+def _per_attribute_csv(table: dict[str, dict[str, float | None]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["attribute", *PER_ATTRIBUTE])
+    for name, row in table.items():
+        writer.writerow([name, *("" if row[c] is None else f"{row[c]:.6f}" for c in PER_ATTRIBUTE)])
+    return buffer.getvalue()
+
+
+def format_table(table: dict[str, dict[str, float | None]], summary: dict[str, Any]) -> str:
+    """The per-attribute table sorted by accuracy (best first), then the macro line."""
+    widths = {column: max(len(column), 6) + 2 for column in PER_ATTRIBUTE}
+
+    def cell(column: str, value: float | None) -> str:
+        return f"{'n/a':>{widths[column]}}" if value is None else f"{value:{widths[column]}.4f}"
+
+    width = max([len("attribute"), *map(len, table)])
+    lines = [f"{'attribute':<{width}}" + "".join(f"{column:>{widths[column]}}" for column in PER_ATTRIBUTE)]
+    for name, row in sorted(table.items(), key=lambda item: -(item[1]["acc"] or 0.0)):
+        lines.append(f"{name:<{width}}" + "".join(cell(column, row[column]) for column in PER_ATTRIBUTE))
+    lines.append(f"{'mean':<{width}}" + "".join(cell(column, summary.get(column)) if column in summary
+                                                else " " * widths[column] for column in PER_ATTRIBUTE))
+    return "\n".join(lines)
+
+
+def _tensorboard_dir(run_dir: Path | None) -> Path | None:
+    """The folder holding the run's TensorBoard events (a sweep job's is one level down), if the run has one."""
+    if run_dir is None or not (run_dir / TENSORBOARD_DIR).is_dir():
+        return None
+    events = sorted((run_dir / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
+    return events[0].parent if events else run_dir / TENSORBOARD_DIR
+
+
+def _log_to_tensorboard(folder: Path, split: str, summary: dict[str, Any], table: dict, step: int) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder))
+    try:
+        for key in MACRO_KEYS:
+            if summary.get(key) is not None:
+                writer.add_scalar(f"eval/{split}/{key}", summary[key], step)
+        for name, row in table.items():
+            if row["acc"] is not None:
+                writer.add_scalar(f"eval/{split}/acc/{name}", row["acc"], step)
+    finally:
+        writer.close()
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate one checkpoint on one split (the steps of the module doc); returns what ``<split>.json`` holds."""
+    split = str(cfg.split)
+    if split not in SPLITS:
+        raise UserError(f"split={split}: expected one of {', '.join(SPLITS)}")
+    thresholds = _thresholds_setting(cfg.thresholds)
+    resolved = resolve_checkpoint(cfg.ckpt)
+    module = artefacts.load_module(resolved.checkpoint)
+    hparams = dict(module.hparams)
+    if resolved.run_config:
+        check_run_config(hparams, resolved.run_config, f"{resolved.run_dir}/config.yaml")
+
+    datamodule = build(_data_config(resolved, hparams, cfg.data), "data", _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    if thresholds == "calibrated":
+        values, count = _calibrated_thresholds(module, datamodule)
+        method = f"calibrated (F1-optimal on {count} validation images)"
+    else:
+        values, method = torch.full((len(hparams["attributes"]),), float(thresholds)), f"{thresholds:g}"
+    stage = "test" if split == "test" else "val"
+    module.metrics[stage].set_thresholds(values)
+
+    trainer = _trainer(resolved)
+    run = trainer.test if split == "test" else trainer.validate
+    logged = run(module, datamodule=datamodule, verbose=False)[0]
+    result = module.results[stage]
+    summary: dict[str, Any] = {
+        "split": split,
+        "num_images": result["macro"]["num_images"],
+        **{key: result["macro"].get(key) for key in MACRO_KEYS if key != "loss"},
+        "loss": float(logged[f"{stage}/loss"]) if f"{stage}/loss" in logged else None,
+        "thresholds": method,
+        "checkpoint": str(resolved.checkpoint),
+        "picked": resolved.reason,
+        "data_root": str(datamodule.root),
+    }
+    table = result["per_attribute"]
+
+    out_dir = _output_dir(cfg, resolved)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    macro_file, table_file = (out_dir / name for name in eval_files(split))
+    write_json(macro_file, summary)
+    write_text(table_file, _per_attribute_csv(table))
+    folder = _tensorboard_dir(resolved.run_dir) if cfg.get("tensorboard", True) else None
+    if folder is not None:
+        step = int(torch.load(resolved.checkpoint, map_location="cpu", weights_only=True, mmap=True)
+                   .get("global_step", 0))
+        _log_to_tensorboard(folder, split, summary, table, step)
+    summary["files"] = [str(macro_file), str(table_file)]
+    summary["tensorboard"] = None if folder is None else str(folder)
+    summary["table"] = format_table(table, summary)
+    return summary

@@ -1,0 +1,44 @@
+"""The names of everything faceattr writes, in one place: the run directory, the export folder, the artefacts.
+
+A run dir (``outputs/<date>/<time>-<id>/``, or one job of a sweep ``multirun/<date>/<time>-<id>/<n>/``)::
+
+    run.json            the run record (status, scores, best checkpoint, test table): RUN_RECORD
+    config.yaml         the resolved training config: RUN_CONFIG
+    checkpoints/        CHECKPOINT_DIR: the best checkpoint(s) and LAST_CHECKPOINT (last.ckpt, for resume=)
+    tensorboard/        TENSORBOARD_DIR: TensorBoard events (a sweep job's one level down, named by its overrides)
+    eval/               EVAL_DIR: eval.py's <split>.json and <split>_per_attribute.csv
+    export/             EXPORT_DIR: model.pt / model.onnx, faceattr.json, config.yaml
+
+The exported artefacts take float32 images named INPUT_NAME and return OUTPUT_NAME; their metadata travels as
+METADATA_FILE inside each artefact and beside them. The YAML configs spell ``checkpoints`` and ``tensorboard`` too
+(conf/callbacks/default.yaml, conf/logger/tensorboard.yaml); a test checks that they agree with this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RUN_RECORD = "run.json"
+RUN_CONFIG = "config.yaml"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+TENSORBOARD_DIR = "tensorboard"
+EVAL_DIR = "eval"
+EXPORT_DIR = "export"
+
+# Export: the artefact of each format, the metadata and the configs saved beside them.
+ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+METADATA_FILE = "faceattr.json"
+EXPORT_CONFIG = "config.yaml"
+# The exported model's input and output tensor names (ONNX graph names; the TorchScript forward's argument).
+INPUT_NAME = "images"
+OUTPUT_NAME = "probabilities"
+
+
+def eval_files(split: str) -> tuple[str, str]:
+    """eval.py's macro figures and per-attribute table for ``split``."""
+    return f"{split}.json", f"{split}_per_attribute.csv"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT

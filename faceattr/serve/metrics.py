@@ -1,0 +1,39 @@
+"""The service's own Prometheus metrics, on ``/metrics`` beside BentoML's own (``bentoml_service_*``).
+
+Declared through ``bentoml.metrics``, which imports ``prometheus_client`` on first use, in the process that uses it,
+so that each worker writes to BentoML's multiprocess metrics directory.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+MODEL_BATCH_SIZE = bentoml.metrics.Histogram(
+    name="faceattr_model_batch_size",
+    documentation="Images per model call (after adaptive batching)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+MODEL_SECONDS = bentoml.metrics.Histogram(
+    name="faceattr_model_seconds",
+    documentation="Seconds per model call",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+IMAGES = bentoml.metrics.Counter(
+    name="faceattr_images",
+    documentation="API outcomes: outcome=ok counts images answered; outcome=<HTTP status> counts rejected requests",
+    labelnames=["outcome"],
+)
+
+
+def observe_model_call(images: int, seconds: float) -> None:
+    """One call of the model: its batch size and duration."""
+    MODEL_SECONDS.observe(seconds)
+    MODEL_BATCH_SIZE.observe(images)
+
+
+def count_answered(images: int) -> None:
+    IMAGES.labels(outcome="ok").inc(images)
+
+
+def count_rejected(status: int) -> None:
+    IMAGES.labels(outcome=str(status)).inc()
