@@ -2,13 +2,19 @@
 
 Prints the per-attribute table (positive rate, accuracy, balanced accuracy, AUROC, F1, threshold) sorted by
 accuracy and the mean figures papers report; writes <run dir>/eval/<split>.json and <split>_per_attribute.csv
-(see conf/eval.yaml). A mistake ends with one line `error: ...` and exit status 2.
+(see conf/eval.yaml). A mistake ends with one line `error: ...` and exit status 2 (a mistake on the command line:
+before Hydra or anything slow runs).
 """
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
 
+from faceattr.config_schema import check_command_line, register_schemas
 from faceattr.errors import exit_on_user_error
+
+register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
@@ -30,4 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    exit_on_user_error(check_command_line)("eval", sys.argv[1:])
     main()

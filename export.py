@@ -12,24 +12,21 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from faceattr.config_schema import check_command_line, register_schemas
 from faceattr.errors import exit_on_user_error
+
+register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 @exit_on_user_error
 def main(cfg: DictConfig) -> None:
-    from faceattr.export.pipeline import export
+    from faceattr.export.pipeline import export, summary_lines
 
-    export(cfg)
-
-
-@exit_on_user_error
-def check_command_line(args: list[str]) -> None:
-    from faceattr.export.options import check_command_line as check
-
-    check(args)
+    metadata = export(cfg)
+    print("\n".join(summary_lines(cfg, metadata)))
 
 
 if __name__ == "__main__":
-    check_command_line(sys.argv[1:])
+    exit_on_user_error(check_command_line)("export", sys.argv[1:])
     main()

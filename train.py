@@ -9,16 +9,31 @@ import hydra
 from omegaconf import DictConfig
 
 from faceattr.errors import exit_on_user_error
+from faceattr.resolvers import register_resolvers
 from faceattr.sweep.jobs import is_multirun, run_multirun_job, run_single_job
 from faceattr.training import train
+
+register_resolvers()  # before Hydra composes: the run and sweep dirs use ${coalesce:} and ${run_id:}
+
+
+def train_and_report(cfg: DictConfig) -> float | None:
+    """One run, then its summary lines; the best monitored score goes back to Hydra's sweeper (Optuna)."""
+    result = train(cfg)
+    if result.rank_zero:
+        score = "n/a" if result.best_score is None else f"{result.best_score:.4f}"
+        print(f"\nrun dir:         {result.output_dir}")
+        print(f"best checkpoint: {result.best_checkpoint or 'none saved'} ({result.monitor}={score})")
+        if result.tensorboard:
+            print(f"tensorboard:     tensorboard --logdir {result.output_dir}")
+    return result.best_score
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     if is_multirun():
-        return run_multirun_job(train, cfg)
+        return run_multirun_job(train_and_report, cfg)
     # A single run: a user error (a full disk too) is one line `error: ...` and exit status 2.
-    return exit_on_user_error(run_single_job)(train, cfg)
+    return exit_on_user_error(run_single_job)(train_and_report, cfg)
 
 
 if __name__ == "__main__":

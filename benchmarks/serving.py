@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks import http_load
 from benchmarks.common import Settings, size_pair
 from benchmarks.served_model import Server, export_model, random_checkpoint
+from faceattr.layout import METADATA_FILE
 from benchmarks.timing import PeakRSS, median, percentile
 
 #: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
@@ -159,7 +160,7 @@ def ceiling_runner(export_dir: Path, serve_cfg, num_threads: int | None):
     ``serve_cfg`` (its ``format``, ``auto`` resolved as the service does, on the CPU)."""
     from faceattr.serve.runtime import ModelInfo, Predictor, served_format
 
-    meta = json.loads((export_dir / "faceattr.json").read_text())
+    meta = json.loads((export_dir / METADATA_FILE).read_text())
     info = ModelInfo(
         tag="bench", path=export_dir, attributes=tuple(meta["attributes"]),
         image_size=tuple(meta["image_size"]), crop=tuple(meta["crop"]) if meta.get("crop") else None,

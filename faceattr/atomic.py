@@ -11,8 +11,8 @@ one-line :class:`~faceattr.errors.UserError` of :func:`faceattr.errors.disk_writ
 
 - :func:`write_bytes`, :func:`write_text`, :func:`write_json`: data already in memory.
 - :func:`atomic_path`: writers that need a path (``torch.jit.save``, ``onnx.save``, ``savefig``).
-- :class:`~faceattr.checkpoint_io.AtomicCheckpointIO` (also importable from here): Lightning's checkpoint saving,
-  a Trainer plugin in ``conf/trainer/default.yaml``.
+- Lightning's checkpoint saving goes through :func:`write_bytes` too: ``faceattr.checkpoint_io.AtomicCheckpointIO``,
+  a Trainer plugin in ``conf/trainer/default.yaml`` (its own module: it imports Lightning, this one does not).
 """
 
 from __future__ import annotations
@@ -183,11 +183,3 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
         log.info("removed %d stale temporary file(s) in %s", len(removed), directory)
     return removed
 
-
-def __getattr__(name: str) -> Any:
-    """``AtomicCheckpointIO`` on first use: the writers above stay free of torch and Lightning imports."""
-    if name == "AtomicCheckpointIO":
-        from faceattr.checkpoint_io import AtomicCheckpointIO
-
-        return AtomicCheckpointIO
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,5 +1,5 @@
-"""Config mistakes caught before they become deep tracebacks: wrong value types, constructors that reject a value,
-and checkpoints that do not fit the configured model."""
+"""Config mistakes caught before they become deep tracebacks: wrong value types (faceattr/config_schema.py),
+constructors that reject a value, and checkpoints that do not fit the configured model."""
 
 from __future__ import annotations
 
@@ -8,35 +8,15 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from faceattr.config_schema import check_config
 from faceattr.errors import UserError
 
-# Numeric knobs a user types on the command line, and what they must be.
-NUMBER_KEYS: dict[str, tuple[type, ...]] = {
-    "seed": (int,),
-    "data.batch_size": (int,),
-    "data.num_workers": (int,),
-    "data.limit": (int,),
-    "data.val_limit": (int,),
-    "trainer.max_epochs": (int,),
-    "trainer.min_epochs": (int,),
-    "trainer.check_val_every_n_epoch": (int,),
-    "trainer.log_every_n_steps": (int,),
-    "optimizer.lr": (int, float),
-    "optimizer.weight_decay": (int, float),
-    "optimizer.momentum": (int, float),
-    "model.drop_rate": (int, float),
-}
-
-
 def check_types(cfg: DictConfig) -> None:
-    """Raise a UserError naming the first numeric knob whose value has the wrong type."""
-    for key, types in NUMBER_KEYS.items():
-        value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
-            kind = "an integer" if types == (int,) else "a number"
-            raise UserError(f"{key}={value!r}: expected {kind}")
+    """Raise a UserError naming the first setting of a training config with a wrong type or value (its schema is
+    faceattr.config_schema.TrainConfig)."""
+    check_config(cfg, "train")
 
 
 def build(cfg: DictConfig, what: str, **kwargs: Any) -> Any:

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from faceattr.atomic import write_json, write_text
 from faceattr.config_checks import build
+from faceattr.config_schema import check_config
 from faceattr.errors import UserError
 from faceattr.export import build as artefacts
 from faceattr.export.calibrate import check_run_config, f1_thresholds
@@ -39,20 +40,12 @@ from faceattr.model.metrics import PER_ATTRIBUTE
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "valid")
 MACRO_KEYS = ("acc", "bacc", "auroc", "f1", "loss")
 
 
 def _thresholds_setting(value: Any) -> float | str:
-    if isinstance(value, str) and value.strip().lower() == "calibrated":
-        return "calibrated"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not 0.0 <= number <= 1.0:
-        raise UserError(f"thresholds={value!r}: expected a number in [0, 1] (e.g. 0.5) or calibrated")
-    return number
+    """``thresholds`` (already checked by the eval schema) as a number or the word ``calibrated``."""
+    return "calibrated" if str(value).strip().lower() == "calibrated" else float(value)
 
 
 def _data_config(resolved: Resolved, hparams: dict[str, Any], overrides: DictConfig) -> DictConfig:
@@ -164,9 +157,8 @@ def _log_to_tensorboard(folder: Path, split: str, summary: dict[str, Any], table
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint on one split (the steps of the module doc); returns what ``<split>.json`` holds."""
+    check_config(cfg, "eval")  # split, thresholds, data.*: one line for a bad value (conf/eval.yaml's schema)
     split = str(cfg.split)
-    if split not in SPLITS:
-        raise UserError(f"split={split}: expected one of {', '.join(SPLITS)}")
     thresholds = _thresholds_setting(cfg.thresholds)
     resolved = resolve_checkpoint(cfg.ckpt)
     module = artefacts.load_module(resolved.checkpoint)

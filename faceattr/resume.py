@@ -6,69 +6,28 @@ TensorBoard events, checkpoints and ``run.json`` keep going in the same place. T
 ``last.ckpt`` that does not load (cut short by a crash of an older version, or damaged) is refused, and the run
 resumes from the newest of its checkpoints that loads, saying so.
 
-New run dirs are ``outputs/<date>/<time>-<id>``: ``${run_id:}`` tells apart runs started in the same second.
+New run dirs are ``outputs/<date>/<time>-<id>``: ``${run_id:}`` (``faceattr/resolvers.py``) tells apart runs
+started in the same second.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.errors import UserError
 from faceattr.export.build import checkpoint_problem, read_checkpoint
+from faceattr.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG
 
 log = logging.getLogger(__name__)
-
-RUN_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
-RUN_ID_CHARS = 4
-_run_id: str | None = None
-
-
-def coalesce(*values: Any) -> Any:
-    """The first value that is not None/empty (the ``${coalesce:a,b}`` resolver)."""
-    return next((value for value in values if value not in (None, "")), None)
-
-
-def run_id() -> str:
-    """The ``${run_id:}`` resolver: a short id that tells apart runs started in the same second, the same for the
-    whole process (Hydra may resolve the run dir more than once).
-
-    On SLURM it is the job's id (``<array job>_<task>`` for an array job, ``.<step>`` added for a later ``srun`` step),
-    the same in every task of a multi-task job (DDP ranks started by SLURM share the run dir); else 4 random
-    characters of ``[0-9a-z]``. DDP ranks started by Lightning get the run dir itself (``hydra.run.dir=...``); sweep
-    jobs get the sweep dir from the launching process (Hydra copies the resolver cache to them).
-    """
-    global _run_id
-    if _run_id is None:
-        env = os.environ
-        if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-            slurm = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-        else:
-            slurm = env.get("SLURM_JOB_ID", "")
-        step = env.get("SLURM_STEP_ID", "")
-        if slurm and step.isdigit() and step != "0":
-            slurm += f".{step}"
-        _run_id = slurm or "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(RUN_ID_CHARS))
-    return _run_id
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("coalesce"):
-        OmegaConf.register_new_resolver("coalesce", coalesce)
-    if not OmegaConf.has_resolver("run_id"):
-        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
-
 
 def resume_checkpoint(run_dir: Path) -> Path:
     """``<run dir>/checkpoints/last.ckpt`` if it loads; else the newest checkpoint of the run that loads (by training
     step), with a warning; a UserError naming what was tried when none does."""
-    checkpoints = run_dir / "checkpoints"
-    last = checkpoints / "last.ckpt"
+    checkpoints = run_dir / CHECKPOINT_DIR
+    last = checkpoints / LAST_CHECKPOINT
     problem = checkpoint_problem(last) if last.is_file() else f"missing {last}"
     if problem is None:
         return last
@@ -96,7 +55,7 @@ def resumed_config(run_dir: str | Path, overrides: list[str], group_choices: set
     """The config to resume ``run_dir`` with: its saved config, ``ckpt_path`` = its last checkpoint, plus the
     ``key=value`` ``overrides`` (other than ``resume`` itself)."""
     run_dir = Path(run_dir).expanduser()
-    saved = run_dir / "config.yaml"
+    saved = run_dir / RUN_CONFIG
     if not saved.is_file():
         raise UserError(f"resume={run_dir}: missing {saved}; give a run dir made by train.py that saved a checkpoint")
     extra = [o for o in overrides if not o.lstrip("+~").startswith(("resume=", "hydra."))]

@@ -1,14 +1,15 @@
 """The training entry: compose -> instantiate -> fit -> test with the best checkpoint -> record the run.
 
-``train(cfg)`` is what ``python train.py`` runs (see ``train.py``). It returns the best monitored score so that
-Hydra sweepers (Optuna) can optimize it, and leaves in the run directory: ``checkpoints/``, ``tensorboard/``,
-``config.yaml`` (resolved) and ``run.json`` (status, scores, best checkpoint, timings) that sweep summaries read.
+``train(cfg)`` is what ``python train.py`` runs (see ``train.py``, which prints its summary and returns the best
+monitored score to Hydra's sweepers). It leaves in the run directory (``faceattr/layout.py``): ``checkpoints/``,
+``tensorboard/``, ``config.yaml`` (resolved) and ``run.json`` (status, scores, best and tested checkpoints, the
+per-attribute test table, timings) that sweep summaries, eval and export read.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,43 +17,20 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
-from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-import faceattr.sweep  # noqa: F401 - registers ${multirun_job_name:} (conf/logger/tensorboard.yaml)
-from faceattr.atomic import write_json, write_text
+from faceattr.atomic import write_text
 from faceattr.best_metric import BestMetric
 from faceattr.config_checks import build, check_checkpoint_fits, check_types
 from faceattr.errors import UserError
+from faceattr.hparams import flat_hparams, log_hparams_with_metrics
+from faceattr.layout import RUN_CONFIG, RUN_RECORD
 from faceattr.numbers import finite_or_none
-from faceattr.resume import register_resolvers, resumed_config
-
-register_resolvers()  # ${coalesce:...} (conf/hydra/default.yaml), before Hydra composes
-
-RUN_RECORD = "run.json"
-HPARAM_KEYS = (
-    "model.backbone",
-    "model.pretrained",
-    "optimizer._target_",
-    "optimizer.lr",
-    "optimizer.weight_decay",
-    "scheduler._target_",
-    "data.batch_size",
-    "data.image_size",
-    "data.limit",
-    "data.val_limit",
-    "trainer.max_epochs",
-    "trainer.precision",
-    "seed",
-)
-HPARAM_METRICS = (
-    "val/auroc_best", "val/auroc", "val/acc", "val/bacc", "val/loss",
-    "test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss",
-)
-
-
+from faceattr.resolvers import register_resolvers
+from faceattr.resume import resumed_config
+from faceattr.run_record import record_run
 def resolve_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
     """Map the Lightning 1.x ``gpus`` flag to ``accelerator``/``devices`` and check a GPU request is satisfiable."""
     trainer_cfg = trainer_cfg.copy()
@@ -83,66 +61,34 @@ def instantiate_group(group: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The hyper-parameters shown in TensorBoard's HParams tab: key settings plus whatever the sweep overrode."""
-    keys = list(HPARAM_KEYS)
-    choices: dict[str, Any] = {}
-    if HydraConfig.initialized():
-        keys += [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o]
-        choices = dict(HydraConfig.get().runtime.choices)
-    params = {}
-    for key in dict.fromkeys(keys):
-        # A config-group override (model=resnet34, experiment=quickstart) shows the option's name, not its content.
-        value = choices[key] if key in choices else OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_config(value):
-            value = str(OmegaConf.to_container(value, resolve=True))
-        params[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return params
+@dataclass
+class TrainResult:
+    """What a finished run reports: where it is, its best checkpoint and score, whether this process prints."""
+
+    output_dir: Path
+    best_checkpoint: str | None
+    best_score: float | None
+    monitor: str
+    tensorboard: bool
+    rank_zero: bool
 
 
-@rank_zero_only
-def log_hparams_with_metrics(loggers: list[Logger], params: dict[str, Any]) -> None:
-    """Write TensorBoard's HParams record for this run.
-
-    The HParams tab shows, for each metric tag listed here, the last value of that scalar in the same run, so the
-    scalars already logged (val/auroc_best, test/auroc, ...) fill the table without a second, conflicting copy.
-    """
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            experiment, start, end = hparams_summary(params, {name: 0.0 for name in HPARAM_METRICS})
-            writer = logger.experiment._get_file_writer()
-            for summary in (experiment, start, end):
-                writer.add_summary(summary)
-            # Close: the logger was finalized after testing, and the next job of a sweep may run in this process.
-            logger.experiment.close()
+def _resumed(cfg: DictConfig) -> DictConfig:
+    """``resume=<run dir>``: the run's own config and last good checkpoint, plus the command line's key=value."""
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    return resumed_config(
+        cfg.resume,
+        list(hydra_cfg.overrides.task) if hydra_cfg else [],
+        set(hydra_cfg.runtime.choices) if hydra_cfg else set(),
+    )
 
 
-def record_run(path: Path, record: dict[str, Any]) -> None:
-    """Write ``run.json`` atomically: readers (summaries, export) never see half a record."""
-    write_json(path, record)
-
-
-def train(cfg: DictConfig) -> float | None:
-    """Train and test one configuration; return the best value of ``cfg.monitor.metric``."""
-    started = time.time()
-    if cfg.get("resume"):
-        hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
-        cfg = resumed_config(
-            cfg.resume,
-            list(hydra_cfg.overrides.task) if hydra_cfg else [],
-            set(hydra_cfg.runtime.choices) if hydra_cfg else set(),
-        )
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    check_types(cfg)
-    trainer_cfg = resolve_trainer_config(cfg.trainer)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
+def _build(cfg: DictConfig, trainer_cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer,
+                                                                 BestMetric]:
+    """The data (checked first: a bad folder fails before the model is built), the model and the trainer."""
     datamodule = build(cfg.data, "data", _convert_="all")
     datamodule.prepare_data()
-    datamodule.setup("fit")  # fail fast on a bad data folder, before building the model
+    datamodule.setup("fit")
     model = build(
         cfg.model,
         "model",
@@ -158,10 +104,53 @@ def train(cfg: DictConfig) -> float | None:
     loggers = instantiate_group(cfg.get("logger"))
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, model)
-    trainer: L.Trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False)
+    # callbacks.progress_bar=null means no bar: otherwise Lightning would add its own (and it refuses
+    # enable_progress_bar=False beside a progress-bar callback).
+    extra = {} if "enable_progress_bar" in trainer_cfg else {
+        "enable_progress_bar": any(isinstance(callback, ProgressBar) for callback in callbacks)}
+    trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
+    return datamodule, model, trainer, best_metric
+
+
+def _completed_record(cfg: DictConfig, trainer: L.Trainer, model, best_path: str, best_score: float | None,
+                      test_metrics: dict[str, float], started: float) -> dict[str, Any]:
+    return {
+        "status": "completed",
+        "backbone": cfg.model.backbone,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "monitor": cfg.monitor.metric,
+        "best_score": best_score,
+        "best_checkpoint": best_path or None,
+        "val_auroc_best": finite_or_none(model.best_val_auroc),
+        # Which weights test/* come from: the best checkpoint, or null for the final in-memory weights.
+        "tested_checkpoint": (best_path or None) if test_metrics else None,
+        "test": {k: finite_or_none(v) for k, v in test_metrics.items()},
+        # Per attribute on the test split: positive rate, accuracy, balanced accuracy, AUROC, F1, threshold.
+        "test_per_attribute": model.results.get("test", {}).get("per_attribute", {}) if test_metrics else {},
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "num_parameters": model.num_parameters,
+        "wall_time_s": round(time.time() - started, 1),
+    }
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Train and test one configuration: resume? -> check -> build -> fit -> test the best -> record."""
+    started = time.time()
+    register_resolvers()  # idempotent; the entry script registered them before Hydra composed
+    if cfg.get("resume"):
+        cfg = _resumed(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise UserError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+    check_types(cfg)
+    trainer_cfg = resolve_trainer_config(cfg.trainer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model, trainer, best_metric = _build(cfg, trainer_cfg)
 
     if trainer.is_global_zero:
-        write_text(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     checkpoint = trainer.checkpoint_callback
@@ -177,30 +166,8 @@ def train(cfg: DictConfig) -> float | None:
 
     if trainer.is_global_zero:
         log_hparams_with_metrics(trainer.loggers, flat_hparams(cfg))
-        record_run(
-            output_dir / RUN_RECORD,
-            {
-                "status": "completed",
-                "backbone": cfg.model.backbone,
-                "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-                "monitor": cfg.monitor.metric,
-                "best_score": best_score,
-                "best_checkpoint": best_path or None,
-                "val_auroc_best": finite_or_none(model.best_val_auroc),
-                # Which weights test/* come from: the best checkpoint, or null for the final in-memory weights.
-                "tested_checkpoint": (best_path or None) if test_metrics else None,
-                "test": {k: finite_or_none(v) for k, v in test_metrics.items()},
-                # Per attribute on the test split: positive rate, accuracy, balanced accuracy, AUROC, F1, threshold.
-                "test_per_attribute": model.results.get("test", {}).get("per_attribute", {}) if test_metrics else {},
-                "epochs": trainer.current_epoch,
-                "global_step": trainer.global_step,
-                "num_parameters": model.num_parameters,
-                "wall_time_s": round(time.time() - started, 1),
-            },
-        )
-        score = "n/a" if best_score is None else f"{best_score:.4f}"
-        print(f"\nrun dir:         {output_dir}")
-        print(f"best checkpoint: {best_path or 'none saved'} ({cfg.monitor.metric}={score})")
-        if any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
-            print(f"tensorboard:     tensorboard --logdir {output_dir}")
-    return best_score
+        record_run(output_dir / RUN_RECORD,
+                   _completed_record(cfg, trainer, model, best_path, best_score, test_metrics, started))
+    tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
+    return TrainResult(output_dir, best_path or None, best_score, cfg.monitor.metric, tensorboard,
+                       trainer.is_global_zero)

@@ -3,7 +3,9 @@
 Each PATH is a run directory (outputs/<date>/<time>), a sweep directory (multirun/<date>/<time>) or any folder
 above them; every run found below is read (run.json, configs, TensorBoard events via TensorBoard's own reader),
 ranked, printed, and written as summary.md, summary.csv and summary.png into --out (the same table and plot as the
-end-of-sweep summary). Runs made on different days, by different sweeps, compare side by side.
+end-of-sweep summary). Runs made on different days, by different sweeps, compare side by side. Runs whose overrides
+differ only in seed= are also grouped (mean, std and 95% interval per group, ranked by mean; summary_groups.csv),
+whichever sweep they come from.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--out {out}: exists and is not a directory")
     paths = write_summary(summary, out, tensorboard=tensorboard_command(args.paths))
     print(format_table(summary))
-    print(f"written: {paths['summary.md']}, {paths['summary.csv']}, {paths['summary.png']}")
+    print(f"written: {', '.join(str(path) for path in paths.values())}")
     return 0
 
 

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from faceattr.config_schema import register_schemas
+from faceattr.resolvers import register_resolvers
+
 REPO = Path(__file__).resolve().parents[1]
+# In-process tests compose and instantiate the configs as train.py does: with the project's resolvers and config
+# schemas registered.
+register_resolvers()
+register_schemas()
 
 # Tiny, fast settings shared by the end-to-end runs: test_resnet at 32x32, synchronous loading, no progress bar.
 TINY = (
@@ -19,6 +26,7 @@ TINY = (
     "data.num_workers=0",
     "trainer=cpu",
     "callbacks.progress_bar=null",
+    "callbacks.pictures=null",
 )
 
 

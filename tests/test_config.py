@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from faceattr.config_checks import check_types
 from faceattr.data import CelebADataModule
 from faceattr.model import FaceAttrModule
 from faceattr.training import instantiate_group, resolve_trainer_config
@@ -40,6 +41,16 @@ def test_groups_have_the_promised_options():
     assert {"tensorboard", "csv"} <= set(options("logger"))
     assert {"quickstart"} <= set(options("experiment"))
     assert {"fdr", "overfit"} <= set(options("debug"))
+
+
+GROUPS = ("data", "model", "optimizer", "scheduler", "callbacks", "trainer", "logger", "experiment", "hparams_search",
+          "debug")
+
+
+@pytest.mark.parametrize("group, option", [(group, option) for group in GROUPS for option in options(group)])
+def test_every_option_passes_the_schema_check(tmp_path, group, option):
+    """Every shipped option types its keys as faceattr/config_schema.py's TrainConfig says."""
+    check_types(compose_train(tmp_path, f"{group}={option}"))
 
 
 @pytest.mark.parametrize("model", MODEL_OPTIONS)
@@ -84,7 +95,7 @@ def test_trainer_options_instantiate_with_callbacks_and_loggers(tmp_path, traine
     callbacks = instantiate_group(cfg.callbacks)
     loggers = instantiate_group(cfg.logger)
     assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor",
-                                                    "EpochLines"}
+                                                    "EpochLines", "TensorBoardPictures"}
     assert {type(lg).__name__ for lg in loggers} == {"TensorBoardLogger", "CSVLogger"}
     trainer_obj = instantiate(resolve_trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers)
     assert isinstance(trainer_obj, L.Trainer)
@@ -107,7 +118,8 @@ def test_gpus_flag_maps_to_accelerator_and_devices(tmp_path, monkeypatch):
 @pytest.mark.parametrize("debug", options("debug"))
 def test_debug_options_compose(tmp_path, debug):
     cfg = compose_train(tmp_path, f"debug={debug}")
-    assert cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
+    assert (cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
+            or cfg.trainer.get("limit_train_batches") or cfg.trainer.get("detect_anomaly"))
 
 
 def test_quickstart_uses_generated_data_on_the_cpu(tmp_path):

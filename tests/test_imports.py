@@ -23,11 +23,6 @@ SERVICE = "faceattr.serve.service"
 SERVING_PACKAGE = "faceattr.serve"
 #: Circles other changes of issue 12 remove; each entry is the set of modules of one circle (strongly connected
 #: component). A circle made of modules of one of these sets counts as known; any other fails the test.
-KNOWN_CYCLES = (
-    frozenset({"faceattr.training", "faceattr.sweep", "faceattr.sweep.callback", "faceattr.sweep.jobs"}),
-    frozenset({"faceattr.sweep.summary", "faceattr.sweep.plot"}),
-)
-
 
 def module_files(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     """{dotted module name: file} of every module of ``packages`` (a package is its ``__init__.py``)."""
@@ -223,11 +218,7 @@ def test_the_reading_of_imports_on_a_small_package(tmp_path):
 
 def test_no_import_cycles(graph):
     cycles = import_cycles(graph)
-    new = [cycle for cycle in cycles if not any(cycle <= known for known in KNOWN_CYCLES)]
-    assert not new, "import circles:\n" + "\n".join(describe(cycle, graph) for cycle in new)
-    if cycles:
-        pytest.xfail("known import circles that other changes of issue 12 remove: "
-                     + "; ".join(describe(cycle, graph) for cycle in cycles))
+    assert not cycles, "import circles:\n" + "\n".join(describe(cycle, graph) for cycle in cycles)
 
 
 def test_the_product_imports_no_benchmark_script_or_test_code(imports):

@@ -190,7 +190,7 @@ def test_two_launches_in_the_same_second_get_two_complete_run_dirs(tmp_path, syn
 RUN_DIRS = """
 import sys
 from hydra import compose, initialize_config_dir
-from faceattr.resume import register_resolvers
+from faceattr.resolvers import register_resolvers
 
 register_resolvers()
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):

@@ -251,7 +251,7 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
 def compose_with_hydra(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from faceattr.resume import register_resolvers
+    from faceattr.resolvers import register_resolvers
 
     register_resolvers()  # ${run_id:} in hydra.sweep.dir, as train.py registers it
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -29,11 +29,9 @@ import torch.nn as nn
 
 from faceattr.atomic import write_bytes
 from faceattr.errors import UserError
+from faceattr.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME
 
-METADATA_NAME = "faceattr.json"
 ZIP_MAGIC = b"PK\x03\x04"
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 
 
 def _first_line(exc: BaseException, limit: int = 200) -> str:
@@ -156,16 +154,16 @@ def export_torchscript(model: ProbabilityModel, example: torch.Tensor, path: Pat
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, buffer, _extra_files={METADATA_NAME: json.dumps(metadata)})
+        torch.jit.save(traced, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
     return write_bytes(path, buffer.getbuffer(), hint="output_dir=...")
 
 
 def load_torchscript(path: Path, device: str = "cpu") -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load a TorchScript artefact and its ``faceattr.json`` metadata."""
-    extra = {METADATA_NAME: ""}
+    extra = {METADATA_FILE: ""}
     with quiet_torchscript():
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    raw = extra[METADATA_NAME]
+    raw = extra[METADATA_FILE]
     return module.eval(), json.loads(raw) if raw else {}
 
 
@@ -199,7 +197,7 @@ def export_onnx(
         logging.disable(logging.NOTSET)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_NAME, json.dumps(metadata)
+    entry.key, entry.value = METADATA_FILE, json.dumps(metadata)
     return write_bytes(path, proto.SerializeToString(), hint="output_dir=...")
 
 
@@ -220,5 +218,5 @@ def onnx_session(path: Path, device: str = "cpu", num_threads: int | None = None
 
 
 def onnx_metadata(session) -> dict[str, Any]:
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_NAME)
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_FILE)
     return json.loads(raw) if raw else {}

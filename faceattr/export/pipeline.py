@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import time
 from dataclasses import dataclass
@@ -26,13 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 import faceattr
 from faceattr.errors import UserError
 from faceattr.export import build
-from faceattr.atomic import write_json, write_text
+from faceattr.atomic import remove_stale_temporaries, write_json, write_text
 from faceattr.export.calibrate import check_run_config, f1_thresholds, predict, split_metrics, split_set
 from faceattr.export.options import check_options
 from faceattr.export.resolve import Resolved, resolve_checkpoint
 from faceattr.export.store import check_model_name, save_model
 from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE
 from faceattr.serve.images import ALIGNED_SIZE
+
+log = logging.getLogger(__name__)
 
 
 def _formats(cfg: DictConfig) -> list[str]:
@@ -93,7 +96,7 @@ def _describe(hparams: dict[str, Any]) -> tuple[list[int], list[int] | None, lis
     image_size = list(hparams["image_size"])
     crop = None if hparams.get("crop") is None else list(hparams["crop"])
     attributes = list(hparams["attributes"])
-    print(f"model:       {hparams['backbone']}, {len(attributes)} attributes, input {image_size[0]}x{image_size[1]}, "
+    log.info(f"model:       {hparams['backbone']}, {len(attributes)} attributes, input {image_size[0]}x{image_size[1]}, "
           f"crop {crop} of the aligned {ALIGNED_SIZE[1]}x{ALIGNED_SIZE[0]} frame")
     return image_size, crop, attributes
 
@@ -105,7 +108,7 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
     default = float(calib_cfg.default_threshold)
     validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid")
     if validation is None:
-        print(f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
+        log.warning(f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
               "random images")
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randint(0, 256, (num_parity, 3, *image_size), dtype=torch.uint8, generator=generator)
@@ -121,7 +124,7 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
     inputs, probs = predict(module, validation.paths[:count], image_size, crop, int(calib_cfg.batch_size),
                             int(calib_cfg.num_workers), keep=num_parity)
     labels = validation.labels[:count]
-    print(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
+    log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
     if limit != 0 and len(labels) > 0:
         thresholds, calibrated = f1_thresholds(probs, labels, default)
         method = f"F1-optimal per attribute on {len(labels)} validation images"
@@ -134,11 +137,11 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
         # Tuned on these very images: an optimistic figure, labelled as such.
         metrics["at_thresholds_tuned_here"] = metrics.pop("at_thresholds")
     uncalibrated = [name for name, ok in zip(attributes, calibrated.tolist()) if not ok]
-    print(f"thresholds:  {method}; {int(calibrated.sum())}/{len(attributes)} calibrated"
+    log.info(f"thresholds:  {method}; {int(calibrated.sum())}/{len(attributes)} calibrated"
           + (f" (default {default} for: {', '.join(uncalibrated[:8])}{', ...' if len(uncalibrated) > 8 else ''})"
              if uncalibrated and limit != 0 else ""))
     if metrics:
-        print(f"  val:       {_summary(metrics)} (calibrated thresholds tuned on these images: optimistic)")
+        log.info(f"  val:       {_summary(metrics)} (calibrated thresholds tuned on these images: optimistic)")
     return Calibration(inputs, probs[: len(inputs)], f"{len(inputs)} validation images", thresholds, calibrated,
                        method, metrics)
 
@@ -158,13 +161,13 @@ def _test_metrics(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Re
         return {}
     test, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "test")
     if test is None:
-        print(f"test:        skipped: {note}")
+        log.info(f"test:        skipped: {note}")
         return {}
     t0 = time.time()
     _, probs = predict(module, test.paths, list(hparams["image_size"]), hparams.get("crop"),
                        int(cfg.calibration.batch_size), int(cfg.calibration.num_workers), keep=0)
     metrics = split_metrics(probs, test.labels, thresholds)
-    print(f"  test:      {_summary(metrics)} of {note} ({time.time() - t0:.1f}s; at_thresholds = what the service "
+    log.info(f"  test:      {_summary(metrics)} of {note} ({time.time() - t0:.1f}s; at_thresholds = what the service "
           "decides)")
     return metrics
 
@@ -249,7 +252,7 @@ def _write_artefacts(cfg: DictConfig, module, calibration: Calibration, metadata
         diff = _parity(_runner(fmt, path), inputs, calibration.reference)
         source = calibration.parity_source
         parity[fmt] = {"max_abs_diff": diff, "atol": atol, "images": source, "export_s": round(seconds, 2)}
-        print(f"{fmt + ':':<12} {path} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s); parity vs Lightning "
+        log.info(f"{fmt + ':':<12} {path} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s); parity vs Lightning "
               f"on {source}: max |diff| = {diff:.2e} (atol {atol:.0e})")
         if not diff <= atol:  # also catches NaN
             raise UserError(
@@ -275,7 +278,7 @@ def _store(cfg: DictConfig, hparams: dict[str, Any], files: dict[str, Path], met
     write_json(metadata_path, metadata)
     tag, store_path = save_model(str(cfg.name), {**files, METADATA_FILE: metadata_path, EXPORT_CONFIG: config_path},
                                  labels, store_meta)
-    print(f"bentoml:     saved {tag} ({store_path})")
+    log.info(f"bentoml:     saved {tag} ({store_path})")
     return tag
 
 
@@ -287,8 +290,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("store", True):
         check_model_name(cfg.name)  # fail before the slow part
     resolved = resolve_checkpoint(cfg.ckpt)  # step 1
-    print(f"checkpoint:  {resolved.checkpoint}")
-    print(f"  picked:    {resolved.reason}")
+    log.info(f"checkpoint:  {resolved.checkpoint}")
+    log.info(f"  picked:    {resolved.reason}")
     module = build.load_module(resolved.checkpoint)
     hparams = dict(module.hparams)
     if resolved.run_config:
@@ -301,6 +304,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
     out_dir = _output_dir(cfg, resolved.checkpoint, resolved.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)  # left by an export that was killed mid-write
     files, metadata["parity"] = _write_artefacts(cfg, module, calibration, metadata, out_dir)
     metadata["formats"] = {fmt: ARTEFACT_FILES[fmt] for fmt in formats}
     tag = _store(cfg, hparams, files, metadata, resolved.run_config, out_dir)
@@ -308,11 +312,19 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         metadata["tag"] = tag
     metadata["export_s"] = round(time.time() - started, 2)
     metadata["host"] = {"python": platform.python_version(), "torch": torch.__version__}
+    metadata["output_dir"] = str(out_dir)
     write_json(out_dir / METADATA_FILE, metadata)
-    print(f"files:       {out_dir} ({', '.join(sorted(files))}, {METADATA_FILE}, {EXPORT_CONFIG})")
-    print(f"done in {metadata['export_s']:.1f}s")
+    return metadata
+
+
+def summary_lines(cfg: DictConfig, metadata: dict[str, Any]) -> list[str]:
+    """What export.py prints when it is done: the files, the time, and how to serve the stored model."""
+    files = sorted(metadata["formats"].values())
+    lines = [f"files:       {metadata['output_dir']} ({', '.join(files)}, {METADATA_FILE}, {EXPORT_CONFIG})",
+             f"done in {metadata['export_s']:.1f}s"]
+    tag = metadata.get("tag")
     if tag:
         hint = "" if str(cfg.name) == "faceattr" else f"FACEATTR_SERVE_MODEL={tag} "
-        onnx = "FACEATTR_SERVE_FORMAT=onnx " if formats == ["onnx"] else ""
-        print(f"serve it:    {hint}{onnx}bentoml serve   (from the repo root; see docs/serving.md)")
-    return metadata
+        onnx = "FACEATTR_SERVE_FORMAT=onnx " if list(metadata["formats"]) == ["onnx"] else ""
+        lines.append(f"serve it:    {hint}{onnx}bentoml serve   (from the repo root; see docs/serving.md)")
+    return lines

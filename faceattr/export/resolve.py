@@ -26,12 +26,9 @@ import yaml
 
 from faceattr.errors import UserError
 from faceattr.export.build import checkpoint_problem, read_checkpoint
+from faceattr.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG, RUN_RECORD
 from faceattr.numbers import finite_or_none
 
-RUN_RECORD = "run.json"
-RUN_CONFIG = "config.yaml"
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
 SCORE_IN_NAME = re.compile(r"(?:auroc|score)[=_-]?(-?\d+(?:\.\d+)?)")
 
 
@@ -119,7 +116,7 @@ def _scored(found: list[Path]) -> list[tuple[float, Path]]:
     """(score in the name, path) of the checkpoints whose names carry a score."""
     scored = []
     for path in found:
-        match = SCORE_IN_NAME.search(path.stem) if path.name != LAST else None
+        match = SCORE_IN_NAME.search(path.stem) if path.name != LAST_CHECKPOINT else None
         if match:
             scored.append((float(match.group(1)), path))
     return scored
@@ -130,7 +127,7 @@ def _fallbacks(found: list[Path], mode: str) -> list[tuple[Path, float | None, s
     score in their names, then ``last.ckpt``, then the newest."""
     ranked = sorted(_scored(found), key=lambda item: item[0], reverse=mode == "max")
     order = [(path, score, f"the best score in the checkpoint names ({score:.4f})") for score, path in ranked]
-    order += [(path, None, "the run's latest state") for path in found if path.name == LAST]
+    order += [(path, None, "the run's latest state") for path in found if path.name == LAST_CHECKPOINT]
     order += [(path, None, "the newest checkpoint") for path in sorted(found, key=lambda p: p.stat().st_mtime,
                                                                          reverse=True)]
     first: dict[Path, tuple[Path, float | None, str]] = {}
@@ -176,14 +173,14 @@ def _recorded_best(run_dir: Path) -> Resolved:
             f"{run_dir} has no checkpoints ({CHECKPOINT_DIR}/*.ckpt){hint}: training saves one per validation "
             "epoch with the default callbacks; pass a run that finished at least one epoch"
         )
-    last = checkpoints / LAST
+    last = checkpoints / LAST_CHECKPOINT
     if last.is_file():
         recorded, score = _checkpoint_state(last)
         best = _relocate(recorded, run_dir)
         if best is not None:
             shown = "n/a" if score is None else f"{score:.4f}"
             return Resolved(best, run_dir, f"best checkpoint by {metric} ({mode}) = {shown}, from the "
-                            f"ModelCheckpoint state in {LAST} (no usable {RUN_RECORD})", score, metric, record, config)
+                            f"ModelCheckpoint state in {LAST_CHECKPOINT} (no usable {RUN_RECORD})", score, metric, record, config)
     scored = _scored(found)
     if scored:
         score, best = (max if mode == "max" else min)(scored, key=lambda item: item[0])

@@ -6,6 +6,8 @@
   ``FACEATTR_SERVE_MODEL=faceattr:abc123`` or ``FACEATTR_SERVE_MAX_BATCH_SIZE=64``; values are read as YAML
   (``null``, ``true``, ``64``, ``[JPEG, PNG]``); lists may also be comma-separated (``JPEG,PNG``).
 * An unknown key, in the file or in the environment, is an error (a typo would otherwise be silently ignored).
+* What each value must be is declared on its ``ServeConfig`` field (``faceattr.constraints.setting``), as the
+  training, export and eval schemas declare theirs (faceattr/config_schema.py).
 
 No Hydra here: the service must start from a built Bento, which carries ``conf/serve/`` but not the training
 configs.
@@ -21,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from faceattr.constraints import at_least, one_of, problem_with, setting
 from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, PixelBudget, readable_formats
 
 ENV_PREFIX = "FACEATTR_SERVE_"
@@ -32,6 +35,14 @@ RUNNERS = ("inline", "service")
 MAX_AUTO_WORKERS = 4
 
 
+def _one_of(choices: tuple[str, ...]) -> dict[str, Any]:
+    return {"check": one_of(choices), "problem": f"expected one of {', '.join(choices)}"}
+
+
+AT_LEAST_1 = {"check": at_least(1), "problem": "must be at least 1"}
+NULL_OR_AT_LEAST_1 = {"check": at_least(1), "problem": "must be null or at least 1"}
+
+
 class ServeConfigError(ValueError):
     """A bad service setting; the message names the key and the file or variable it came from."""
 
@@ -41,24 +52,25 @@ class ServeConfig:
     """The validated settings (see ``conf/serve/default.yaml`` for what each one means)."""
 
     model: str = "faceattr"
-    format: str = "auto"
-    runner: str = "inline"
-    device: str = "auto"
-    threshold_mode: str = "calibrated"
-    threshold: float = 0.5
-    max_batch_size: int = 32
-    max_latency_ms: int = 5000
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 50_000_000
-    max_decode_pixels: int = 50_000_000
-    max_request_bytes: int = 32 * 1024 * 1024
-    max_images_per_request: int = 16
+    format: str = setting("auto", **_one_of(FORMATS))
+    runner: str = setting("inline", **_one_of(RUNNERS))
+    device: str = setting("auto", check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+                          problem="expected auto, cpu, cuda or cuda:N")
+    threshold_mode: str = setting("calibrated", **_one_of(THRESHOLD_MODES))
+    threshold: float = setting(0.5, check=lambda v: 0.0 <= v <= 1.0, problem="expected a probability in [0, 1]")
+    max_batch_size: int = setting(32, check=at_least(2), problem="BentoML needs at least 2")
+    max_latency_ms: int = setting(5000, **AT_LEAST_1)
+    max_image_bytes: int = setting(10 * 1024 * 1024, **AT_LEAST_1)
+    max_image_pixels: int = setting(50_000_000, **AT_LEAST_1)
+    max_decode_pixels: int = setting(50_000_000, **AT_LEAST_1)
+    max_request_bytes: int = setting(32 * 1024 * 1024, **AT_LEAST_1)
+    max_images_per_request: int = setting(16, **AT_LEAST_1)
     image_formats: tuple[str, ...] = DEFAULT_FORMATS
-    num_threads: int | None = None
-    decode_threads: int | None = None
-    api_workers: int | None = None
-    model_workers: int = 1
-    timeout_s: float = 60.0
+    num_threads: int | None = setting(None, **NULL_OR_AT_LEAST_1)
+    decode_threads: int | None = setting(None, **NULL_OR_AT_LEAST_1)
+    api_workers: int | None = setting(None, **NULL_OR_AT_LEAST_1)
+    model_workers: int = setting(1, **AT_LEAST_1)
+    timeout_s: float = setting(60.0, check=lambda v: v > 0, problem="must be positive")
     decimals: int = 6
     access_log: bool = False
     source: str = field(default="defaults", compare=False)
@@ -170,38 +182,18 @@ def _coerce(key: str, value: Any, origin: str) -> Any:
 
 
 def _validate(config: ServeConfig) -> ServeConfig:
+    """Each field's own check (see ``setting``), then what depends on the machine or on several fields."""
     where = f"({config.source})"
-    if config.format not in FORMATS:
-        raise ServeConfigError(f"format={config.format!r} {where}: expected one of {', '.join(FORMATS)}")
-    if config.runner not in RUNNERS:
-        raise ServeConfigError(f"runner={config.runner!r} {where}: expected one of {', '.join(RUNNERS)}")
-    if config.threshold_mode not in THRESHOLD_MODES:
-        raise ServeConfigError(
-            f"threshold_mode={config.threshold_mode!r} {where}: expected one of {', '.join(THRESHOLD_MODES)}"
-        )
-    if not 0.0 <= config.threshold <= 1.0:
-        raise ServeConfigError(f"threshold={config.threshold} {where}: expected a probability in [0, 1]")
-    if not (config.device in ("auto", "cpu", "cuda") or config.device.startswith("cuda:")):
-        raise ServeConfigError(f"device={config.device!r} {where}: expected auto, cpu, cuda or cuda:N")
-    positive = (
-        "max_batch_size", "max_latency_ms", "max_image_bytes", "max_image_pixels", "max_decode_pixels",
-        "max_request_bytes", "max_images_per_request", "model_workers",
-    )
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be at least 1")
-    if config.max_batch_size < 2:
-        raise ServeConfigError(f"max_batch_size={config.max_batch_size} {where}: BentoML needs at least 2")
-    for key in ("num_threads", "api_workers", "decode_threads"):
-        if getattr(config, key) is not None and getattr(config, key) < 1:
-            raise ServeConfigError(f"{key}={getattr(config, key)} {where}: must be null or at least 1")
+    for key, spec in FIELDS.items():
+        value = getattr(config, key)
+        problem = problem_with(spec, value)
+        if problem:
+            raise ServeConfigError(f"{key}={value!r} {where}: {problem}")
     unreadable = [name for name in config.image_formats if name not in readable_formats()]
     if unreadable:
         raise ServeConfigError(
             f"image_formats {where}: Pillow cannot read {', '.join(unreadable)}; e.g. JPEG, PNG, WEBP, GIF, BMP, TIFF"
         )
-    if config.timeout_s <= 0:
-        raise ServeConfigError(f"timeout_s={config.timeout_s} {where}: must be positive")
     if config.max_decode_pixels < config.max_image_pixels:
         raise ServeConfigError(
             f"max_decode_pixels={config.max_decode_pixels} {where}: must be at least max_image_pixels "

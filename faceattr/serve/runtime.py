@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from faceattr.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME
 from faceattr.serve.config import ServeConfig, bento_root
 
 if TYPE_CHECKING:
     import bentoml
 
-METADATA_FILE = "faceattr.json"
 EXPORT_HINT = "run `python export.py ckpt=<run dir>` first (see docs/serving.md)"
 
 
@@ -203,4 +203,4 @@ class Predictor:
                 batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float().div_(255)
                 return self.module(batch).float().cpu().numpy()
         batch = images.astype(np.float32) / np.float32(255)
-        return self.session.run(["probabilities"], {"images": batch})[0]
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]

@@ -1,6 +1,7 @@
 """Sweeps: multirun job handling, TensorBoard run names, and the ranked summary of a sweep or of any runs.
 
-- :mod:`faceattr.sweep.naming` registers the ``${multirun_job_name:}`` resolver (TensorBoard run names).
+- :mod:`faceattr.sweep.naming` names TensorBoard runs (the ``${multirun_job_name:}`` resolver, registered by
+  :func:`faceattr.resolvers.register_resolvers`).
 - :mod:`faceattr.sweep.jobs` runs one multirun job: a failure is recorded in its ``run.json``, not fatal to the
   sweep, and Lightning's DDP child processes re-run that job (not the whole sweep) into the job's directory.
 - :mod:`faceattr.sweep.runs` reads run directories (``run.json``, configs, TensorBoard events).
@@ -12,8 +13,5 @@ Importing this package is cheap (no TensorBoard or matplotlib): Hydra instantiat
 """
 
 from faceattr.sweep.callback import SweepSummaryCallback
-from faceattr.sweep.naming import register_resolvers
 
-register_resolvers()
-
-__all__ = ["SweepSummaryCallback", "register_resolvers"]
+__all__ = ["SweepSummaryCallback"]

@@ -1,8 +1,10 @@
-"""The Hydra callback that summarizes a sweep when the multirun ends (registered in ``conf/hydra/default.yaml``)."""
+"""The sweep's Hydra callback (registered in ``conf/hydra/default.yaml``): before the first job it refuses a sweep dir
+that cannot be resumed cleanly; when the multirun ends it summarizes the sweep."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ log = logging.getLogger(__name__)
 
 class SweepSummaryCallback(Callback):
     """After the last job of a multirun: write ``summary.{md,csv,png}`` into the sweep dir and print the table.
+    Before the first: check that the jobs an earlier invocation left in the sweep dir are this command's.
 
     Runs in the process that launched the sweep (not in the jobs), once, whatever the launcher. Jobs are ranked
     by the config's ``monitor.metric``/``monitor.mode``. It never fails the sweep: a problem is logged instead.
@@ -26,6 +29,19 @@ class SweepSummaryCallback(Callback):
     def __init__(self, enabled: bool = True, print_table: bool = True) -> None:
         self.enabled = enabled
         self.print_table = print_table
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Resuming into an existing sweep dir: refuse a mismatch with one line and exit status 2, before the
+        sweeper writes anything (faceattr/sweep/resume_sweep.py). Hydra turns an exception raised by a callback
+        into a warning, so this exits itself."""
+        from faceattr.errors import UserError, one_line
+        from faceattr.sweep.resume_sweep import check_before_launch
+
+        try:
+            check_before_launch(config)
+        except UserError as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from exc
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from faceattr.sweep.jobs import global_rank

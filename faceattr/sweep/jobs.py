@@ -4,6 +4,11 @@ A single run (:func:`run_single_job`) records its failure the same way (``run.js
 the one-line error), then stops with that error. Both remove the temporary files a killed writer left in the run
 dir (:func:`faceattr.atomic.remove_stale_temporaries`) before they start.
 
+A multirun job that an earlier invocation of the same command left in the sweep dir (``hydra.sweep.dir=<sweep
+dir>``) is skipped when it finished, and otherwise continues from its last good checkpoint
+(:mod:`faceattr.sweep.resume_sweep`). A job that the median-pruning callback stopped (:mod:`faceattr.sweep.pruning`)
+ends with ``status: pruned`` in its ``run.json``.
+
 Three multirun pitfalls are handled here (``train.py`` calls :func:`run_multirun_job` in multirun mode):
 
 1. **A failing job.** Hydra's basic sweeper re-raises the first failed job after its batch (and ``SystemExit``
@@ -41,10 +46,11 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from faceattr.atomic import remove_stale_temporaries
 from faceattr.errors import UserError, find_user_error, one_line
+from faceattr.layout import CHECKPOINT_DIR, RUN_CONFIG, RUN_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +61,6 @@ CHILD_DROPPED_HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.job.name", "hy
 # Command-line flags that choose the config; a child must see the same ones.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 MAX_ERROR_CHARS = 500
-# The resolved config a run writes when it starts (faceattr/training.py): rewritten = the run started.
-CONFIG_FILE = "config.yaml"
 # Lightning's thread that SIGKILLs the main process when a rank process fails (lightning.fabric launchers).
 OBSERVER_THREAD = "child-process-observer"
 # How long the rank processes of a finished job may take to exit before they are killed.
@@ -94,20 +98,67 @@ def is_rank_zero() -> bool:
 
 
 def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``task(cfg)`` as one job of a multirun; on an exception record the failure and return None."""
+    """Run ``task(cfg)`` as one job of a multirun; on an exception record the failure and return None.
+
+    A job an earlier invocation finished (``run.json``: completed or pruned) is skipped and returns its recorded
+    score; an unfinished one continues from its last good checkpoint (``ckpt_path``). A job dir made with other
+    overrides raises a UserError, and nothing is written into it.
+    """
+    from faceattr.sweep.resume_sweep import previous_attempt
+
     started = time.time()
+    overrides = list(HydraConfig.get().overrides.task)
+    job_dir = _job_dir()
+    previous = previous_attempt(job_dir, overrides)
+    if previous.done:
+        log.info("job %s: already %s (%s); skipped", job_dir.name, previous.status, job_dir / RUN_RECORD)
+        return previous.best_score
     env_before = {name: os.environ.get(name) for name in DIST_ENV}
     threads_before = set(threading.enumerate())
     _remove_stale_temporaries()
     try:
-        with _ddp_children_rerun_this_job(cfg):
-            return task(cfg)
+        if previous.resume_from is not None:
+            log.info("job %s: continuing the %s attempt from %s", job_dir.name,
+                     "failed" if previous.status == "failed" else "interrupted", previous.resume_from)
+            with read_write(cfg), open_dict(cfg):
+                cfg.ckpt_path = str(previous.resume_from)
+        _record_start(cfg, overrides, previous.resume_from)
+        with _ddp_children_rerun_this_job(cfg, previous.resume_from):
+            result = task(cfg)
+        _mark_if_pruned(job_dir)
+        return result
     except Exception as exc:  # noqa: BLE001 - the sweep goes on; KeyboardInterrupt/SystemExit still stop it
         record_failure(cfg, exc, started)
         return None
     finally:
         _release_rank_processes(threads_before)
         _reset_distributed(env_before)
+
+
+def _record_start(cfg: DictConfig, overrides: list[str], resume_from: Path | None) -> None:
+    """``run.json`` says ``running`` with the job's overrides (rank 0), until the job's end replaces it."""
+    from faceattr.run_record import record_run
+    from faceattr.sweep.resume_sweep import running_record
+
+    if is_rank_zero():
+        _job_dir().mkdir(parents=True, exist_ok=True)
+        record_run(_job_dir() / RUN_RECORD, running_record(overrides, cfg, resume_from))
+
+
+def _mark_if_pruned(job_dir: Path) -> None:
+    """A job the median-pruning callback stopped: its completed ``run.json`` becomes ``status: pruned`` + why."""
+    from faceattr.run_record import record_run
+    from faceattr.sweep.history import read_history
+    from faceattr.sweep.pruning import describe
+    from faceattr.sweep.resume_sweep import read_record
+
+    if not is_rank_zero():
+        return
+    history = read_history(job_dir)
+    record = read_record(job_dir)
+    if history is not None and history.pruned is not None and record and record.get("status") == "completed":
+        record.update(status="pruned", pruned=history.pruned, error=describe(history.pruned, history.metric))
+        record_run(job_dir / RUN_RECORD, record)
 
 
 def run_single_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -117,14 +168,13 @@ def run_single_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     the run's ``config.yaml`` was not rewritten) leaves that record as it is.
     """
     started = time.time()
-    config_before = _stat(_job_dir() / CONFIG_FILE)
+    config_before = _stat(_job_dir() / RUN_CONFIG)
     _remove_stale_temporaries()
     try:
         return task(cfg)
     except Exception as exc:
-        from faceattr.training import RUN_RECORD
 
-        untouched = _stat(_job_dir() / CONFIG_FILE) == config_before
+        untouched = _stat(_job_dir() / RUN_CONFIG) == config_before
         if not (untouched and (_job_dir() / RUN_RECORD).is_file()):
             record_failure(cfg, exc, started, console=False)
         raise
@@ -147,7 +197,7 @@ def _remove_stale_temporaries() -> None:
     """Remove what a killed writer left in the run dir and its checkpoints/ (rank 0 only: the others write nothing)."""
     if not is_rank_zero():
         return
-    for directory in (_job_dir(), _job_dir() / "checkpoints"):
+    for directory in (_job_dir(), _job_dir() / CHECKPOINT_DIR):
         remove_stale_temporaries(directory)
 
 
@@ -161,7 +211,7 @@ def _log_file() -> Path | None:
 def record_failure(cfg: DictConfig, exc: Exception, started: float, console: bool = True) -> None:
     """Record that the run or sweep job failed with ``exc``: the traceback in its log file, ``run.json`` with
     ``status: failed`` and the one-line error (global rank 0), and with ``console`` a line on the console."""
-    from faceattr.training import RUN_RECORD, record_run
+    from faceattr.run_record import record_run
 
     hydra_cfg = HydraConfig.get()
     line = error_line(exc)
@@ -217,18 +267,24 @@ def _config_flags(argv: list[str]) -> list[str]:
     return kept
 
 
-def child_argv(argv: list[str]) -> list[str]:
-    """The command line that re-creates the current multirun job as a single run (without the Lightning extras)."""
+def child_argv(argv: list[str], ckpt_path: str | None = None) -> list[str]:
+    """The command line that re-creates the current multirun job as a single run (without the Lightning extras);
+    with ``ckpt_path`` (a resumed job) the ranks start from that checkpoint too."""
     hydra_cfg = HydraConfig.get()
     hydra_overrides = [
         o for o in hydra_cfg.overrides.hydra if o.split("=", 1)[0].lstrip("+~") not in CHILD_DROPPED_HYDRA_KEYS
     ]
-    return [argv[0], *_config_flags(argv[1:]), *hydra_cfg.overrides.task, *hydra_overrides, "hydra.mode=RUN"]
+    task = list(hydra_cfg.overrides.task)
+    if ckpt_path:
+        quoted = str(ckpt_path).replace("\\", "\\\\").replace("'", "\\'")
+        task = [o for o in task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"] + [f"ckpt_path='{quoted}'"]
+    return [argv[0], *_config_flags(argv[1:]), *task, *hydra_overrides, "hydra.mode=RUN"]
 
 
 @contextlib.contextmanager
-def _ddp_children_rerun_this_job(cfg: DictConfig) -> Iterator[None]:
-    """Make Lightning's DDP children (``_hydra_subprocess_cmd``) run this job, as a single run, in its directory."""
+def _ddp_children_rerun_this_job(cfg: DictConfig, resume_from: Path | None = None) -> Iterator[None]:
+    """Make Lightning's DDP children (``_hydra_subprocess_cmd``) run this job, as a single run, in its directory
+    (from ``resume_from`` when the job continues an earlier attempt)."""
     hydra_cfg = HydraConfig.get()
     launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="")).lower()
     if _is_subprocess_ddp(cfg) and "joblib" in launcher:
@@ -239,7 +295,7 @@ def _ddp_children_rerun_this_job(cfg: DictConfig) -> Iterator[None]:
         )
     argv_before = list(sys.argv)
     run_dir_before = OmegaConf.to_container(hydra_cfg.run, resolve=False)["dir"]  # type: ignore[index]
-    sys.argv = child_argv(argv_before)
+    sys.argv = child_argv(argv_before, str(resume_from) if resume_from else None)
     with read_write(hydra_cfg):
         hydra_cfg.run.dir = str(_job_dir())
     try:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-from omegaconf import OmegaConf
-
-RESOLVER = "multirun_job_name"
 # Longest name we produce (bytes): file names are limited to 255 bytes on common file systems.
 MAX_BYTES = 200
 
@@ -40,9 +37,3 @@ def multirun_job_name() -> str:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return ""
     return safe_path_component(str(hydra_cfg.job.override_dirname or ""))
-
-
-def register_resolvers() -> None:
-    """Register ``${multirun_job_name:}`` (idempotent)."""
-    if not OmegaConf.has_resolver(RESOLVER):
-        OmegaConf.register_new_resolver(RESOLVER, multirun_job_name)

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from faceattr.errors import UserError
+from faceattr.layout import RUN_CONFIG, RUN_RECORD
 from faceattr.numbers import finite_or_none
+from faceattr.sweep.resume_sweep import RUNNING
 
-RUN_RECORD = "run.json"  # the same name as faceattr.training.RUN_RECORD (not imported: keeps this module light)
 EVENTS_GLOB = "events.out.tfevents.*"
 CURVE_TAG = "val/auroc"
 BEST_TAG = "val/auroc_best"
 TEST_TAGS = ("test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss")
 HPARAMS_PLUGIN = "hparams"
+SEED_KEY = "seed"
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Run:
     """What a summary shows about one run."""
 
     path: Path
-    status: str  # completed | failed | incomplete (no run.json: killed, or still running)
+    status: str  # completed | pruned | failed | incomplete (no run.json or "running": killed, or still running)
     name: str = ""
     error: str | None = None
     log_file: str | None = None
@@ -47,6 +49,8 @@ class Run:
     wall_time_s: float | None = None
     num_parameters: int | None = None
     best_checkpoint: str | None = None
+    # The run's seed (its seed= override, else its config's); runs that differ only in it form a group.
+    seed: Any = None
     # val/auroc per epoch: [(epoch number starting at 1, value)], from the TensorBoard events.
     curve: list[tuple[int, float]] = field(default_factory=list)
     # The HParams data TensorBoard holds for the run: {name: value}, and the event folders read.
@@ -70,17 +74,17 @@ def find_run_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise UserError(f"{root}: not a directory (give a run directory or a sweep directory)")
     runs = {p.parent for p in root.rglob(RUN_RECORD) if p.is_file()}
-    runs |= {p.parent for p in root.rglob(".hydra") if p.is_dir() and (p / "config.yaml").is_file()}
+    runs |= {p.parent for p in root.rglob(".hydra") if p.is_dir() and (p / RUN_CONFIG).is_file()}
     for events in root.rglob(EVENTS_GLOB):
         folder = events.parent
         if not any(folder == run or run in folder.parents for run in runs):
             # Events outside every run dir: the folder above a Lightning "version"/"name" level is the run.
             runs.add(folder)
     runs = {run for run in runs if not any(other in run.parents for other in runs)}  # no run inside another
-    return sorted(runs, key=_natural_key)
+    return sorted(runs, key=natural_key)
 
 
-def _natural_key(path: Path) -> list[Any]:
+def natural_key(path: Path) -> list[Any]:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
 
 
@@ -115,7 +119,7 @@ def load_run(path: Path) -> Run:
         except (OSError, json.JSONDecodeError) as exc:
             record = {"status": "failed", "error": f"unreadable {RUN_RECORD}: {exc}"}
     hydra_dir = path / ".hydra"
-    config = _load_yaml(path / "config.yaml") if (path / "config.yaml").is_file() else None
+    config = _load_yaml(path / RUN_CONFIG) if (path / RUN_CONFIG).is_file() else None
     if config is None and (hydra_dir / "config.yaml").is_file():
         config = _load_yaml(hydra_dir / "config.yaml")
     overrides = record.get("overrides")
@@ -123,7 +127,9 @@ def load_run(path: Path) -> Run:
         loaded = _load_yaml(hydra_dir / "overrides.yaml")
         overrides = [str(o) for o in loaded] if loaded is not None else []
 
-    if record:
+    if record and record.get("status") == RUNNING:
+        status, error = "incomplete", f"{RUN_RECORD} says running: the job was killed, or is still running"
+    elif record:
         status = str(record.get("status", "completed"))
         error = record.get("error")
     elif hydra_dir.is_dir():
@@ -146,6 +152,7 @@ def load_run(path: Path) -> Run:
         wall_time_s=finite_or_none(record.get("wall_time_s")),
         num_parameters=record.get("num_parameters"),
         best_checkpoint=record.get("best_checkpoint"),
+        seed=_seed(overrides or [], config),
     )
     _read_events(run)
     if run.monitor is None and run.val_auroc_best is not None:
@@ -153,9 +160,23 @@ def load_run(path: Path) -> Run:
     return run
 
 
+def seed_override(override: str) -> str | None:
+    """The value of a ``seed=`` override, None for any other override."""
+    key, sep, value = str(override).partition("=")
+    return value if sep and key.lstrip("+~") == SEED_KEY else None
+
+
+def _seed(overrides: list[str], config: Any) -> Any:
+    for override in overrides:
+        value = seed_override(override)
+        if value is not None:
+            return value
+    return _select(config, SEED_KEY)
+
+
 def _read_events(run: Run) -> None:
     """Fill the curve, HParams and any metric missing from ``run.json`` from the run's TensorBoard events."""
-    folders = sorted({p.parent for p in run.path.rglob(EVENTS_GLOB)}, key=_natural_key)
+    folders = sorted({p.parent for p in run.path.rglob(EVENTS_GLOB)}, key=natural_key)
     run.event_dirs = folders
     with _quiet_tensorboard():
         _accumulate(run, folders)

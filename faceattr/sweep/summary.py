@@ -5,23 +5,97 @@ One code path for the end-of-sweep Hydra callback and ``scripts/compare_runs.py`
     summary = build_summary([Path("multirun/2025-01-01/12-00-00")])
     print(format_table(summary))
     write_summary(summary, out_dir)
+
+Runs whose overrides differ only in ``seed`` form a *seed group*. When some group holds runs with different seeds
+(a sweep over ``seed=1,2,3``, with or without other axes), the summary starts with one row per group: each
+metric's mean, standard deviation and 95% interval of the mean (Student's t, over the group's completed runs),
+groups ranked by their mean validation score, and links to the member runs; ``summary_groups.csv`` holds the same
+numbers. Without seeds varying there are no groups and the summary is the per-run table alone.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import shlex
-from dataclasses import dataclass
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from faceattr.atomic import write_text
 from faceattr.errors import UserError
-from faceattr.sweep.runs import Run, load_runs
+from faceattr.sweep.runs import Run, load_runs, natural_key, seed_override
 
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
-STATUS_ORDER = {"completed": 0, "incomplete": 1, "failed": 2}
+GROUPS_FILE = "summary_groups.csv"  # only when seeds vary
+STATUS_ORDER = {"completed": 0, "pruned": 1, "incomplete": 2, "failed": 3}
+CONFIDENCE = 0.95
+
+
+@dataclass
+class Interval:
+    """Mean, sample standard deviation and the 95% interval of the mean of ``n`` values (std and interval need 2)."""
+
+    n: int
+    mean: float
+    std: float | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+def interval(values: list[float], confidence: float = CONFIDENCE) -> Interval | None:
+    """The mean of ``values`` with its Student-t interval (``mean +- t(n-1) * std / sqrt(n)``); None when empty."""
+    if not values:
+        return None
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return Interval(1, mean)
+    from scipy.stats import t
+
+    std = statistics.stdev(values)
+    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1)) * std / math.sqrt(len(values))
+    return Interval(len(values), mean, std, mean - half, mean + half)
+
+
+@dataclass
+class SeedGroup:
+    """Runs whose overrides are the same but for ``seed``."""
+
+    overrides: list[str]  # the shared overrides (without seed=)
+    runs: list[Run] = field(default_factory=list)
+
+    @property
+    def completed(self) -> list[Run]:
+        return [run for run in self.runs if run.status == "completed"]
+
+    @property
+    def seeds(self) -> list[str]:
+        return [str(run.seed) for run in self.runs]
+
+    def stats(self, value: Callable[[Run], float | None]) -> Interval | None:
+        """``value`` over the completed runs that have it."""
+        return interval([v for v in (value(run) for run in self.completed) if v is not None])
+
+
+def seed_groups(runs: list[Run], metric: str, mode: str) -> list[SeedGroup]:
+    """The runs grouped by their overrides without ``seed=``, best mean ``metric`` first; [] when no group holds
+    runs with different seeds (nothing to average)."""
+    groups: dict[tuple[str, ...], SeedGroup] = {}
+    for run in sorted(runs, key=lambda run: natural_key(run.path)):  # members in job order
+        key = tuple(o for o in run.overrides if seed_override(o) is None)
+        groups.setdefault(key, SeedGroup(list(key))).runs.append(run)
+    if not any(len(set(group.seeds)) > 1 for group in groups.values()):
+        return []
+    sign = -1.0 if mode == "max" else 1.0
+
+    def key(group: SeedGroup) -> tuple:
+        stats = group.stats(lambda run: run.score(metric))
+        return (stats is None, sign * stats.mean if stats is not None else 0.0)
+
+    return sorted(groups.values(), key=key)
 
 
 @dataclass
@@ -33,6 +107,7 @@ class Summary:
     mode: str
     title: str
     common_overrides: list[str]
+    groups: list[SeedGroup] = field(default_factory=list)  # seed groups, only when seeds vary
 
     def varying_overrides(self, run: Run, short: bool = False) -> list[str]:
         """The run's overrides that not every run shares (all of them when there is only one run)."""
@@ -85,7 +160,8 @@ def build_summary(paths: list[Path], metric: str | None = None, mode: str | None
     override_sets = [set(r.overrides) for r in ranked]
     common = [o for o in ranked[0].overrides if all(o in s for s in override_sets)] if ranked else []
     title = title or ", ".join(str(p) for p in paths)
-    return Summary(runs=ranked, metric=metric, mode=mode, title=title, common_overrides=common)
+    return Summary(runs=ranked, metric=metric, mode=mode, title=title, common_overrides=common,
+                   groups=seed_groups(ranked, metric, mode))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -147,6 +223,65 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def group_metrics(summary: Summary) -> list[tuple[str, str, Callable[[Run], float | None]]]:
+    """(column, csv name, value of a run) of the metrics a seed group reports: the ranking metric, val/auroc and
+    the test figures."""
+    metrics: list[tuple[str, str, Callable[[Run], float | None]]] = []
+    if summary.metric not in ("val/auroc", "val/auroc_best"):
+        metrics.append((f"best {summary.metric}", "best_score", lambda run: run.score(summary.metric)))
+    metrics.append(("val/auroc", "val_auroc_best", lambda run: run.val_auroc_best))
+    for name in ("auroc", "acc", "bacc"):
+        metrics.append((f"test/{name}", f"test_{name}", lambda run, tag=f"test/{name}": run.test.get(tag)))
+    return metrics
+
+
+def _fmt_interval(stats: Interval | None) -> str:
+    if stats is None:
+        return ""
+    if stats.std is None:
+        return f"{stats.mean:.4f} (n=1)"
+    return f"{stats.mean:.4f} ± {stats.std:.4f} [{stats.low:.4f}, {stats.high:.4f}]"
+
+
+def _group_label(summary: Summary, group: SeedGroup) -> str:
+    common = set(summary.common_overrides)
+    return " ".join(short_override(o) for o in group.overrides if o not in common) or "(all runs)"
+
+
+def group_rows(summary: Summary, link_base: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the seed-group table; with ``link_base`` the members are markdown links relative to it."""
+    metrics = group_metrics(summary)
+    header = ["#", "group", "runs", "seeds", *(label for label, _, _ in metrics), "members"]
+    rows = []
+    rank = 0
+    for group in summary.groups:
+        scored = group.stats(lambda run: run.score(summary.metric)) is not None
+        rank += scored
+        others = len(group.runs) - len(group.completed)
+        runs = f"{len(group.completed)}" + (f" (+{others} not completed)" if others else "")
+        members = [_member_link(run, link_base) for run in group.runs]
+        rows.append([str(rank) if scored else "-", _group_label(summary, group), runs, ",".join(group.seeds),
+                     *(_fmt_interval(group.stats(value)) for _, _, value in metrics), " ".join(members)])
+    return header, rows
+
+
+def _member_link(run: Run, link_base: Path | None) -> str:
+    if link_base is None:
+        return run.name
+    try:
+        target = os.path.relpath(run.path.resolve(), Path(link_base).resolve())
+    except ValueError:  # another drive
+        target = str(run.path.resolve())
+    return f"[{run.name}]({Path(target).as_posix()}/)"
+
+
+def _groups_heading(summary: Summary) -> str:
+    direction = "highest" if summary.mode == "max" else "lowest"
+    return (f"{len(summary.groups)} seed groups (runs that differ only in seed): mean ± std [{CONFIDENCE:.0%} "
+            f"interval of the mean, Student's t] over each group's completed runs, ranked by mean best "
+            f"{summary.metric} ({direction} first)")
+
+
 def _escape(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
 
@@ -155,7 +290,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table, padded so that it also reads well as plain text."""
     cells = [[_escape(c) for c in header]] + [[_escape(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params")
+    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params", "runs")
                or name.startswith(("val/", "test/"))
                or name.startswith("best ") and name != "best checkpoint"}
 
@@ -168,6 +303,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _failures(summary: Summary) -> list[str]:
+    """A line per run that did not complete: pruned, failed or incomplete, and why."""
     lines = []
     for run in summary.runs:
         if run.status != "completed":
@@ -180,7 +316,7 @@ def _failures(summary: Summary) -> list[str]:
 
 def _headline(summary: Summary) -> str:
     counts = summary.counts
-    parts = [f"{counts.get(s, 0)} {s}" for s in ("completed", "failed", "incomplete") if counts.get(s)]
+    parts = [f"{counts.get(s, 0)} {s}" for s in ("completed", "pruned", "failed", "incomplete") if counts.get(s)]
     direction = "highest" if summary.mode == "max" else "lowest"
     return f"{len(summary.runs)} runs ({', '.join(parts)}), ranked by best {summary.metric} ({direction} first)"
 
@@ -188,12 +324,15 @@ def _headline(summary: Summary) -> str:
 def format_table(summary: Summary) -> str:
     """The text printed at the end of a sweep: headline, table, common overrides, failures."""
     header, rows = table_rows(summary)
-    out = [f"Summary of {summary.title}: {_headline(summary)}", markdown_table(header, rows)]
+    out = [f"Summary of {summary.title}: {_headline(summary)}"]
+    if summary.groups:
+        out += [_groups_heading(summary) + ":", markdown_table(*group_rows(summary)), "runs:"]
+    out.append(markdown_table(header, rows))
     if summary.common_overrides and len(summary.runs) > 1:
         out.append("common overrides: " + " ".join(summary.common_overrides))
     failures = _failures(summary)
     if failures:
-        out += ["failed:", *failures]
+        out += ["not completed:", *failures]
     return "\n".join(out)
 
 
@@ -205,15 +344,20 @@ def tensorboard_command(paths: list[Path]) -> str:
     return f"tensorboard --logdir_spec {shlex.quote(spec)}"
 
 
-def render_markdown(summary: Summary, plot_name: str | None = "summary.png", tensorboard: str | None = None) -> str:
+def render_markdown(summary: Summary, plot_name: str | None = "summary.png", tensorboard: str | None = None,
+                    link_base: Path | None = None) -> str:
+    """``summary.md``; ``link_base``: the folder it is written to (member runs of seed groups link from there)."""
     header, rows = table_rows(summary)
     out = [f"# Summary: {summary.title}", "", _headline(summary) + ".", ""]
     if summary.common_overrides and len(summary.runs) > 1:
         out += ["Common overrides: `" + " ".join(summary.common_overrides) + "`", ""]
+    if summary.groups:
+        out += ["## Seed groups", "", _groups_heading(summary) + ".", "",
+                markdown_table(*group_rows(summary, link_base)), "", "## Runs", ""]
     out += [markdown_table(header, rows), ""]
     failures = _failures(summary)
     if failures:
-        out += ["## Failed runs", "", *failures, ""]
+        out += ["## Runs that did not complete", "", *failures, ""]
     if plot_name:
         out += [f"![val/auroc per epoch and ranked scores]({plot_name})", ""]
     if tensorboard:
@@ -257,8 +401,35 @@ def write_csv(summary: Summary, path: Path) -> None:
         write_text(path, f.getvalue())
 
 
+def write_groups_csv(summary: Summary, path: Path) -> None:
+    """``summary_groups.csv``: a row per seed group, each metric's n, mean, std and 95% interval, the members."""
+    metrics = group_metrics(summary)
+    header, rows = group_rows(summary)
+    columns = ["rank", "group", "overrides", "seeds", "runs", "completed"]
+    for _, name, _ in metrics:
+        columns += [f"{name}_{part}" for part in ("n", "mean", "std", "ci95_low", "ci95_high")]
+    columns += ["members", "member_dirs"]
+    with io.StringIO(newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for group, row in zip(summary.groups, rows):
+            record = {"rank": row[0] if row[0] != "-" else "", "group": row[1], "overrides": " ".join(group.overrides),
+                      "seeds": " ".join(group.seeds), "runs": len(group.runs), "completed": len(group.completed),
+                      "members": " ".join(run.name for run in group.runs),
+                      "member_dirs": " ".join(str(run.path.resolve()) for run in group.runs)}
+            for _, name, value in metrics:
+                stats = group.stats(value)
+                record.update({f"{name}_n": stats.n if stats else 0, f"{name}_mean": stats.mean if stats else None,
+                               f"{name}_std": stats.std if stats else None,
+                               f"{name}_ci95_low": stats.low if stats else None,
+                               f"{name}_ci95_high": stats.high if stats else None})
+            writer.writerow(record)
+        write_text(path, f.getvalue())
+
+
 def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = None) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv`` and ``summary.png`` into ``out_dir``; return their paths."""
+    """Write ``summary.md``, ``summary.csv``, ``summary.png`` (and with seed groups ``summary_groups.csv``) into
+    ``out_dir``; return their paths."""
     from faceattr.sweep.plot import plot_summary
 
     out_dir = Path(out_dir)
@@ -266,5 +437,8 @@ def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = Non
     paths = {name: out_dir / name for name in SUMMARY_FILES}
     plot_summary(summary, paths["summary.png"])
     write_csv(summary, paths["summary.csv"])
-    write_text(paths["summary.md"], render_markdown(summary, "summary.png", tensorboard))
+    if summary.groups:
+        paths[GROUPS_FILE] = out_dir / GROUPS_FILE
+        write_groups_csv(summary, paths[GROUPS_FILE])
+    write_text(paths["summary.md"], render_markdown(summary, "summary.png", tensorboard, link_base=out_dir))
     return paths

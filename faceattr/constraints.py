@@ -1,0 +1,67 @@
+"""What a setting's value must be, beside its type: declared on the dataclass field that defines the setting.
+
+``setting(default, check=..., problem=...)`` is a dataclass ``field`` carrying a predicate and the words that say what
+was expected; :func:`problem_with` applies them. The config schemas (faceattr/config_schema.py, with Hydra) and the
+service's settings (faceattr/serve/config.py, without Hydra) declare their fields this way, so there is one place
+that says what each value must be. Plain Python: the service imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+#: Field metadata keys.
+CHECK = "check"
+PROBLEM = "problem"
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    factory: Callable[[], Any] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    problem: str | None = None,
+    **field_kwargs: Any,
+) -> Any:
+    """A dataclass field whose value must also pass ``check``; ``problem`` says what is expected (e.g. ``expected an
+    integer >= 1``) when the value fails the check or is not of the field's type."""
+    metadata = {CHECK: check, PROBLEM: problem}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata, **field_kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **field_kwargs)
+
+
+def problem_text(field: dataclasses.Field) -> str | None:
+    """What ``field``'s value is expected to be, in words, if the field says."""
+    return field.metadata.get(PROBLEM)
+
+
+def problem_with(field: dataclasses.Field, value: Any) -> str | None:
+    """The field's ``problem`` text when ``value`` (already of the field's type) fails its check; None if it passes.
+    ``None`` always passes: whether a field may be null is its type's business."""
+    check = field.metadata.get(CHECK)
+    if check is None or value is None:
+        return None
+    try:
+        ok = bool(check(value))
+    except (TypeError, ValueError):
+        ok = False
+    return None if ok else (field.metadata.get(PROBLEM) or "invalid value")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def at_least(low: float) -> Callable[[Any], bool]:
+    return lambda value: is_number(value) and value >= low
+
+
+def between(low: float, high: float) -> Callable[[Any], bool]:
+    return lambda value: is_number(value) and low <= value <= high
+
+
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
+    return lambda value: value in choices
