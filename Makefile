@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test install clean
+.PHONY: quickstart test lint format install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests -q
+
+# ruff's lint and format checks (the rules in pyproject.toml [tool.ruff]); `make format` applies them.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 clean:
 	rm -rf outputs multirun/*/ .pytest_cache

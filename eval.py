@@ -27,8 +27,9 @@ def main(cfg: DictConfig) -> None:
     print(f"\nsplit:       {summary['split']} ({summary['num_images']} images of {summary['data_root']})")
     print(f"checkpoint:  {summary['checkpoint']}")
     print(f"thresholds:  {summary['thresholds']}")
-    figures = ", ".join(f"{k}={summary[k]:.4f}" for k in ("acc", "bacc", "auroc", "f1", "loss")
-                        if summary.get(k) is not None)
+    figures = ", ".join(
+        f"{k}={summary[k]:.4f}" for k in ("acc", "bacc", "auroc", "f1", "loss") if summary.get(k) is not None
+    )
     print(f"mean:        {figures}")
     print(f"files:       {', '.join(summary['files'])}")
     if summary["tensorboard"]:

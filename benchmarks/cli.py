@@ -26,24 +26,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python scripts/bench.py",
         description="faceattr benchmarks: input pipeline, training loop, inference, serving, memory. Every figure "
-                    "is a median of repetitions after a warm-up; every ratio compares two figures of the same run.",
+        "is a median of repetitions after a warm-up; every ratio compares two figures of the same run.",
     )
     parser.add_argument("--quick", action="store_true", help="a few minutes: fewer repetitions, shorter runs")
-    parser.add_argument("--mode", choices=("quick", "full", "tiny"), default=None,
-                        help="full (default), quick (= --quick), tiny (smoke test of the machinery only)")
+    parser.add_argument(
+        "--mode",
+        choices=("quick", "full", "tiny"),
+        default=None,
+        help="full (default), quick (= --quick), tiny (smoke test of the machinery only)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every figure and ratio to this file")
     parser.add_argument("--markdown", type=Path, default=None, help="write the report (BENCHMARKS.md) here")
-    parser.add_argument("--only", default=",".join(FAMILIES),
-                        help=f"comma-separated families to run (default: all of {','.join(FAMILIES)})")
-    parser.add_argument("--serve-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="FACEATTR_SERVE_* setting for the served model, e.g. FACEATTR_SERVE_FORMAT=torchscript")
+    parser.add_argument(
+        "--only",
+        default=",".join(FAMILIES),
+        help=f"comma-separated families to run (default: all of {','.join(FAMILIES)})",
+    )
+    parser.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="FACEATTR_SERVE_* setting for the served model, e.g. FACEATTR_SERVE_FORMAT=torchscript",
+    )
     parser.add_argument("--from-json", type=Path, default=None, help="render --markdown from this JSON; no runs")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
-        "--omp-wait-policy", choices=("passive", "default"), default="passive",
+        "--omp-wait-policy",
+        choices=("passive", "default"),
+        default="passive",
         help="OpenMP wait policy of torch in this process and the ones it starts (train.py, bentoml serve): "
-             "passive (default) sets OMP_WAIT_POLICY=PASSIVE, which keeps multi-threaded torch from spinning on a "
-             "shared or oversubscribed machine; default leaves the environment as it is")
+        "passive (default) sets OMP_WAIT_POLICY=PASSIVE, which keeps multi-threaded torch from spinning on a "
+        "shared or oversubscribed machine; default leaves the environment as it is",
+    )
     args = parser.parse_args(argv)
     if args.mode is None:
         args.mode = "quick" if args.quick else "full"
@@ -51,8 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--quick contradicts --mode " + args.mode)
     unknown = [f for f in args.only.split(",") if f and f not in FAMILIES]
     if unknown:
-        parser.error(f"--only: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
-                     f"choose from {', '.join(FAMILIES)}")
+        parser.error(
+            f"--only: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
+            f"choose from {', '.join(FAMILIES)}"
+        )
     for item in args.serve_env:
         if "=" not in item or not item.startswith("FACEATTR_SERVE_"):
             parser.error(f"--serve-env {item!r}: expected FACEATTR_SERVE_<KEY>=VALUE")
@@ -143,12 +160,21 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
 
                 results["serving"] = serving.run(settings, cfg, common.serving_images(data_root), serve_env, log=log)
                 if settings.serve_large:
-                    large = dataclasses.replace(settings, serve_requests=settings.serve_large_requests,
-                                                serve_batch_level=False, serve_repetitions=2, ceiling_calls_b32=3)
+                    large = dataclasses.replace(
+                        settings,
+                        serve_requests=settings.serve_large_requests,
+                        serve_batch_level=False,
+                        serve_repetitions=2,
+                        ceiling_calls_b32=3,
+                    )
                     log(f"  and a production-size model ({' '.join(settings.serve_large)}):")
                     results["serving_large"] = serving.run(
-                        large, common.quickstart_config(*settings.config_overrides, *settings.serve_large),
-                        common.serving_images(data_root), serve_env, log=log)
+                        large,
+                        common.quickstart_config(*settings.config_overrides, *settings.serve_large),
+                        common.serving_images(data_root),
+                        serve_env,
+                        log=log,
+                    )
             elif family == "memory":
                 from benchmarks import memory
 

@@ -67,7 +67,9 @@ QUICK = Settings(
     serve_repetitions=3,
     ceiling_calls_b32=8,
     memory_overrides=(
-        "trainer.max_epochs=1", "+trainer.limit_train_batches=25", "+trainer.limit_val_batches=5",
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=25",
+        "+trainer.limit_val_batches=5",
         "+trainer.limit_test_batches=5",
     ),
 )
@@ -108,8 +110,12 @@ TINY = Settings(
     serve_batch_level=False,
     ceiling_calls_b32=2,
     serve_large=(),
-    memory_overrides=("trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
-                      "+trainer.limit_test_batches=1"),
+    memory_overrides=(
+        "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=2",
+        "+trainer.limit_val_batches=1",
+        "+trainer.limit_test_batches=1",
+    ),
     config_overrides=("model=tiny_resnet", "data.image_size=32", "data.batch_size=16"),
 )
 MODES = {"quick": QUICK, "full": FULL, "tiny": TINY}
@@ -161,5 +167,4 @@ def memory_overrides(settings: Settings, root: Path) -> tuple[str, ...]:
     """Extra overrides of the quickstart run: its data set stays the quickstart's, except in tiny mode."""
     if settings.mode != "tiny":
         return ()
-    return (f"data.root={root}", "data.synthetic=null", "model=tiny_resnet", "data.image_size=32",
-            "data.num_workers=0")
+    return (f"data.root={root}", "data.synthetic=null", "model=tiny_resnet", "data.image_size=32", "data.num_workers=0")

@@ -5,12 +5,16 @@
   faceattr's path is ``CelebAImages`` (uint8 decode, crop, resize, flip in the worker) +
   ``collate_skipping_corrupt`` + the conversion the model does on the device (``float() / 255``, normalize), counted
   here so that both sides end at the same normalized batch.
+* ``per_worker`` also runs faceattr's pipeline reading the pre-decoded cache (``data.cache``, built beforehand into
+  a temporary folder; the build is timed once, ``cache_build_s``): the same items (flip still per read), in the
+  same interleaved repetitions.
 * ``loader``: the end-to-end ``DataLoader`` with ``num_workers`` worker processes (2), both pipelines, images/s
   in steady state (after the first batch, i.e. without worker start-up, which is reported separately).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -39,25 +43,40 @@ def finish_seed(batch) -> torch.Tensor:
     return images
 
 
-def _datasets(root: Path, data_cfg, augment: bool):
-    """faceattr's train split and the seed article's dataset over the same files, same crop, size and flip."""
+def _train_augment(data_cfg, augment: bool) -> list:
     from hydra.utils import instantiate
 
+    return list(instantiate(data_cfg.train_augment)) if augment and data_cfg.get("train_augment") else []
+
+
+def _datamodule(root: Path, data_cfg, train_augment: list, cache: Path | None = None):
     from faceattr.data import CelebADataModule
 
-    train_augment = instantiate(data_cfg.train_augment) if augment and data_cfg.get("train_augment") else []
-    datamodule = CelebADataModule(
-        root=str(root), image_size=data_cfg.image_size, crop=data_cfg.crop, train_augment=list(train_augment),
-        batch_size=int(data_cfg.batch_size), num_workers=0, persistent_workers=False,
+    return CelebADataModule(
+        root=str(root),
+        image_size=data_cfg.image_size,
+        crop=data_cfg.crop,
+        train_augment=train_augment,
+        batch_size=int(data_cfg.batch_size),
+        num_workers=0,
+        persistent_workers=False,
+        cache=None if cache is None else str(cache),
     )
+
+
+def _datasets(root: Path, data_cfg, augment: bool):
+    """faceattr's train split and the seed article's dataset over the same files, same crop, size and flip."""
+    train_augment = _train_augment(data_cfg, augment)
+    datamodule = _datamodule(root, data_cfg, train_augment)
     datamodule.setup("fit")
     ours = datamodule.splits["train"]
     flips = [t.p for t in train_augment if type(t).__name__ == "RandomHorizontalFlip"]
     frame = read_attributes(root)
     names = [name.decode() for name in ours.filenames]
     frame = frame.set_index("image_id").loc[names].reset_index()
-    seed = SeedCelebADataset(frame, ours.image_dir, seed_transform(datamodule.image_size, datamodule.crop,
-                                                                  flips[0] if flips else 0.0))
+    seed = SeedCelebADataset(
+        frame, ours.image_dir, seed_transform(datamodule.image_size, datamodule.crop, flips[0] if flips else 0.0)
+    )
     if len(train_augment) > len(flips):
         raise ValueError("the seed baseline mirrors RandomHorizontalFlip only; set data.train_augment accordingly")
     return datamodule, ours, seed
@@ -118,10 +137,12 @@ def equivalence(ours, seed, count: int = 8) -> dict[str, float]:
     diffs = []
     ours_transform, seed_transform_ = ours.transform, seed.transform
     try:
-        ours.transform = type(ours_transform)([t for t in ours_transform.transforms
-                                               if type(t).__name__ != "RandomHorizontalFlip"])
-        seed.transform = type(seed_transform_)([t for t in seed_transform_.transforms
-                                                if type(t).__name__ != "RandomHorizontalFlip"])
+        ours.transform = type(ours_transform)(
+            [t for t in ours_transform.transforms if type(t).__name__ != "RandomHorizontalFlip"]
+        )
+        seed.transform = type(seed_transform_)(
+            [t for t in seed_transform_.transforms if type(t).__name__ != "RandomHorizontalFlip"]
+        )
         for index in range(min(count, len(ours))):
             image, labels = ours[index]
             a = finish_ours((image[None], labels[None], 0))[0]
@@ -132,18 +153,39 @@ def equivalence(ours, seed, count: int = 8) -> dict[str, float]:
     finally:
         ours.transform, seed.transform = ours_transform, seed_transform_
     stacked = torch.stack(diffs)
-    return {"max_abs_diff_pixels": round(float(stacked.max()), 2),
-            "mean_abs_diff_pixels": round(float(stacked.mean()), 3)}
+    return {
+        "max_abs_diff_pixels": round(float(stacked.max()), 2),
+        "mean_abs_diff_pixels": round(float(stacked.mean()), 3),
+    }
 
 
 def run(settings: Settings, root: Path, data_cfg, log=print) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="faceattr-bench-cache-") as cache_dir:
+        return _run(settings, root, data_cfg, Path(cache_dir), log)
+
+
+def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict[str, Any]:
     datamodule, ours, seed = _datasets(root, data_cfg, augment=True)
     batch_size = datamodule.batch_size
     count = min(settings.data_images_per_rep, len(ours))
     subset = list(range(count))
-    ours_loader = DataLoader(Subset(ours, subset), batch_size=batch_size, num_workers=0,
-                             collate_fn=datamodule._loader("train", False).collate_fn)
+    ours_loader = DataLoader(
+        Subset(ours, subset),
+        batch_size=batch_size,
+        num_workers=0,
+        collate_fn=datamodule._loader("train", False).collate_fn,
+    )
     seed_loader = DataLoader(Subset(seed, subset), batch_size=batch_size, num_workers=0)
+    started = time.perf_counter()
+    cached = _datamodule(root, data_cfg, _train_augment(data_cfg, True), cache=cache_dir)
+    cached.setup("fit")  # builds the cache of all three splits (one worker: this process)
+    cache_build_s = time.perf_counter() - started
+    cached_loader = DataLoader(
+        Subset(cached.splits["train"], subset),
+        batch_size=batch_size,
+        num_workers=0,
+        collate_fn=datamodule._loader("train", False).collate_fn,
+    )
     result: dict[str, Any] = {
         "images": len(ours),
         "image_size": list(datamodule.image_size),
@@ -156,8 +198,14 @@ def run(settings: Settings, root: Path, data_cfg, log=print) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one worker process = one intra-op thread, as inside DataLoader workers
     try:
-        per_worker = lockstep({"seed": (seed_loader, finish_seed), "ours": (ours_loader, finish_ours)},
-                              settings.repetitions)
+        per_worker = lockstep(
+            {
+                "seed": (seed_loader, finish_seed),
+                "ours": (ours_loader, finish_ours),
+                "cached": (cached_loader, finish_ours),
+            },
+            settings.repetitions,
+        )
     finally:
         torch.set_num_threads(threads)
     result["per_worker"] = {
@@ -165,13 +213,26 @@ def run(settings: Settings, root: Path, data_cfg, log=print) -> dict[str, Any]:
         "ours_img_s": median(per_worker["ours"]),
         "seed_reps": [round(v, 2) for v in per_worker["seed"]],
         "ours_reps": [round(v, 2) for v in per_worker["ours"]],
+        "cached_img_s": median(per_worker["cached"]),
+        "cached_reps": [round(v, 2) for v in per_worker["cached"]],
+        "cache_build_s": round(cache_build_s, 2),
+        "cache_build_images": sum(len(images) for images in cached.splits.values()),
     }
-    log(f"  per worker: seed {result['per_worker']['seed_img_s']:.0f} img/s, ours "
-        f"{result['per_worker']['ours_img_s']:.0f} img/s")
+    log(
+        f"  per worker: seed {result['per_worker']['seed_img_s']:.0f} img/s, ours "
+        f"{result['per_worker']['ours_img_s']:.0f} img/s, ours from the cache "
+        f"{result['per_worker']['cached_img_s']:.0f} img/s (built in {cache_build_s:.1f} s)"
+    )
 
     workers = settings.loader_workers
-    ours_mt = DataLoader(ours, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True,
-                         collate_fn=datamodule._loader("train", False).collate_fn)
+    ours_mt = DataLoader(
+        ours,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=True,
+        collate_fn=datamodule._loader("train", False).collate_fn,
+    )
     seed_mt = DataLoader(seed, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=True)
     batches = min(settings.loader_batches, len(ours_mt) - 1)
     startups: dict[str, list[float]] = {"seed": [], "ours": []}
@@ -202,6 +263,8 @@ def run(settings: Settings, root: Path, data_cfg, log=print) -> dict[str, Any]:
         "ours_first_batch_s": round(startups["ours"][0], 2) if startups["ours"] else None,
         "seed_first_batch_s": round(startups["seed"][0], 2) if startups["seed"] else None,
     }
-    log(f"  loader ({workers} workers): seed {result['loader']['seed_img_s']:.0f} img/s, ours "
-        f"{result['loader']['ours_img_s']:.0f} img/s")
+    log(
+        f"  loader ({workers} workers): seed {result['loader']['seed_img_s']:.0f} img/s, ours "
+        f"{result['loader']['ours_img_s']:.0f} img/s"
+    )
     return result

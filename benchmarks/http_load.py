@@ -33,7 +33,9 @@ def multipart_request(host: str, path: str, files: list[tuple[str, str, bytes, s
     for name, filename, data, content_type in files:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n"
+            f"Content-Type: {content_type}\r\n\r\n".encode()
+            + data
+            + b"\r\n"
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     head = (
@@ -52,9 +54,16 @@ def encoded_requests(host: str, path: str, images: list[tuple[str, bytes]], per_
     requests = []
     for number in range(count):
         chosen = [images[(number * per_request + k) % len(images)] for k in range(per_request)]
-        requests.append(multipart_request(host, path, [
-            (field_name, name, data, mimetypes.guess_type(name)[0] or "application/octet-stream")
-            for name, data in chosen]))
+        requests.append(
+            multipart_request(
+                host,
+                path,
+                [
+                    (field_name, name, data, mimetypes.guess_type(name)[0] or "application/octet-stream")
+                    for name, data in chosen
+                ],
+            )
+        )
     return requests
 
 
@@ -117,8 +126,17 @@ class LoadResult:
         return {**{str(status): n for status, n in self.statuses.items() if status != 200}, **self.failures}
 
 
-async def run_load(host: str, port: int, requests_bytes: list[bytes], concurrency: int, total: int | None,
-                   max_seconds: float, keep_bodies: int = 0, timeout: float = 30.0, tls: bool = False) -> LoadResult:
+async def run_load(
+    host: str,
+    port: int,
+    requests_bytes: list[bytes],
+    concurrency: int,
+    total: int | None,
+    max_seconds: float,
+    keep_bodies: int = 0,
+    timeout: float = 30.0,
+    tls: bool = False,
+) -> LoadResult:
     """Up to ``total`` requests (cycling through ``requests_bytes``; ``None``: no limit) from ``concurrency``
     connections, each sending its next request when the previous one is answered, until ``total`` are issued or
     ``max_seconds`` have passed; a request in flight then has ``timeout`` seconds to finish (each request has).
@@ -142,12 +160,20 @@ async def run_load(host: str, port: int, requests_bytes: list[bytes], concurrenc
                             reader, writer = await asyncio.open_connection(host, port, ssl=tls or None)
                         writer.write(requests_bytes[(index + offset) % len(requests_bytes)])
                         status, body, keep_alive = await read_response(reader)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError,
-                        ValueError) as exc:  # TimeoutError is an OSError
+                except (
+                    OSError,
+                    asyncio.IncompleteReadError,
+                    asyncio.LimitOverrunError,
+                    ProtocolError,
+                    ValueError,
+                ) as exc:  # TimeoutError is an OSError
                     kind = type(exc).__name__
                     result.failures[kind] += 1
-                    result.examples.setdefault(kind, f"after {time.perf_counter() - started:.2f} s, at "
-                                                     f"{started - run_started:.1f} s of the run: {exc!r}")
+                    result.examples.setdefault(
+                        kind,
+                        f"after {time.perf_counter() - started:.2f} s, at "
+                        f"{started - run_started:.1f} s of the run: {exc!r}",
+                    )
                     if writer is not None:
                         writer.close()
                     reader = writer = None

@@ -77,8 +77,12 @@ def build_runtimes(backbone: str, image_size, out_dir: Path) -> dict[str, Any]:
         out = out.numpy() if isinstance(out, torch.Tensor) else out
         if not np.allclose(out, reference, atol=1e-4):
             raise AssertionError(f"{name} output of {backbone} differs from eager by {np.abs(out - reference).max()}")
-    return {"eager": eager, "torchscript": torchscript, "onnx": onnx,
-            "num_parameters": sum(p.numel() for p in module.net.parameters())}
+    return {
+        "eager": eager,
+        "torchscript": torchscript,
+        "onnx": onnx,
+        "num_parameters": sum(p.numel() for p in module.net.parameters()),
+    }
 
 
 def interleaved_calls(runtimes: dict[str, Any], x: torch.Tensor, calls: int, repetitions: int, warmup: int = 1):
@@ -94,7 +98,7 @@ def interleaved_calls(runtimes: dict[str, Any], x: torch.Tensor, calls: int, rep
     for rep in range(warmup + repetitions):
         times: dict[str, list[float]] = {name: [] for name in names}
         for call in range(calls):
-            for name in (names if call % 2 == 0 else names[::-1]):
+            for name in names if call % 2 == 0 else names[::-1]:
                 started = time.perf_counter()
                 runtimes[name](x)
                 times[name].append(time.perf_counter() - started)
@@ -106,8 +110,12 @@ def interleaved_calls(runtimes: dict[str, Any], x: torch.Tensor, calls: int, rep
 
 
 def run(settings: Settings, image_size, log=print) -> dict[str, Any]:
-    result: dict[str, Any] = {"threads": torch.get_num_threads(), "image_size": list(image_size),
-                              "onnx_spinning": onnx_spinning(), "models": {}}
+    result: dict[str, Any] = {
+        "threads": torch.get_num_threads(),
+        "image_size": list(image_size),
+        "onnx_spinning": onnx_spinning(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory(prefix="faceattr-bench-export-") as tmp:
         for backbone in settings.inference_backbones:
             runtimes = build_runtimes(backbone, image_size, Path(tmp))
@@ -117,17 +125,21 @@ def run(settings: Settings, image_size, log=print) -> dict[str, Any]:
                 for name in RUNTIMES:  # warm-up: TorchScript's profiling executor specializes over the first calls
                     for _ in range(3):
                         runtimes[name](x)
-                latencies, reps = interleaved_calls({name: runtimes[name] for name in RUNTIMES}, x, calls,
-                                                    settings.repetitions)
+                latencies, reps = interleaved_calls(
+                    {name: runtimes[name] for name in RUNTIMES}, x, calls, settings.repetitions
+                )
                 for name in RUNTIMES:
                     summary = latency_summary(latencies[name], batch)
                     summary["img_s"] = median(batch / percentile(rep, 50) for rep in reps[name])
-                    entry[f"{name}_b{batch}"] = {k: round(v, 4) if isinstance(v, float) else v
-                                                 for k, v in summary.items()}
+                    entry[f"{name}_b{batch}"] = {
+                        k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()
+                    }
                     entry[f"{name}_b{batch}"]["reps"] = [round(batch / percentile(rep, 50), 3) for rep in reps[name]]
             result["models"][backbone] = entry
-            log(f"  {backbone}: b1 img/s eager {entry['eager_b1']['img_s']:.0f}, torchscript "
+            log(
+                f"  {backbone}: b1 img/s eager {entry['eager_b1']['img_s']:.0f}, torchscript "
                 f"{entry['torchscript_b1']['img_s']:.0f}, onnx {entry['onnx_b1']['img_s']:.0f}; b32 eager "
                 f"{entry['eager_b32']['img_s']:.0f}, torchscript {entry['torchscript_b32']['img_s']:.0f}, "
-                f"onnx {entry['onnx_b32']['img_s']:.0f}")
+                f"onnx {entry['onnx_b32']['img_s']:.0f}"
+            )
     return result

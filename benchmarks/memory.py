@@ -23,8 +23,13 @@ from benchmarks.timing import PeakRSS
 
 def run(settings: Settings, extra_overrides: tuple[str, ...] = (), log=print) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="faceattr-bench-train-"))
-    overrides = ["experiment=quickstart", f"hydra.run.dir={tmp / 'run'}", "callbacks.progress_bar=null",
-                 *settings.memory_overrides, *extra_overrides]
+    overrides = [
+        "experiment=quickstart",
+        f"hydra.run.dir={tmp / 'run'}",
+        "callbacks.progress_bar=null",
+        *settings.memory_overrides,
+        *extra_overrides,
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
     command = [sys.executable, str(REPO / "train.py"), *overrides]
     started = time.time()
@@ -44,7 +49,9 @@ def run(settings: Settings, extra_overrides: tuple[str, ...] = (), log=print) ->
         "global_step": record.get("global_step"),
         "best_val_auroc": record.get("best_score"),
     }
-    log(f"  quickstart training: peak RSS {result['peak_rss_main_mb']:.0f} MB main process, "
+    log(
+        f"  quickstart training: peak RSS {result['peak_rss_main_mb']:.0f} MB main process, "
         f"{result['peak_rss_tree_mb']:.0f} MB RSS / {result['peak_pss_tree_mb'] or float('nan'):.0f} MB PSS with "
-        f"workers ({result['processes']} processes), {wall:.0f}s")
+        f"workers ({result['processes']} processes), {wall:.0f}s"
+    )
     return result

@@ -49,8 +49,7 @@ def _ratios(results: dict[str, Any]) -> list[str]:
     for name, (target, meaning) in RATIOS.items():
         value = results.get("ratios", {}).get(name)
         verdict = results.get("verdicts", {}).get(name, "")
-        rows.append([f"`{name}`", _n(value, 2), f">= {target}" if target is not None else "report",
-                     verdict, meaning])
+        rows.append([f"`{name}`", _n(value, 2), f">= {target}" if target is not None else "report", verdict, meaning])
     for name, meaning in EXTRA.items():
         rows.append([f"`{name}`", _n(results.get("ratios", {}).get(name), 2), "", "", meaning])
     return _table(["ratio", "value", "target", "", "what it means"], rows)
@@ -75,17 +74,28 @@ def _data(results: dict[str, Any]) -> list[str]:
     lines += _table(
         ["path", "seed article img/s", "faceattr img/s", "faceattr / seed"],
         [
-            [f"one worker process (`num_workers=0`, 1 thread, {d.get('images_per_repetition')} images per repetition)",
-             _n(pw["seed_img_s"]), _n(pw["ours_img_s"]),
-             _n(value(results, "data/per_worker/ours_reps", "data/per_worker/seed_reps"), 2)],
-            [f"end-to-end DataLoader, `num_workers={ld['num_workers']}`, steady state ({ld['batches_per_repetition']} "
-             "batches after the first)", _n(ld["seed_img_s"]), _n(ld["ours_img_s"]),
-             _n(value(results, "data/loader/ours_reps", "data/loader/seed_reps"), 2)],
+            [
+                f"one worker process (`num_workers=0`, 1 thread, {d.get('images_per_repetition')} images per "
+                "repetition)",
+                _n(pw["seed_img_s"]),
+                _n(pw["ours_img_s"]),
+                _n(value(results, "data/per_worker/ours_reps", "data/per_worker/seed_reps"), 2),
+            ],
+            [
+                f"end-to-end DataLoader, `num_workers={ld['num_workers']}`, steady state "
+                f"({ld['batches_per_repetition']} batches after the first)",
+                _n(ld["seed_img_s"]),
+                _n(ld["ours_img_s"]),
+                _n(value(results, "data/loader/ours_reps", "data/loader/seed_reps"), 2),
+            ],
         ],
     )
-    lines += [f"First batch of a fresh 2-worker loader (worker start-up): faceattr {ld.get('ours_first_batch_s')} s, "
-              f"seed {ld.get('seed_first_batch_s')} s. Repetitions (img/s): per worker faceattr {pw['ours_reps']}, "
-              f"seed {pw['seed_reps']}.", ""]
+    lines += [
+        f"First batch of a fresh 2-worker loader (worker start-up): faceattr {ld.get('ours_first_batch_s')} s, "
+        f"seed {ld.get('seed_first_batch_s')} s. Repetitions (img/s): per worker faceattr {pw['ours_reps']}, "
+        f"seed {pw['seed_reps']}.",
+        "",
+    ]
     return lines
 
 
@@ -125,14 +135,24 @@ def _training(results: dict[str, Any]) -> list[str]:
     ]
     rows = [
         ["hand-written PyTorch loop", _n(t["raw_steps_s"], 3), _n(t["raw_img_s"]), "1.000", t["raw_reps"]],
-        ["Lightning `Trainer.fit`", _n(t["lightning_steps_s"], 3), _n(t["lightning_img_s"]),
-         _n(value(results, "training/lightning_reps", "training/raw_reps"), 3), t["lightning_reps"]],
+        [
+            "Lightning `Trainer.fit`",
+            _n(t["lightning_steps_s"], 3),
+            _n(t["lightning_img_s"]),
+            _n(value(results, "training/lightning_reps", "training/raw_reps"), 3),
+            t["lightning_reps"],
+        ],
     ]
     if t.get("lightning_progress_bar_reps"):
-        rows.append(["Lightning + TQDM progress bar (refresh 10)", _n(t["lightning_progress_bar_steps_s"], 3),
-                     _n(t["lightning_progress_bar_steps_s"] * t["batch_size"]),
-                     _n(value(results, "training/lightning_progress_bar_reps", "training/raw_reps"), 3),
-                     t["lightning_progress_bar_reps"]])
+        rows.append(
+            [
+                "Lightning + TQDM progress bar (refresh 10)",
+                _n(t["lightning_progress_bar_steps_s"], 3),
+                _n(t["lightning_progress_bar_steps_s"] * t["batch_size"]),
+                _n(value(results, "training/lightning_progress_bar_reps", "training/raw_reps"), 3),
+                t["lightning_progress_bar_reps"],
+            ]
+        )
     lines += _table(["loop", "steps/s", "img/s", "vs raw loop", "repetitions (steps/s)"], rows)
     lines += [f"`Trainer.fit` start-up before the first step: {t.get('fit_startup_s')} s (not in steps/s).", ""]
     return lines
@@ -146,12 +166,14 @@ def _inference(results: dict[str, Any]) -> list[str]:
         f"Randomly initialized models at {inf['image_size'][0]}x{inf['image_size'][1]}, exported by "
         "`faceattr.export.build` (normalization + backbone + sigmoid), {threads} intra-op threads; eager = the same "
         "module under `torch.inference_mode`; ONNX Runtime {spin}. The runtimes' calls alternate one by one "
-        "within each repetition; img/s = batch / p50 latency of a repetition (median over repetitions); \"vs eager\" "
+        'within each repetition; img/s = batch / p50 latency of a repetition (median over repetitions); "vs eager" '
         "is the median of the per-repetition ratios.".format(
             threads=inf["threads"],
-            spin="with its default session options" if inf.get("onnx_spinning", True) else
-                 "without idle spinning of its threads (`session.intra_op.allow_spinning=0`, the counterpart of "
-                 "`OMP_WAIT_POLICY=PASSIVE` for torch)"),
+            spin="with its default session options"
+            if inf.get("onnx_spinning", True)
+            else "without idle spinning of its threads (`session.intra_op.allow_spinning=0`, the counterpart of "
+            "`OMP_WAIT_POLICY=PASSIVE` for torch)",
+        ),
         "",
     ]
     rows = []
@@ -159,10 +181,22 @@ def _inference(results: dict[str, Any]) -> list[str]:
         for batch in (1, 32):
             for runtime in ("eager", "torchscript", "onnx"):
                 e = entry[f"{runtime}_b{batch}"]
-                paired = value(results, f"inference/models/{backbone}/{runtime}_b{batch}/reps",
-                               f"inference/models/{backbone}/eager_b{batch}/reps")
-                rows.append([backbone if runtime == "eager" else "", batch if runtime == "eager" else "", runtime,
-                             _n(e["p50_ms"], 2), _n(e["p99_ms"], 2), _n(e["img_s"]), _n(paired, 2)])
+                paired = value(
+                    results,
+                    f"inference/models/{backbone}/{runtime}_b{batch}/reps",
+                    f"inference/models/{backbone}/eager_b{batch}/reps",
+                )
+                rows.append(
+                    [
+                        backbone if runtime == "eager" else "",
+                        batch if runtime == "eager" else "",
+                        runtime,
+                        _n(e["p50_ms"], 2),
+                        _n(e["p99_ms"], 2),
+                        _n(e["img_s"]),
+                        _n(paired, 2),
+                    ]
+                )
     lines += _table(["model", "batch", "runtime", "p50 ms", "p99 ms", "img/s", "vs eager"], rows)
     return lines
 
@@ -190,20 +224,67 @@ def _serving(s: dict[str, Any], heading: str = "## Serving", what: str = "the ex
         e = s[key]
         errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
         cpu = e.get("cpu_ms_per_image") or {}
-        rows.append([key[1:], _n(e["img_s"]), _n(e["p50_ms"], 1), _n(e["p99_ms"], 1), _n(e["mean_batch"], 1),
-                     e["requests_ok"], errors, _n(cpu.get("client"), 2), _n(cpu.get("api"), 2),
-                     _n(cpu.get("model"), 2)])
+        rows.append(
+            [
+                key[1:],
+                _n(e["img_s"]),
+                _n(e["p50_ms"], 1),
+                _n(e["p99_ms"], 1),
+                _n(e["mean_batch"], 1),
+                e["requests_ok"],
+                errors,
+                _n(cpu.get("client"), 2),
+                _n(cpu.get("api"), 2),
+                _n(cpu.get("model"), 2),
+            ]
+        )
     for key in (k for k in s if k.startswith("batch_")):
         e = s[key]
         cpu = e.get("cpu_ms_per_image") or {}
-        rows.append([f"{e['clients']} clients x {e['images_per_request']} images per `/predict_batch` request",
-                     _n(e["img_s"]), _n(e["p50_ms"], 1), _n(e["p99_ms"], 1), _n(e["mean_batch"], 1), "", "",
-                     _n(cpu.get("client"), 2), _n(cpu.get("api"), 2), _n(cpu.get("model"), 2)])
+        rows.append(
+            [
+                f"{e['clients']} clients x {e['images_per_request']} images per `/predict_batch` request",
+                _n(e["img_s"]),
+                _n(e["p50_ms"], 1),
+                _n(e["p99_ms"], 1),
+                _n(e["mean_batch"], 1),
+                "",
+                "",
+                _n(cpu.get("client"), 2),
+                _n(cpu.get("api"), 2),
+                _n(cpu.get("model"), 2),
+            ]
+        )
     c = s["inprocess_b32"]
-    rows.append([f"in-process, batch {c['batch']} (ceiling)", _n(c["img_s"]), _n(c["p50_ms"], 1), "", c["batch"],
-                 "", "", "", "", _n(c.get("cpu_ms_per_image"), 2)])
-    lines += _table(["concurrency", "img/s", "p50 ms", "p99 ms", "mean batch", "requests", "errors",
-                     "CPU ms/img: client", "API", "model"], rows)
+    rows.append(
+        [
+            f"in-process, batch {c['batch']} (ceiling)",
+            _n(c["img_s"]),
+            _n(c["p50_ms"], 1),
+            "",
+            c["batch"],
+            "",
+            "",
+            "",
+            "",
+            _n(c.get("cpu_ms_per_image"), 2),
+        ]
+    )
+    lines += _table(
+        [
+            "concurrency",
+            "img/s",
+            "p50 ms",
+            "p99 ms",
+            "mean batch",
+            "requests",
+            "errors",
+            "CPU ms/img: client",
+            "API",
+            "model",
+        ],
+        rows,
+    )
     lines += [f"Start-up: export {s.get('export_s')} s, `bentoml serve` ready in {s.get('startup_s')} s.", ""]
     if s.get("cpu_bound_ratio_estimate") is not None and levels:
         top = s[levels[-1]]["cpu_ms_per_image"]
@@ -215,13 +296,15 @@ def _serving(s: dict[str, Any], heading: str = "## Serving", what: str = "the ex
             "stack and middleware, multipart parsing, a temporary file per upload, decoding, resizing, JSON) and "
             f"{_n(top['model'], 1)} ms in the model, against {_n(c.get('cpu_ms_per_image'), 1)} ms for the model "
             f"alone in-process at batch {c['batch']}: a CPU-bound estimate of "
-            f"{_n(s['cpu_bound_ratio_estimate'], 2)} for serve/in-process. " + (
+            f"{_n(s['cpu_bound_ratio_estimate'], 2)} for serve/in-process. "
+            + (
                 "The per-request work is larger than this small model's compute, so the ratio is bounded by it: "
                 "for the 0.70 target the whole per-request path would have to cost under "
                 f"{_n(0.43 * (c.get('cpu_ms_per_image') or 0), 1)} ms of CPU per image (0.43 x the model), less "
                 "than decoding the JPEG and parsing its upload alone."
-                if (s["cpu_bound_ratio_estimate"] or 0) < 0.7 else
-                "Here the model's compute dominates and the same per-request work is a small share of it."),
+                if (s["cpu_bound_ratio_estimate"] or 0) < 0.7
+                else "Here the model's compute dominates and the same per-request work is a small share of it."
+            ),
             "",
         ]
         batch_keys = [k for k in s if k.startswith("batch_")]
@@ -246,21 +329,37 @@ def _memory(results: dict[str, Any]) -> list[str]:
         return []
     rows = []
     if mem:
-        rows.append([f"training: `{mem['command']}` ({mem['wall_s']} s, {mem['global_step']} steps)",
-                     _n(mem["peak_rss_main_mb"]), _n(mem["peak_rss_tree_mb"]), _n(mem["peak_pss_tree_mb"]),
-                     mem["processes"]])
+        rows.append(
+            [
+                f"training: `{mem['command']}` ({mem['wall_s']} s, {mem['global_step']} steps)",
+                _n(mem["peak_rss_main_mb"]),
+                _n(mem["peak_rss_tree_mb"]),
+                _n(mem["peak_pss_tree_mb"]),
+                mem["processes"],
+            ]
+        )
     if serve:
         for label, key in (("serving at rest", "rss_at_rest"), ("serving under load (all levels)", "rss_under_load")):
             r = serve.get(key)
             if r:
-                rows.append([label, _n(r["peak_rss_main_mb"]), _n(r["peak_rss_tree_mb"]),
-                             _n(r["peak_pss_tree_mb"]), r["processes"]])
-    return ["## Memory", "",
-            "Peak over the run, sampled every 0.2 s (every 1 s for the serving process under load, so that the "
-            "sampling stays out of the load generator's CPU figures). Main = the root process; tree = it and its children "
-            "(DataLoader workers; BentoML's API and model processes): RSS summed (counts shared pages once per "
-            "process) and PSS summed (shared pages split: the real total).", ""] + _table(
-        ["process", "main RSS MB", "tree RSS MB", "tree PSS MB", "processes"], rows)
+                rows.append(
+                    [
+                        label,
+                        _n(r["peak_rss_main_mb"]),
+                        _n(r["peak_rss_tree_mb"]),
+                        _n(r["peak_pss_tree_mb"]),
+                        r["processes"],
+                    ]
+                )
+    return [
+        "## Memory",
+        "",
+        "Peak over the run, sampled every 0.2 s (every 1 s for the serving process under load, so that the "
+        "sampling stays out of the load generator's CPU figures). Main = the root process; tree = it and its children "
+        "(DataLoader workers; BentoML's API and model processes): RSS summed (counts shared pages once per "
+        "process) and PSS summed (shared pages split: the real total).",
+        "",
+    ] + _table(["process", "main RSS MB", "tree RSS MB", "tree PSS MB", "processes"], rows)
 
 
 #: What was changed for speed and what it gave, measured when it was made (same-run, interleaved comparisons on
@@ -331,8 +430,11 @@ def render(results: dict[str, Any]) -> str:
     if results.get("serving"):
         lines += _serving(results["serving"])
     if results.get("serving_large"):
-        lines += _serving(results["serving_large"], "### Serving a production-size model",
-                          "a production-size model (the README's `model=resnet50`, trained at `data.image_size=128`)")
+        lines += _serving(
+            results["serving_large"],
+            "### Serving a production-size model",
+            "a production-size model (the README's `model=resnet50`, trained at `data.image_size=128`)",
+        )
     lines += _memory(results)
     lines += ["## Speed work", ""] + [f"- {note}" for note in SPEED_WORK] + [""]
     return "\n".join(lines).rstrip() + "\n"

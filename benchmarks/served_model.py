@@ -30,8 +30,16 @@ def random_checkpoint(cfg, path: Path) -> Path:
 
     torch.manual_seed(0)
     module = FaceAttrModule(str(cfg.model.backbone), CELEBA_ATTRIBUTES, cfg.data.image_size, crop=cfg.data.crop)
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__, "epoch": 0, "global_step": 0}, path)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": L.__version__,
+            "epoch": 0,
+            "global_step": 0,
+        },
+        path,
+    )
     return path
 
 
@@ -39,9 +47,19 @@ def export_model(checkpoint: Path, tmp: Path, env: dict[str, str]) -> Path:
     """``python export.py ckpt=<checkpoint> export=onnx`` into ``tmp/export`` and the store; returns the export dir."""
     out = tmp / "export"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "export.py"), f"ckpt={checkpoint}", "export=onnx", f"output_dir={out}",
-         "calibration.num_workers=0"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "export.py"),
+            f"ckpt={checkpoint}",
+            "export=onnx",
+            f"output_dir={out}",
+            "calibration.num_workers=0",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"export failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
@@ -58,7 +76,11 @@ class Server:
         self.log = log_path.open("w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout_s: float = 180.0) -> float:

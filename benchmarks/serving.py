@@ -37,8 +37,8 @@ import numpy as np
 from benchmarks import http_load
 from benchmarks.common import Settings, size_pair
 from benchmarks.served_model import Server, export_model, random_checkpoint
-from faceattr.layout import METADATA_FILE
 from benchmarks.timing import PeakRSS, median, percentile
+from faceattr.layout import METADATA_FILE
 
 #: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
 BATCH_LEVEL = (4, 8)
@@ -104,8 +104,15 @@ def cpu_seconds(server_pid: int | None) -> dict[str, float]:
     return out
 
 
-def load_level(url: str, images: list[tuple[str, bytes]], concurrency: int, requests: int, max_seconds: float,
-               server_pid: int | None = None, per_request: int = 1) -> dict[str, Any]:
+def load_level(
+    url: str,
+    images: list[tuple[str, bytes]],
+    concurrency: int,
+    requests: int,
+    max_seconds: float,
+    server_pid: int | None = None,
+    per_request: int = 1,
+) -> dict[str, Any]:
     """One load level: ``requests`` requests of ``per_request`` images (``/predict``, or ``/predict_batch`` above
     1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
@@ -119,8 +126,9 @@ def load_level(url: str, images: list[tuple[str, bytes]], concurrency: int, requ
     answered = len(outcome["latencies"]) * per_request
     outcome["img_s"] = answered / outcome["elapsed"] if outcome["elapsed"] > 0 else float("nan")
     outcome["mean_batch"] = (after[0] - before[0]) / calls if calls else float("nan")
-    outcome["cpu_ms_per_image"] = {k: (cpu_after[k] - cpu_before[k]) * 1e3 / answered if answered else float("nan")
-                                   for k in cpu_after}
+    outcome["cpu_ms_per_image"] = {
+        k: (cpu_after[k] - cpu_before[k]) * 1e3 / answered if answered else float("nan") for k in cpu_after
+    }
     return outcome
 
 
@@ -162,12 +170,18 @@ def ceiling_runner(export_dir: Path, serve_cfg, num_threads: int | None):
 
     meta = json.loads((export_dir / METADATA_FILE).read_text())
     info = ModelInfo(
-        tag="bench", path=export_dir, attributes=tuple(meta["attributes"]),
-        image_size=tuple(meta["image_size"]), crop=tuple(meta["crop"]) if meta.get("crop") else None,
-        thresholds=tuple(meta["thresholds"].values()), formats=dict(meta["formats"]), metadata=meta,
+        tag="bench",
+        path=export_dir,
+        attributes=tuple(meta["attributes"]),
+        image_size=tuple(meta["image_size"]),
+        crop=tuple(meta["crop"]) if meta.get("crop") else None,
+        thresholds=tuple(meta["thresholds"].values()),
+        formats=dict(meta["formats"]),
+        metadata=meta,
     )
-    config = dataclasses.replace(serve_cfg, format=served_format(serve_cfg, info, "cpu"), device="cpu",
-                                 num_threads=num_threads)
+    config = dataclasses.replace(
+        serve_cfg, format=served_format(serve_cfg, info, "cpu"), device="cpu", num_threads=num_threads
+    )
     return Predictor(info, config), info
 
 
@@ -177,8 +191,9 @@ class Ceiling:
 
     def __init__(self, export_dir: Path, serve_cfg) -> None:
         self.predictor, info = ceiling_runner(export_dir, serve_cfg, None)
-        self.batch = np.random.default_rng(0).integers(0, 256, (serve_cfg.max_batch_size, 3, *info.image_size),
-                                                       dtype=np.uint8)
+        self.batch = np.random.default_rng(0).integers(
+            0, 256, (serve_cfg.max_batch_size, 3, *info.image_size), dtype=np.uint8
+        )
         for _ in range(3):
             self.predictor(self.batch)
         self.img_s: list[float] = []
@@ -210,8 +225,16 @@ class Ceiling:
 def serve_environment(tmp: Path, overrides: dict[str, str]) -> dict[str, str]:
     """The environment of export and ``bentoml serve``: a temporary store, offline, CPU, the given overrides."""
     env = dict(os.environ)
-    env.update({"BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "HF_HUB_OFFLINE": "1",
-                "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **overrides})
+    env.update(
+        {
+            "BENTOML_HOME": str(tmp / "bentoml"),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "HF_HUB_OFFLINE": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+            "PYTHONUNBUFFERED": "1",
+            **overrides,
+        }
+    )
     return env
 
 
@@ -222,8 +245,9 @@ def export_random_model(cfg, tmp: Path, env: dict[str, str]) -> tuple[Path, floa
     return export_dir, time.time() - started
 
 
-def setup_description(cfg, serve_cfg, overrides: dict[str, str], images: list[tuple[str, bytes]],
-                      export_s: float) -> dict[str, Any]:
+def setup_description(
+    cfg, serve_cfg, overrides: dict[str, str], images: list[tuple[str, bytes]], export_s: float
+) -> dict[str, Any]:
     """What is served, and how: the head of the result."""
     return {
         "backbone": str(cfg.model.backbone),
@@ -254,8 +278,9 @@ def warm_up(server: Server, images: list[tuple[str, bytes]], settings: Settings)
         load_level(server.url, images, concurrency, 2 * concurrency, settings.serve_max_seconds)
 
 
-def measure_levels(server: Server, images: list[tuple[str, bytes]], settings: Settings,
-                   ceiling: Ceiling) -> tuple[dict[int, LevelSamples], LevelSamples]:
+def measure_levels(
+    server: Server, images: list[tuple[str, bytes]], settings: Settings, ceiling: Ceiling
+) -> tuple[dict[int, LevelSamples], LevelSamples]:
     """Steps 3 and 4, the timed repetitions: each runs the ``/predict_batch`` level (if asked), then the concurrency
     levels (in reverse order every other repetition) with the in-process ceiling timed right before the highest."""
     levels = {concurrency: LevelSamples() for concurrency in settings.serve_requests}
@@ -264,14 +289,31 @@ def measure_levels(server: Server, images: list[tuple[str, bytes]], settings: Se
     top = max(settings.serve_requests)
     for rep in range(settings.serve_repetitions):
         if settings.serve_batch_level:
-            batch_level.add(load_level(server.url, images, clients, settings.serve_requests[top] // per,
-                                       settings.serve_max_seconds, server.process.pid, per_request=per))
+            batch_level.add(
+                load_level(
+                    server.url,
+                    images,
+                    clients,
+                    settings.serve_requests[top] // per,
+                    settings.serve_max_seconds,
+                    server.process.pid,
+                    per_request=per,
+                )
+            )
         order = list(settings.serve_requests)
         for concurrency in order if rep % 2 == 0 else order[::-1]:
             if concurrency == top:
                 ceiling.measure(settings.ceiling_calls_b32)
-            levels[concurrency].add(load_level(server.url, images, concurrency, settings.serve_requests[concurrency],
-                                               settings.serve_max_seconds, server.process.pid))
+            levels[concurrency].add(
+                load_level(
+                    server.url,
+                    images,
+                    concurrency,
+                    settings.serve_requests[concurrency],
+                    settings.serve_max_seconds,
+                    server.process.pid,
+                )
+            )
     return levels, batch_level
 
 
@@ -294,12 +336,15 @@ def cpu_bound_ratio_estimate(result: dict[str, Any], top: int) -> float | None:
 def summary_line(result: dict[str, Any], settings: Settings) -> str:
     levels = ", ".join(
         f"c{c} {result[f'c{c}']['img_s']:.0f} img/s (p50 {result[f'c{c}']['p50_ms']:.0f} ms, batch "
-        f"{result[f'c{c}']['mean_batch']:.1f})" for c in settings.serve_requests)
+        f"{result[f'c{c}']['mean_batch']:.1f})"
+        for c in settings.serve_requests
+    )
     return f"  {result['format']}: {levels}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
 
 
-def run(settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None,
-        log=print) -> dict[str, Any]:
+def run(
+    settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None, log=print
+) -> dict[str, Any]:
     """Steps 1-5 above for the quickstart model of ``cfg``, loaded with the JPEGs ``image_paths``."""
     from faceattr.serve.config import load_serve_config
 

@@ -194,7 +194,9 @@ def _git_commit(repo: Path) -> str | None:
         )
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -214,7 +216,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - psutil comes with the project's dependencies
         memory_gb = None
     info: dict[str, Any] = {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -227,8 +229,18 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": {
             name: _version(name)
-            for name in ("torch", "torchvision", "lightning", "timm", "onnxruntime", "bentoml", "numpy", "pillow",
-                         "pandas", "httpx")
+            for name in (
+                "torch",
+                "torchvision",
+                "lightning",
+                "timm",
+                "onnxruntime",
+                "bentoml",
+                "numpy",
+                "pillow",
+                "pandas",
+                "httpx",
+            )
         },
     }
     if repo is not None:

@@ -52,7 +52,7 @@ class StepTimer(Callback):
 
 def step_durations(ends: list[float], warmup: int) -> list[float]:
     """Seconds of each step after the ``warmup`` first ones (end of a step to the end of the next)."""
-    timed = ends[warmup - 1:] if warmup > 0 else ends
+    timed = ends[warmup - 1 :] if warmup > 0 else ends
     return [b - a for a, b in zip(timed, timed[1:])]
 
 
@@ -81,8 +81,12 @@ def _model(cfg, total_steps: int):
 
     torch.manual_seed(0)
     return instantiate(
-        cfg.model, attributes=list(CELEBA_ATTRIBUTES), image_size=cfg.data.image_size, crop=cfg.data.crop,
-        optimizer=instantiate(cfg.optimizer), scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        cfg.model,
+        attributes=list(CELEBA_ATTRIBUTES),
+        image_size=cfg.data.image_size,
+        crop=cfg.data.crop,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         _convert_="all",
     )
 
@@ -119,9 +123,18 @@ def lightning_fit(model, loader, total_steps: int, log_every: int, log_dir: str,
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=total_steps, max_epochs=1, logger=TensorBoardLogger(log_dir),
-        callbacks=callbacks, enable_checkpointing=False, enable_progress_bar=progress_bar,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=log_every,
+        accelerator="cpu",
+        devices=1,
+        max_steps=total_steps,
+        max_epochs=1,
+        logger=TensorBoardLogger(log_dir),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=log_every,
     )
     started = time.perf_counter()
     trainer.fit(model, train_dataloaders=loader)
@@ -170,12 +183,24 @@ def run(settings: Settings, cfg, log=print) -> dict[str, Any]:
 
     def lightning(progress_bar: bool):
         def rep() -> float:
-            # The progress bar writes to stdout, Lightning's notices to stderr: neither belongs in the benchmark's output.
-            with _quiet_fd(1), _quiet_fd(2), warnings.catch_warnings(), redirect_stdout(io.StringIO()), \
-                    redirect_stderr(io.StringIO()):
+            # The progress bar writes to stdout, Lightning's notices to stderr: neither belongs in the benchmark's
+            # output.
+            with (
+                _quiet_fd(1),
+                _quiet_fd(2),
+                warnings.catch_warnings(),
+                redirect_stdout(io.StringIO()),
+                redirect_stderr(io.StringIO()),
+            ):
                 warnings.simplefilter("ignore")
-                timer, fit_startup = lightning_fit(models["lightning_progress_bar" if progress_bar else "lightning"],
-                                                   loader, total, log_every, log_dir, progress_bar)
+                timer, fit_startup = lightning_fit(
+                    models["lightning_progress_bar" if progress_bar else "lightning"],
+                    loader,
+                    total,
+                    log_every,
+                    log_dir,
+                    progress_bar,
+                )
             if not progress_bar:
                 startup.append(fit_startup)
             return steady_steps_per_s(timer.ends, settings.train_warmup_steps)
@@ -208,9 +233,13 @@ def run(settings: Settings, cfg, log=print) -> dict[str, Any]:
     }
     result["raw_img_s"] = result["raw_steps_s"] * batch_size
     result["lightning_img_s"] = result["lightning_steps_s"] * batch_size
-    log(f"  steps/s: raw {result['raw_steps_s']:.3f}, lightning {result['lightning_steps_s']:.3f}"
-        + (f", lightning+progress bar {result['lightning_progress_bar_steps_s']:.3f}" if settings.train_progress_bar
-           else "") + f" ({result['raw_img_s']:.0f} img/s raw)")
+    log(
+        f"  steps/s: raw {result['raw_steps_s']:.3f}, lightning {result['lightning_steps_s']:.3f}"
+        + (
+            f", lightning+progress bar {result['lightning_progress_bar_steps_s']:.3f}"
+            if settings.train_progress_bar
+            else ""
+        )
+        + f" ({result['raw_img_s']:.0f} img/s raw)"
+    )
     return result
-
-

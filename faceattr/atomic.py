@@ -182,4 +182,3 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     if removed:
         log.info("removed %d stale temporary file(s) in %s", len(removed), directory)
     return removed
-

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from faceattr.config_schema import check_config
 from faceattr.errors import UserError
 
+
 def check_types(cfg: DictConfig) -> None:
     """Raise a UserError naming the first setting of a training config with a wrong type or value (its schema is
     faceattr.config_schema.TrainConfig)."""

@@ -22,7 +22,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
@@ -51,6 +51,8 @@ class DataKnobs:
     val_limit: Optional[int] = MISSING
     seed: Optional[int] = MISSING
     skip_corrupt: Optional[bool] = MISSING
+    # A folder for the pre-decoded image cache (faceattr/data/cache.py), or null.
+    cache: Optional[str] = MISSING
 
 
 @dataclass
@@ -91,8 +93,9 @@ class TrainConfig:
 
 @dataclass
 class ParityConfig:
-    num_images: int = setting(MISSING, check=at_least(1),
-                              problem="expected an integer >= 1 (the parity check needs at least one image)")
+    num_images: int = setting(
+        MISSING, check=at_least(1), problem="expected an integer >= 1 (the parity check needs at least one image)"
+    )
     atol: float = setting(MISSING, check=at_least(0), problem="expected a number >= 0")
 
 
@@ -106,7 +109,7 @@ class CalibrationConfig:
 
 @dataclass
 class ExportFormatConfig:
-    formats: List[str] = setting(MISSING, problem="expected a list, e.g. [onnx]")
+    formats: list[str] = setting(MISSING, problem="expected a list, e.g. [onnx]")
     opset: Optional[int] = setting(MISSING, check=at_least(7), problem="expected null or an ONNX opset >= 7")
 
 
@@ -149,8 +152,9 @@ class EvalConfig:
     ckpt: str = setting(MISSING, check=lambda v: v.strip() != "", problem="expected a .ckpt file, run dir or sweep dir")
     split: str = setting(MISSING, check=one_of(("test", "valid")), problem="expected one of test, valid")
     # A number or the word calibrated: OmegaConf has no union of float and str, so the check says which.
-    thresholds: Any = setting(MISSING, check=_threshold_or_calibrated,
-                              problem="expected a number in [0, 1] (e.g. 0.5) or calibrated")
+    thresholds: Any = setting(
+        MISSING, check=_threshold_or_calibrated, problem="expected a number in [0, 1] (e.g. 0.5) or calibrated"
+    )
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     output_dir: Optional[str] = setting(MISSING, problem="expected a path or null")
     tensorboard: bool = MISSING
@@ -236,8 +240,9 @@ def _group_of_settings(name: str, key: str, value: Any) -> UserError | None:
     inside = [k for k in _leaves(SCHEMAS[name]) if k.startswith(key + ".")]
     if not inside:
         return None
-    return UserError(f"{key}={value!r}: {key} is a group of settings, set them one by one: "
-                     f"{', '.join(k + '=...' for k in inside)}")
+    return UserError(
+        f"{key}={value!r}: {key} is a group of settings, set them one by one: {', '.join(k + '=...' for k in inside)}"
+    )
 
 
 def _is_missing(cfg: DictConfig, key: str) -> bool:
@@ -262,7 +267,8 @@ def check_config(cfg: DictConfig, name: str, given: dict[str, Any] | None = None
             if key == "hydra" or key.startswith("hydra.") or key in leaves:
                 continue
             raise _group_of_settings(name, key, _shown(OmegaConf.select(cfg, key))) or UserError(
-                f"unknown {name} option {key!r}; valid: {valid_keys(name)}")
+                f"unknown {name} option {key!r}; valid: {valid_keys(name)}"
+            )
     typed = OmegaConf.structured(schema)
     for key, f in leaves.items():
         if _is_missing(cfg, key):
@@ -272,8 +278,9 @@ def check_config(cfg: DictConfig, name: str, given: dict[str, Any] | None = None
             parent = key.rpartition(".")[0]
             optional = "Optional" in str(f.type) and (not parent or OmegaConf.select(cfg, parent) is not None)
             if closed and not optional:
-                raise UserError(f"{name} option {key} is missing (it has a default in conf/{name}.yaml; "
-                                "do not delete it)")
+                raise UserError(
+                    f"{name} option {key} is missing (it has a default in conf/{name}.yaml; do not delete it)"
+                )
             continue
         shown = given.get(key, _shown(value))
         try:
@@ -305,11 +312,16 @@ def _parse_error(args: list[str], exc: Exception) -> str:
         try:
             parser.parse_overrides([arg])
         except Exception as error:  # noqa: BLE001 - the grammar's errors
-            lines = [line.strip() for line in str(error).splitlines()
-                     if line.strip() and not line.startswith(("Error parsing override", "See https"))]
+            lines = [
+                line.strip()
+                for line in str(error).splitlines()
+                if line.strip() and not line.startswith(("Error parsing override", "See https"))
+            ]
             reason = lines[0] if lines else ""
-            return (f"cannot parse the argument {arg!r} ({reason or 'bad syntax'}): arguments are key=value "
-                    "overrides, e.g. ckpt=outputs/<date>/<time>")
+            return (
+                f"cannot parse the argument {arg!r} ({reason or 'bad syntax'}): arguments are key=value "
+                "overrides, e.g. ckpt=outputs/<date>/<time>"
+            )
     return f"cannot parse the command line: {_first_line(exc)}"
 
 
@@ -359,8 +371,9 @@ def check_command_line(name: str, args: list[str]) -> None:
         found = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
         if found:
             group, option = found.groups()
-            raise UserError(f"{group}={option}: no such option (available: {', '.join(group_options(group))})") \
-                from None
+            raise UserError(
+                f"{group}={option}: no such option (available: {', '.join(group_options(group))})"
+            ) from None
         raise UserError(text) from None
     except ConfigCompositionException as exc:
         text = _first_line(exc)

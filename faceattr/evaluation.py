@@ -127,8 +127,12 @@ def format_table(table: dict[str, dict[str, float | None]], summary: dict[str, A
     lines = [f"{'attribute':<{width}}" + "".join(f"{column:>{widths[column]}}" for column in PER_ATTRIBUTE)]
     for name, row in sorted(table.items(), key=lambda item: -(item[1]["acc"] or 0.0)):
         lines.append(f"{name:<{width}}" + "".join(cell(column, row[column]) for column in PER_ATTRIBUTE))
-    lines.append(f"{'mean':<{width}}" + "".join(cell(column, summary.get(column)) if column in summary
-                                                else " " * widths[column] for column in PER_ATTRIBUTE))
+    lines.append(
+        f"{'mean':<{width}}"
+        + "".join(
+            cell(column, summary.get(column)) if column in summary else " " * widths[column] for column in PER_ATTRIBUTE
+        )
+    )
     return "\n".join(lines)
 
 
@@ -200,8 +204,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_text(table_file, _per_attribute_csv(table))
     folder = _tensorboard_dir(resolved.run_dir) if cfg.get("tensorboard", True) else None
     if folder is not None:
-        step = int(torch.load(resolved.checkpoint, map_location="cpu", weights_only=True, mmap=True)
-                   .get("global_step", 0))
+        step = int(
+            torch.load(resolved.checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
+        )
         _log_to_tensorboard(folder, split, summary, table, step)
     summary["files"] = [str(macro_file), str(table_file)]
     summary["tensorboard"] = None if folder is None else str(folder)

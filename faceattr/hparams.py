@@ -26,10 +26,17 @@ HPARAM_KEYS = (
     "seed",
 )
 HPARAM_METRICS = (
-    "val/auroc_best", "val/auroc", "val/acc", "val/bacc", "val/loss",
-    "test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss",
+    "val/auroc_best",
+    "val/auroc",
+    "val/acc",
+    "val/bacc",
+    "val/loss",
+    "test/auroc",
+    "test/acc",
+    "test/bacc",
+    "test/f1",
+    "test/loss",
 )
-
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:

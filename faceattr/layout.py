@@ -7,6 +7,7 @@ A run dir (``outputs/<date>/<time>-<id>/``, or one job of a sweep ``multirun/<da
     checkpoints/        CHECKPOINT_DIR: the best checkpoint(s) and LAST_CHECKPOINT (last.ckpt, for resume=)
     tensorboard/        TENSORBOARD_DIR: TensorBoard events (a sweep job's one level down, named by its overrides)
     eval/               EVAL_DIR: eval.py's <split>.json and <split>_per_attribute.csv
+    metric_history.json METRIC_HISTORY: a sweep job's per-epoch monitored metric (median pruning)
     export/             EXPORT_DIR: model.pt / model.onnx, faceattr.json, config.yaml
 
 The exported artefacts take float32 images named INPUT_NAME and return OUTPUT_NAME; their metadata travels as
@@ -25,6 +26,8 @@ LAST_CHECKPOINT = "last.ckpt"
 TENSORBOARD_DIR = "tensorboard"
 EVAL_DIR = "eval"
 EXPORT_DIR = "export"
+# A sweep job's monitored metric per validation epoch (median pruning of Optuna trials reads the others').
+METRIC_HISTORY = "metric_history.json"
 
 # Export: the artefact of each format, the metadata and the configs saved beside them.
 ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}

@@ -72,9 +72,14 @@ class MLflowRunLogger(RunParams, MLFlowLogger):
         store_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = Path(run_dir)
         tags = {"run_dir": str(self.run_dir.resolve()), **(kwargs.pop("tags", None) or {})}
-        super().__init__(experiment_name=experiment_name, run_name=run_name(run_dir),
-                         tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}",
-                         artifact_location=str(store_dir / "artifacts"), tags=tags, **kwargs)
+        super().__init__(
+            experiment_name=experiment_name,
+            run_name=run_name(run_dir),
+            tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}",
+            artifact_location=str(store_dir / "artifacts"),
+            tags=tags,
+            **kwargs,
+        )
 
 
 class WandbRunLogger(RunParams, WandbLogger):
@@ -92,5 +97,4 @@ class WandbRunLogger(RunParams, WandbLogger):
         require("wandb", "wandb")
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        super().__init__(name=run_name(run_dir), save_dir=str(self.run_dir), project=project, offline=offline,
-                         **kwargs)
+        super().__init__(name=run_name(run_dir), save_dir=str(self.run_dir), project=project, offline=offline, **kwargs)

@@ -53,7 +53,10 @@ def run_id() -> str:
 
 def register_resolvers() -> None:
     """Register every resolver (idempotent)."""
-    for name, resolver, cache in (("coalesce", coalesce, False), ("run_id", run_id, True),
-                                  ("multirun_job_name", multirun_job_name, False)):
+    for name, resolver, cache in (
+        ("coalesce", coalesce, False),
+        ("run_id", run_id, True),
+        ("multirun_job_name", multirun_job_name, False),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver, use_cache=cache)

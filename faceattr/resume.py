@@ -23,6 +23,7 @@ from faceattr.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG
 
 log = logging.getLogger(__name__)
 
+
 def resume_checkpoint(run_dir: Path) -> Path:
     """``<run dir>/checkpoints/last.ckpt`` if it loads; else the newest checkpoint of the run that loads (by training
     step), with a warning; a UserError naming what was tried when none does."""
@@ -43,11 +44,19 @@ def resume_checkpoint(run_dir: Path) -> Path:
         if newest is None or key > newest[0]:
             newest = (key, path)
     if newest is None:
-        raise UserError(f"resume={run_dir}: no checkpoint to resume from ({problem}; no other checkpoint in "
-                        f"{checkpoints} loads); start a new run")
+        raise UserError(
+            f"resume={run_dir}: no checkpoint to resume from ({problem}; no other checkpoint in "
+            f"{checkpoints} loads); start a new run"
+        )
     (step, epoch), path = newest
-    log.warning("resume=%s: %s; resuming from %s instead (the newest checkpoint that loads: epoch %d, step %d)",
-                run_dir, problem, path, epoch, step)
+    log.warning(
+        "resume=%s: %s; resuming from %s instead (the newest checkpoint that loads: epoch %d, step %d)",
+        run_dir,
+        problem,
+        path,
+        epoch,
+        step,
+    )
     return path
 
 

@@ -31,6 +31,8 @@ from faceattr.numbers import finite_or_none
 from faceattr.resolvers import register_resolvers
 from faceattr.resume import resumed_config
 from faceattr.run_record import record_run
+
+
 def resolve_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
     """Map the Lightning 1.x ``gpus`` flag to ``accelerator``/``devices`` and check a GPU request is satisfiable."""
     trainer_cfg = trainer_cfg.copy()
@@ -83,8 +85,9 @@ def _resumed(cfg: DictConfig) -> DictConfig:
     )
 
 
-def _build(cfg: DictConfig, trainer_cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer,
-                                                                 BestMetric]:
+def _build(
+    cfg: DictConfig, trainer_cfg: DictConfig
+) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer, BestMetric]:
     """The data (checked first: a bad folder fails before the model is built), the model and the trainer."""
     datamodule = build(cfg.data, "data", _convert_="all")
     datamodule.prepare_data()
@@ -106,14 +109,24 @@ def _build(cfg: DictConfig, trainer_cfg: DictConfig) -> tuple[L.LightningDataMod
         check_checkpoint_fits(cfg.ckpt_path, model)
     # callbacks.progress_bar=null means no bar: otherwise Lightning would add its own (and it refuses
     # enable_progress_bar=False beside a progress-bar callback).
-    extra = {} if "enable_progress_bar" in trainer_cfg else {
-        "enable_progress_bar": any(isinstance(callback, ProgressBar) for callback in callbacks)}
+    extra = (
+        {}
+        if "enable_progress_bar" in trainer_cfg
+        else {"enable_progress_bar": any(isinstance(callback, ProgressBar) for callback in callbacks)}
+    )
     trainer = build(trainer_cfg, "trainer", callbacks=callbacks, logger=loggers or False, **extra)
     return datamodule, model, trainer, best_metric
 
 
-def _completed_record(cfg: DictConfig, trainer: L.Trainer, model, best_path: str, best_score: float | None,
-                      test_metrics: dict[str, float], started: float) -> dict[str, Any]:
+def _completed_record(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    model,
+    best_path: str,
+    best_score: float | None,
+    test_metrics: dict[str, float],
+    started: float,
+) -> dict[str, Any]:
     return {
         "status": "completed",
         "backbone": cfg.model.backbone,
@@ -166,8 +179,11 @@ def train(cfg: DictConfig) -> TrainResult:
 
     if trainer.is_global_zero:
         log_hparams_with_metrics(trainer.loggers, flat_hparams(cfg))
-        record_run(output_dir / RUN_RECORD,
-                   _completed_record(cfg, trainer, model, best_path, best_score, test_metrics, started))
+        record_run(
+            output_dir / RUN_RECORD,
+            _completed_record(cfg, trainer, model, best_path, best_score, test_metrics, started),
+        )
     tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
-    return TrainResult(output_dir, best_path or None, best_score, cfg.monitor.metric, tensorboard,
-                       trainer.is_global_zero)
+    return TrainResult(
+        output_dir, best_path or None, best_score, cfg.monitor.metric, tensorboard, trainer.is_global_zero
+    )

@@ -38,19 +38,22 @@ def tensorboard_writer(trainer: L.Trainer):
     return None
 
 
-def face_lines(probs: Sequence[float], labels: Sequence[float], attributes: Sequence[str],
-               top_k: int) -> list[tuple[str, str]]:
+def face_lines(
+    probs: Sequence[float], labels: Sequence[float], attributes: Sequence[str], top_k: int
+) -> list[tuple[str, str]]:
     """The caption of one face as (text, colour) lines: how many attributes are wrong, the ``top_k`` most probable
     predicted attributes (green: labelled so, red: not), then up to ``top_k`` missed positives (orange)."""
     probs, labels = np.asarray(probs, dtype=float), np.asarray(labels) > 0.5
     predicted = probs >= DECISION_THRESHOLD
     wrong = int((predicted != labels).sum())
-    lines = [(f"{wrong} of {len(attributes)} wrong" if wrong else f"all {len(attributes)} right",
-              WRONG if wrong else RIGHT)]
+    lines = [
+        (f"{wrong} of {len(attributes)} wrong" if wrong else f"all {len(attributes)} right", WRONG if wrong else RIGHT)
+    ]
     order = np.argsort(-probs, kind="stable")
-    lines += [(f"{attributes[i]} {probs[i]:.2f}", RIGHT if labels[i] else WRONG)
-              for i in order if predicted[i]][:top_k]
-    lines += [(f"missed {attributes[i]} {probs[i]:.2f}", MISSED) for i in order if labels[i] and not predicted[i]][:top_k]
+    lines += [(f"{attributes[i]} {probs[i]:.2f}", RIGHT if labels[i] else WRONG) for i in order if predicted[i]][:top_k]
+    lines += [(f"missed {attributes[i]} {probs[i]:.2f}", MISSED) for i in order if labels[i] and not predicted[i]][
+        :top_k
+    ]
     return lines
 
 
@@ -63,8 +66,9 @@ def _render(figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def face_grid(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, attributes: Sequence[str],
-              top_k: int) -> np.ndarray:
+def face_grid(
+    images: np.ndarray, probs: np.ndarray, labels: np.ndarray, attributes: Sequence[str], top_k: int
+) -> np.ndarray:
     """Faces ``(N, H, W, 3)`` uint8 in a grid, each captioned by :func:`face_lines`; an RGB ``(H, W, 3)`` array."""
     from matplotlib.figure import Figure
 
@@ -84,8 +88,14 @@ def face_grid(images: np.ndarray, probs: np.ndarray, labels: np.ndarray, attribu
         axes.set_axis_off()
         for number, (text, colour) in enumerate(face_lines(probs[index], labels[index], attributes, top_k)):
             y = top - face_in - (number + 0.9) * line_in
-            figure.text(left / width, y / height, text, color=colour, fontsize=6.5,
-                        fontweight="bold" if number == 0 else "normal")
+            figure.text(
+                left / width,
+                y / height,
+                text,
+                color=colour,
+                fontsize=6.5,
+                fontweight="bold" if number == 0 else "normal",
+            )
     return _render(figure)
 
 
@@ -127,8 +137,15 @@ class TensorBoardPictures(L.Callback):
         pr_thresholds: points on each PR curve.
     """
 
-    def __init__(self, every_n_epochs: int = 1, faces: int = 16, top_k: int = 3, pr_curves: bool = True,
-                 bar_chart: bool = True, pr_thresholds: int = 127) -> None:
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        faces: int = 16,
+        top_k: int = 3,
+        pr_curves: bool = True,
+        bar_chart: bool = True,
+        pr_thresholds: int = 127,
+    ) -> None:
         self.every_n_epochs = every_n_epochs
         self.faces = faces
         self.top_k = top_k
@@ -138,11 +155,16 @@ class TensorBoardPictures(L.Callback):
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None  # last epoch's (probs, labels)
 
     def _grid_due(self, trainer: L.Trainer) -> bool:
-        return (self.every_n_epochs > 0 and self.faces > 0 and not trainer.sanity_checking
-                and (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+        return (
+            self.every_n_epochs > 0
+            and self.faces > 0
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int,
-                                dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or not trainer.is_global_zero or not self._grid_due(trainer):
             return
         writer = tensorboard_writer(trainer)
@@ -177,8 +199,13 @@ class TensorBoardPictures(L.Callback):
             return
         probs, labels = self._validation
         for index, name in enumerate(pl_module.attributes):
-            writer.add_pr_curve(f"val/pr_curve/{name}", labels[:, index], probs[:, index], trainer.global_step,
-                                num_thresholds=self.pr_thresholds)
+            writer.add_pr_curve(
+                f"val/pr_curve/{name}",
+                labels[:, index],
+                probs[:, index],
+                trainer.global_step,
+                num_thresholds=self.pr_thresholds,
+            )
         writer.flush()
 
     def on_test_end(self, trainer, pl_module) -> None:
@@ -186,7 +213,9 @@ class TensorBoardPictures(L.Callback):
         results = pl_module.results.get("test")
         if writer is None or not results:
             return
-        chart = attribute_bar_chart(results["per_attribute"], f"test: accuracy and AUROC per attribute "
-                                                              f"({results['macro']['num_images']} images)")
+        chart = attribute_bar_chart(
+            results["per_attribute"],
+            f"test: accuracy and AUROC per attribute ({results['macro']['num_images']} images)",
+        )
         writer.add_image("test/per_attribute", chart, trainer.global_step, dataformats="HWC")
         writer.flush()

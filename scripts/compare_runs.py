@@ -26,13 +26,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="run or sweep directories")
     parser.add_argument(
-        "--out", type=Path, default=None,
+        "--out",
+        type=Path,
+        default=None,
         help="where to write summary.{md,csv,png} (default: outputs/comparisons/<date>/<time>)",
     )
-    parser.add_argument("--metric", default=None,
-                        help="rank by this metric (default: the runs' monitored metric, e.g. val/auroc)")
-    parser.add_argument("--mode", choices=("max", "min"), default=None,
-                        help="max: higher is better (default: the runs' monitor.mode)")
+    parser.add_argument(
+        "--metric", default=None, help="rank by this metric (default: the runs' monitored metric, e.g. val/auroc)"
+    )
+    parser.add_argument(
+        "--mode", choices=("max", "min"), default=None, help="max: higher is better (default: the runs' monitor.mode)"
+    )
     parser.add_argument("--title", default=None, help="plot and markdown title (default: the paths)")
     return parser.parse_args(argv)
 

@@ -100,8 +100,9 @@ def server_pid(url: str) -> int | None:
         connections = psutil.net_connections(kind="inet")
     except (psutil.AccessDenied, OSError):
         return None
-    pids = sorted({c.pid for c in connections
-                   if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port})
+    pids = sorted(
+        {c.pid for c in connections if c.pid and c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port}
+    )
     if not pids:
         return None
     # The listening socket is shared by `bentoml serve` and its workers: climb to the top bentoml process.
@@ -167,7 +168,7 @@ class RssSampler:
             except Exception:  # noqa: BLE001 - the server went away; the run reports what it had
                 return
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -195,13 +196,27 @@ async def run_load(
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     path = parsed.path.rstrip("/") + route
     requests = http_load.encoded_requests(parsed.netloc, path, images, batch)
-    result = await http_load.run_load(parsed.hostname, port, requests, concurrency, max_requests, seconds,
-                                      timeout=timeout, tls=parsed.scheme == "https")
+    result = await http_load.run_load(
+        parsed.hostname,
+        port,
+        requests,
+        concurrency,
+        max_requests,
+        seconds,
+        timeout=timeout,
+        tls=parsed.scheme == "https",
+    )
     return result, result.elapsed
 
 
-def summarize(result: http_load.LoadResult, wall: float, rss: RssSampler | None, idle: dict[str, int] | None,
-              start: dict[str, int] | None, config: dict) -> dict:
+def summarize(
+    result: http_load.LoadResult,
+    wall: float,
+    rss: RssSampler | None,
+    idle: dict[str, int] | None,
+    start: dict[str, int] | None,
+    config: dict,
+) -> dict:
     ms = [v * 1000 for v in result.latencies]
     images_ok = result.ok * config.get("batch", 1)
     report = {
@@ -217,9 +232,11 @@ def summarize(result: http_load.LoadResult, wall: float, rss: RssSampler | None,
         "images_per_s": round(images_ok / wall, 1) if wall else 0.0,
         "requests_per_s": round(result.requests / wall, 1) if wall else 0.0,
         "latency_ms": {
-            "p50": finite_or_none(percentile(ms, 50)), "p90": finite_or_none(percentile(ms, 90)),
+            "p50": finite_or_none(percentile(ms, 50)),
+            "p90": finite_or_none(percentile(ms, 90)),
             "p99": finite_or_none(percentile(ms, 99)),
-            "max": max(ms) if ms else None, "mean": statistics.fmean(ms) if ms else None,
+            "max": max(ms) if ms else None,
+            "mean": statistics.fmean(ms) if ms else None,
         },
     }
     report["latency_ms"] = {k: None if v is None else round(v, 1) for k, v in report["latency_ms"].items()}
@@ -246,26 +263,35 @@ def summarize(result: http_load.LoadResult, wall: float, rss: RssSampler | None,
 def print_report(report: dict) -> None:
     lat = report["latency_ms"]
     names = report.get("image_names")
-    print(f"{report['url']}{report['route']}: {report['concurrency']} clients x {report['seconds']} s "
-          f"(batch {report['batch']})" + (f", {len(names)} distinct images" if names else ""))
-    print(f"  requests {report['requests']}  ok {report['ok']}  errors {report['errors']}  "
-          f"statuses {report['statuses']}  client failures {report['client_failures'] or '{}'}")
-    print(f"  {report['images_per_s']} img/s, {report['requests_per_s']} req/s over {report['wall_s']} s; latency ms "
-          f"p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}")
+    print(
+        f"{report['url']}{report['route']}: {report['concurrency']} clients x {report['seconds']} s "
+        f"(batch {report['batch']})" + (f", {len(names)} distinct images" if names else "")
+    )
+    print(
+        f"  requests {report['requests']}  ok {report['ok']}  errors {report['errors']}  "
+        f"statuses {report['statuses']}  client failures {report['client_failures'] or '{}'}"
+    )
+    print(
+        f"  {report['images_per_s']} img/s, {report['requests_per_s']} req/s over {report['wall_s']} s; latency ms "
+        f"p50 {lat['p50']}  p90 {lat['p90']}  p99 {lat['p99']}  max {lat['max']}"
+    )
     for status, body in report["error_examples"].items():
         print(f"  e.g. {status}: {body}")
     rss = report.get("rss_mib")
     if rss:
-        print(f"  server RSS MiB (process tree): idle {rss['idle']}  start {rss['start']}  end {rss['end']}  "
-              f"max {rss['max']}  growth {rss['growth']:+} (second half {rss['growth_second_half']:+})  "
-              f"({rss['samples']} samples)  end by process {rss['processes_end']}")
+        print(
+            f"  server RSS MiB (process tree): idle {rss['idle']}  start {rss['start']}  end {rss['end']}  "
+            f"max {rss['max']}  growth {rss['growth']:+} (second half {rss['growth_second_half']:+})  "
+            f"({rss['samples']} samples)  end by process {rss['processes_end']}"
+        )
     else:
         print("  server RSS: not measured (no local process listening on that port; pass --pid)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:3000")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60.0)
@@ -277,8 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-requests", type=int, default=None, help="stop after this many requests")
     parser.add_argument("--pid", type=int, default=None, help="server process (default: the one on the URL's port)")
     parser.add_argument("--sample-s", type=float, default=1.0, help="RSS sampling interval")
-    parser.add_argument("--max-rss-growth-mb", type=float, default=None,
-                        help="exit 1 when the server's RSS grows more than this (MiB, end - start)")
+    parser.add_argument(
+        "--max-rss-growth-mb",
+        type=float,
+        default=None,
+        help="exit 1 when the server's RSS grows more than this (MiB, end - start)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.seconds <= 0 or args.batch < 1:
@@ -306,14 +336,23 @@ def main(argv: list[str] | None = None) -> int:
         sampler.samples.clear()
         start = sampler.sample()
         sampler.start()
-    result, wall = http_load.run(run_load(url, images, args.concurrency, args.seconds, args.route, args.batch,
-                                          args.timeout, args.max_requests))
+    result, wall = http_load.run(
+        run_load(url, images, args.concurrency, args.seconds, args.route, args.batch, args.timeout, args.max_requests)
+    )
     if sampler:
         sampler.stop()
         sampler.sample()
-    config = {"url": url, "route": args.route, "concurrency": args.concurrency, "seconds": args.seconds,
-              "batch": args.batch, "warmup_s": args.warmup, "server_pid": pid,
-              "image_names": [name for name, _ in images], "image_bytes": [len(data) for _, data in images]}
+    config = {
+        "url": url,
+        "route": args.route,
+        "concurrency": args.concurrency,
+        "seconds": args.seconds,
+        "batch": args.batch,
+        "warmup_s": args.warmup,
+        "server_pid": pid,
+        "image_names": [name for name, _ in images],
+        "image_bytes": [len(data) for _, data in images],
+    }
     report = summarize(result, wall, sampler, idle, start, config)
     print_report(report)
     if args.json:

@@ -35,8 +35,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-images", type=_at_least(1), required=True, help="number of images to generate")
     parser.add_argument("--seed", type=_at_least(0), default=0, help="generator seed (default 0)")
     parser.add_argument("--layout", choices=LAYOUTS, default="original", help="file layout (default original)")
-    parser.add_argument("--workers", type=_at_least(1), default=None,
-                        help="rendering processes (default: one per CPU); does not change the output")
+    parser.add_argument(
+        "--workers",
+        type=_at_least(1),
+        default=None,
+        help="rendering processes (default: one per CPU); does not change the output",
+    )
     return parser.parse_args(argv)
 
 
@@ -46,8 +50,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     root = generate_synthetic(args.dir, args.num_images, args.seed, args.layout, args.workers)
     elapsed = time.perf_counter() - start
-    print(f"wrote {args.num_images} synthetic images ({args.layout} layout, seed {args.seed}) to {root} "
-          f"in {elapsed:.1f} s")
+    print(
+        f"wrote {args.num_images} synthetic images ({args.layout} layout, seed {args.seed}) to {root} "
+        f"in {elapsed:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,9 @@ def install_model(tiny_run: Path, tmp: Path, export_args: tuple[str, ...] = ()) 
 
 
 @contextlib.contextmanager
-def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None,
-            export_args: tuple[str, ...] = ()) -> Iterator[dict]:
+def serving(
+    tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None, export_args: tuple[str, ...] = ()
+) -> Iterator[dict]:
     """The tiny run's model (default export: ONNX and TorchScript, so the service runs ONNX) in a fresh BENTOML_HOME
     under ``tmp``, served by `bentoml serve` on a free port; yields a dict: url, tmp, env, model_dir, tag, log (the
     server's output) and pid (of `bentoml serve`)."""
@@ -65,7 +66,11 @@ def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None,
     log = (tmp / "serve.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -79,11 +84,19 @@ def serving(tiny_run: Path, tmp: Path, extra_env: dict[str, str] | None = None,
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                raise AssertionError(f"bentoml serve not ready in {START_TIMEOUT_S} s:\n"
-                                     f"{(tmp / 'serve.log').read_text()}")
+                raise AssertionError(
+                    f"bentoml serve not ready in {START_TIMEOUT_S} s:\n{(tmp / 'serve.log').read_text()}"
+                )
             time.sleep(0.5)
-        yield {"url": url, "tmp": tmp, "env": env, "model_dir": model_dir, "tag": f"faceattr:{model_dir.name}",
-               "log": tmp / "serve.log", "pid": process.pid}
+        yield {
+            "url": url,
+            "tmp": tmp,
+            "env": env,
+            "model_dir": model_dir,
+            "tag": f"faceattr:{model_dir.name}",
+            "log": tmp / "serve.log",
+            "pid": process.pid,
+        }
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:

@@ -43,8 +43,9 @@ def images(value: int, n: int = 1) -> np.ndarray:
 def test_concurrent_requests_share_batches_and_get_their_own_rows():
     model = FakeModel()
     seen: list[tuple[int, float]] = []
-    batcher = InlineBatcher(model.load, max_batch_size=8, max_latency_ms=10_000,
-                            observe=lambda n, s: seen.append((n, s)))
+    batcher = InlineBatcher(
+        model.load, max_batch_size=8, max_latency_ms=10_000, observe=lambda n, s: seen.append((n, s))
+    )
 
     async def main():
         return await asyncio.gather(*(batcher(images(v)) for v in range(20)))
@@ -113,8 +114,7 @@ def test_a_model_error_reaches_the_requests_of_its_batch_only():
     async def main():
         first = asyncio.ensure_future(batcher(images(0)))
         await asyncio.sleep(0)
-        rest = await asyncio.gather(batcher(images(7)), batcher(images(8)), batcher(images(9)),
-                                    return_exceptions=True)
+        rest = await asyncio.gather(batcher(images(7)), batcher(images(8)), batcher(images(9)), return_exceptions=True)
         return await first, rest
 
     first, (bad, neighbour, later) = asyncio.run(main())
@@ -158,9 +158,14 @@ def test_runner_and_access_log_settings_and_the_gpu_preset():
     assert (default.format, default.runner, default.access_log) == ("auto", "inline", False)
     assert (default.api_workers, default.num_threads) == (None, None)
     # null workers/threads: one worker per core (at most 4), the cores shared out as model threads; explicit wins.
-    assert [(c.api_workers, c.num_threads, c.decode_threads) for c in (default.for_device("cpu", cores=2),
-            default.for_device("cpu", cores=16), default.for_device("cuda", cores=16))] == [
-        (2, 1, 2), (4, 4, 5), (1, None, 17)]
+    assert [
+        (c.api_workers, c.num_threads, c.decode_threads)
+        for c in (
+            default.for_device("cpu", cores=2),
+            default.for_device("cpu", cores=16),
+            default.for_device("cuda", cores=16),
+        )
+    ] == [(2, 1, 2), (4, 4, 5), (1, None, 17)]
     explicit = load_serve_config({"FACEATTR_SERVE_API_WORKERS": "3", "FACEATTR_SERVE_NUM_THREADS": "2"})
     assert (explicit.for_device("cpu", cores=2).api_workers, explicit.for_device("cpu", cores=2).num_threads) == (3, 2)
     service = load_serve_config({"FACEATTR_SERVE_RUNNER": "service"}).for_device("cpu", cores=8)

@@ -29,21 +29,24 @@ def test_percentiles_medians_and_ratios():
 
 def test_interleaved_alternates_and_warms_up():
     calls = []
-    result = interleaved({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0},
-                         repetitions=4, warmup=1)
+    result = interleaved(
+        {"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, repetitions=4, warmup=1
+    )
     assert calls == ["a", "b", "a", "b", "b", "a", "b", "a", "a", "b"]  # warm-up, then A B, B A, ...
     assert result == {"a": [1.0] * 4, "b": [2.0] * 4}
 
 
 def test_batch_metrics_are_summed_over_label_sets():
-    text = "\n".join([
-        "# HELP faceattr_model_batch_size Images per model call",
-        'faceattr_model_batch_size_bucket{le="1.0",worker="1"} 3.0',
-        'faceattr_model_batch_size_sum{worker="1"} 40.0',
-        'faceattr_model_batch_size_count{worker="1"} 5.0',
-        'faceattr_model_batch_size_sum{worker="2"} 2.0',
-        'faceattr_model_batch_size_count{worker="2"} 1.0',
-    ])
+    text = "\n".join(
+        [
+            "# HELP faceattr_model_batch_size Images per model call",
+            'faceattr_model_batch_size_bucket{le="1.0",worker="1"} 3.0',
+            'faceattr_model_batch_size_sum{worker="1"} 40.0',
+            'faceattr_model_batch_size_count{worker="1"} 5.0',
+            'faceattr_model_batch_size_sum{worker="2"} 2.0',
+            'faceattr_model_batch_size_count{worker="2"} 1.0',
+        ]
+    )
     assert parse_batch_metrics(text) == (42.0, 6.0)
 
 
@@ -53,17 +56,42 @@ def test_serving_levels_pool_their_repetitions():
     from benchmarks.serving import LevelSamples, batch_level_summary, cpu_bound_ratio_estimate
 
     samples = LevelSamples()
-    for img_s, latencies, errors in ((100.0, [0.010, 0.030], {}), (300.0, [0.020], {"503": 1}),
-                                     (200.0, [0.040], {"503": 2, "TimeoutError": 1})):
-        samples.add({"img_s": img_s, "latencies": latencies, "mean_batch": img_s / 100, "errors": errors,
-                     "cpu_ms_per_image": {"client": 1.0, "api": img_s / 100, "model": 3.0, "other": 9.0}})
+    for img_s, latencies, errors in (
+        (100.0, [0.010, 0.030], {}),
+        (300.0, [0.020], {"503": 1}),
+        (200.0, [0.040], {"503": 2, "TimeoutError": 1}),
+    ):
+        samples.add(
+            {
+                "img_s": img_s,
+                "latencies": latencies,
+                "mean_batch": img_s / 100,
+                "errors": errors,
+                "cpu_ms_per_image": {"client": 1.0, "api": img_s / 100, "model": 3.0, "other": 9.0},
+            }
+        )
     level = samples.summary()
-    assert level == {"img_s": 200.0, "p50_ms": 25.0, "p99_ms": pytest.approx(39.7), "mean_batch": 2.0,
-                     "requests_ok": 4, "errors": {"503": 3, "TimeoutError": 1}, "reps": [100.0, 300.0, 200.0],
-                     "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0}}
+    assert level == {
+        "img_s": 200.0,
+        "p50_ms": 25.0,
+        "p99_ms": pytest.approx(39.7),
+        "mean_batch": 2.0,
+        "requests_ok": 4,
+        "errors": {"503": 3, "TimeoutError": 1},
+        "reps": [100.0, 300.0, 200.0],
+        "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0},
+    }
     batch = batch_level_summary(samples)
-    assert list(batch) == ["clients", "images_per_request", "img_s", "p50_ms", "p99_ms", "mean_batch", "reps",
-                           "cpu_ms_per_image"]
+    assert list(batch) == [
+        "clients",
+        "images_per_request",
+        "img_s",
+        "p50_ms",
+        "p99_ms",
+        "mean_batch",
+        "reps",
+        "cpu_ms_per_image",
+    ]
     assert (batch["clients"], batch["images_per_request"], batch["img_s"]) == (4, 8, 200.0)
     result = {"c32": level, "inprocess_b32": {"cpu_ms_per_image": 3.0}}
     assert cpu_bound_ratio_estimate(result, 32) == 0.5  # 3 ms alone / (1 + 2 + 3) ms served
@@ -73,35 +101,98 @@ def test_serving_levels_pool_their_repetitions():
 
 def fake_results() -> dict:
     """A complete result set with made-up figures, as the CLI writes it."""
-    level = {"img_s": 0.0, "p50_ms": 10.0, "p99_ms": 20.0, "mean_batch": 1.0, "requests_ok": 10, "errors": {},
-             "reps": [1.0], "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0}}
-    entry = {f"{r}_b{b}": {"img_s": v * b, "p50_ms": 1.0, "p99_ms": 2.0, "reps": [v * b, v * b]} for b in (1, 32)
-             for r, v in (("eager", 100.0), ("torchscript", 120.0), ("onnx", 300.0))}
+    level = {
+        "img_s": 0.0,
+        "p50_ms": 10.0,
+        "p99_ms": 20.0,
+        "mean_batch": 1.0,
+        "requests_ok": 10,
+        "errors": {},
+        "reps": [1.0],
+        "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0},
+    }
+    entry = {
+        f"{r}_b{b}": {"img_s": v * b, "p50_ms": 1.0, "p99_ms": 2.0, "reps": [v * b, v * b]}
+        for b in (1, 32)
+        for r, v in (("eager", 100.0), ("torchscript", 120.0), ("onnx", 300.0))
+    }
     slow = dict(entry, torchscript_b1={"img_s": 90.0, "p50_ms": 1.0, "p99_ms": 2.0, "reps": [80.0, 100.0]})
     return {
-        "command": "python scripts/bench.py --quick", "mode": "quick", "machine": {"versions": {"torch": "x"}},
+        "command": "python scripts/bench.py --quick",
+        "mode": "quick",
+        "machine": {"versions": {"torch": "x"}},
         "durations_s": {"total": 1.0},
-        "data": {"images": 10, "image_size": [64, 64], "crop": [178, 178], "batch_size": 64,
-                 "images_per_repetition": 10, "equivalence": {"max_abs_diff_pixels": 1.0, "mean_abs_diff_pixels": 0.0},
-                 "per_worker": {"seed_img_s": 1000.0, "ours_img_s": 2500.0, "seed_reps": [1000.0, 500.0, 1000.0],
-                                "ours_reps": [2500.0, 2000.0, 3000.0]},
-                 "loader": {"num_workers": 2, "batches_per_repetition": 3, "seed_img_s": 1500.0, "ours_img_s": 4000.0,
-                            "seed_reps": [1500.0], "ours_reps": [4000.0]}},
-        "training": {"backbone": "resnet10t", "batch_size": 64, "image_size": [64, 64], "optimizer": "torch.AdamW",
-                     "steps_timed": 3, "warmup_steps": 1, "log_every_n_steps": 10, "threads": 2,
-                     "raw_steps_s": 4.0, "lightning_steps_s": 3.9, "lightning_progress_bar_steps_s": math.nan,
-                     "raw_reps": [4.0, 2.0], "lightning_reps": [3.9, 1.95], "lightning_progress_bar_reps": [],
-                     "raw_img_s": 256.0, "lightning_img_s": 249.6},
+        "data": {
+            "images": 10,
+            "image_size": [64, 64],
+            "crop": [178, 178],
+            "batch_size": 64,
+            "images_per_repetition": 10,
+            "equivalence": {"max_abs_diff_pixels": 1.0, "mean_abs_diff_pixels": 0.0},
+            "per_worker": {
+                "seed_img_s": 1000.0,
+                "ours_img_s": 2500.0,
+                "seed_reps": [1000.0, 500.0, 1000.0],
+                "ours_reps": [2500.0, 2000.0, 3000.0],
+            },
+            "loader": {
+                "num_workers": 2,
+                "batches_per_repetition": 3,
+                "seed_img_s": 1500.0,
+                "ours_img_s": 4000.0,
+                "seed_reps": [1500.0],
+                "ours_reps": [4000.0],
+            },
+        },
+        "training": {
+            "backbone": "resnet10t",
+            "batch_size": 64,
+            "image_size": [64, 64],
+            "optimizer": "torch.AdamW",
+            "steps_timed": 3,
+            "warmup_steps": 1,
+            "log_every_n_steps": 10,
+            "threads": 2,
+            "raw_steps_s": 4.0,
+            "lightning_steps_s": 3.9,
+            "lightning_progress_bar_steps_s": math.nan,
+            "raw_reps": [4.0, 2.0],
+            "lightning_reps": [3.9, 1.95],
+            "lightning_progress_bar_reps": [],
+            "raw_img_s": 256.0,
+            "lightning_img_s": 249.6,
+        },
         "inference": {"threads": 2, "image_size": [64, 64], "models": {"tiny": entry, "big": slow}},
-        "serving": {"backbone": "resnet10t", "format": "torchscript", "max_batch_size": 32, "max_latency_ms": 1000,
-                    "num_threads": None, "api_workers": 1, "overrides": {}, "image_bytes_mean": 9000,
-                    "c1": dict(level, img_s=20.0, reps=[20.0, 10.0]), "c8": dict(level, img_s=80.0),
-                    "c32": dict(level, img_s=140.0, reps=[140.0, 70.0]),
-                    "inprocess_b32": {"batch": 32, "img_s": 500.0, "p50_ms": 60.0, "cpu_ms_per_image": 2.0,
-                                      "reps": [500.0, 250.0]},
-                    "cpu_bound_ratio_estimate": 0.33},
-        "memory": {"command": "python train.py experiment=quickstart", "wall_s": 1.0, "global_step": 3,
-                   "peak_rss_main_mb": 1.0, "peak_rss_tree_mb": 2.0, "peak_pss_tree_mb": 1.5, "processes": 3},
+        "serving": {
+            "backbone": "resnet10t",
+            "format": "torchscript",
+            "max_batch_size": 32,
+            "max_latency_ms": 1000,
+            "num_threads": None,
+            "api_workers": 1,
+            "overrides": {},
+            "image_bytes_mean": 9000,
+            "c1": dict(level, img_s=20.0, reps=[20.0, 10.0]),
+            "c8": dict(level, img_s=80.0),
+            "c32": dict(level, img_s=140.0, reps=[140.0, 70.0]),
+            "inprocess_b32": {
+                "batch": 32,
+                "img_s": 500.0,
+                "p50_ms": 60.0,
+                "cpu_ms_per_image": 2.0,
+                "reps": [500.0, 250.0],
+            },
+            "cpu_bound_ratio_estimate": 0.33,
+        },
+        "memory": {
+            "command": "python train.py experiment=quickstart",
+            "wall_s": 1.0,
+            "global_step": 3,
+            "peak_rss_main_mb": 1.0,
+            "peak_rss_tree_mb": 2.0,
+            "peak_pss_tree_mb": 1.5,
+            "processes": 3,
+        },
     }
 
 
@@ -200,10 +291,17 @@ def http_server():
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             message = BytesParser(policy=HTTP).parsebytes(
-                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+                f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+            )
             for part in message.iter_parts():
-                received.append((part.get_param("name", header="content-disposition"), part.get_filename(),
-                                 part.get_content_type(), part.get_payload(decode=True)))
+                received.append(
+                    (
+                        part.get_param("name", header="content-disposition"),
+                        part.get_filename(),
+                        part.get_content_type(),
+                        part.get_payload(decode=True),
+                    )
+                )
             if self.path == "/bad":
                 self._answer(400, b'{"error": "no"}')
             elif self.path == "/slow":
@@ -251,8 +349,9 @@ def test_lean_load_client_counts_answers_errors_and_multipart_bodies(http_server
     def load(path, total, files=None, timeout=30.0):
         files = files or [("image", "a.jpg", b"\xff\xd8 jpeg \r\n--bytes", "image/jpeg")]
         request = multipart_request(f"{host}:{port}", path, files)
-        return asyncio.run(run_load(host, port, [request], concurrency=3, total=total, max_seconds=20,
-                                    keep_bodies=2, timeout=timeout))
+        return asyncio.run(
+            run_load(host, port, [request], concurrency=3, total=total, max_seconds=20, keep_bodies=2, timeout=timeout)
+        )
 
     ok = load("/ok", 9)
     assert len(ok.latencies) == 9 and ok.errors == {} and ok.bodies == [b'{"ok": true}'] * 2
@@ -288,15 +387,25 @@ def test_encoded_requests_cycle_through_the_images():
         head, body = request.split(b"\r\n\r\n", 1)
         content_type = next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Type"))
         message = BytesParser(policy=HTTP).parsebytes(content_type + b"\r\n\r\n" + body)
-        return [(p.get_param("name", header="content-disposition"), p.get_filename(), p.get_content_type(),
-                 p.get_payload(decode=True)) for p in message.iter_parts()]
+        return [
+            (
+                p.get_param("name", header="content-disposition"),
+                p.get_filename(),
+                p.get_content_type(),
+                p.get_payload(decode=True),
+            )
+            for p in message.iter_parts()
+        ]
 
     single = encoded_requests("h:1", "/predict", images)
     assert [parts(r) for r in single] == [[("image", f"{i}.png", "image/png", bytes([i]))] for i in range(3)]
     assert single[0].startswith(b"POST /predict HTTP/1.1\r\nHost: h:1\r\n")
     pairs = encoded_requests("h:1", "/predict_batch", images, per_request=2)  # 0 1 | 2 0 | 1 2
-    assert [[name for _, name, _, _ in parts(r)] for r in pairs] == [["0.png", "1.png"], ["2.png", "0.png"],
-                                                                     ["1.png", "2.png"]]
+    assert [[name for _, name, _, _ in parts(r)] for r in pairs] == [
+        ["0.png", "1.png"],
+        ["2.png", "0.png"],
+        ["1.png", "2.png"],
+    ]
     assert {field for r in pairs for field, _, _, _ in parts(r)} == {"images"}
 
 
@@ -317,13 +426,25 @@ def test_load_test_uses_the_shared_client_and_percentiles(http_server, capsys):
 
     host, port, received = http_server
     images = [("a.jpg", b"a"), ("b.webp", b"b"), ("c.png", b"c")]
-    result, wall = http_load.run(load_test.run_load(f"http://{host}:{port}", images, concurrency=2, seconds=20,
-                                                    route="/predict_batch", batch=2, max_requests=6))
+    result, wall = http_load.run(
+        load_test.run_load(
+            f"http://{host}:{port}", images, concurrency=2, seconds=20, route="/predict_batch", batch=2, max_requests=6
+        )
+    )
     assert isinstance(result, http_load.LoadResult) and result.ok == 6 and wall == result.elapsed
     assert {(name, filename, content_type) for name, filename, content_type, _ in received} == {
-        ("images", "a.jpg", "image/jpeg"), ("images", "b.webp", "image/webp"), ("images", "c.png", "image/png")}
-    report = load_test.summarize(result, wall, None, None, None, {"url": f"http://{host}:{port}",
-                                 "route": "/predict_batch", "concurrency": 2, "seconds": 20, "batch": 2})
+        ("images", "a.jpg", "image/jpeg"),
+        ("images", "b.webp", "image/webp"),
+        ("images", "c.png", "image/png"),
+    }
+    report = load_test.summarize(
+        result,
+        wall,
+        None,
+        None,
+        None,
+        {"url": f"http://{host}:{port}", "route": "/predict_batch", "concurrency": 2, "seconds": 20, "batch": 2},
+    )
     assert report["requests"] == report["ok"] == 6 and report["errors"] == 0 and report["images_ok"] == 12
     ms = [v * 1000 for v in result.latencies]
     for q in (50, 90, 99):

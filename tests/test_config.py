@@ -33,8 +33,16 @@ MODEL_OPTIONS = [m for m in options("model") if m != "timm_classifier"]
 
 def test_groups_have_the_promised_options():
     assert {"celeba", "synthetic"} <= set(options("data"))
-    assert {"resnet18", "resnet34", "resnet50", "efficientnet_b0", "convnext_tiny", "vit_small", "tiny_resnet",
-            "tiny_vit"} <= set(MODEL_OPTIONS)
+    assert {
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "vit_small",
+        "tiny_resnet",
+        "tiny_vit",
+    } <= set(MODEL_OPTIONS)
     assert {"adamw", "sgd"} <= set(options("optimizer"))
     assert {"cosine", "none"} <= set(options("scheduler"))
     assert {"default", "cpu", "gpu", "ddp"} <= set(options("trainer"))
@@ -43,8 +51,18 @@ def test_groups_have_the_promised_options():
     assert {"fdr", "overfit"} <= set(options("debug"))
 
 
-GROUPS = ("data", "model", "optimizer", "scheduler", "callbacks", "trainer", "logger", "experiment", "hparams_search",
-          "debug")
+GROUPS = (
+    "data",
+    "model",
+    "optimizer",
+    "scheduler",
+    "callbacks",
+    "trainer",
+    "logger",
+    "experiment",
+    "hparams_search",
+    "debug",
+)
 
 
 @pytest.mark.parametrize("group, option", [(group, option) for group in GROUPS for option in options(group)])
@@ -56,8 +74,13 @@ def test_every_option_passes_the_schema_check(tmp_path, group, option):
 @pytest.mark.parametrize("model", MODEL_OPTIONS)
 def test_every_model_option_instantiates_and_runs(tmp_path, model):
     cfg = compose_train(tmp_path, f"model={model}", "data.image_size=32")
-    net = instantiate(cfg.model, attributes=["Smiling", "Male"], image_size=[32, 32],
-                      optimizer=instantiate(cfg.optimizer), _convert_="all")
+    net = instantiate(
+        cfg.model,
+        attributes=["Smiling", "Male"],
+        image_size=[32, 32],
+        optimizer=instantiate(cfg.optimizer),
+        _convert_="all",
+    )
     assert isinstance(net, FaceAttrModule)
     with torch.no_grad():
         assert net.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 2)
@@ -90,12 +113,18 @@ def test_data_options_instantiate(tmp_path, data):
 
 @pytest.mark.parametrize("trainer", ["default", "cpu", "ddp"])
 def test_trainer_options_instantiate_with_callbacks_and_loggers(tmp_path, trainer):
-    cfg = compose_train(tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu", "logger=many",
-                        "callbacks.progress_bar.mode=lines")  # mode=auto would depend on stdout being a terminal
+    cfg = compose_train(
+        tmp_path, f"trainer={trainer}", "trainer.accelerator=cpu", "logger=many", "callbacks.progress_bar.mode=lines"
+    )  # mode=auto would depend on stdout being a terminal
     callbacks = instantiate_group(cfg.callbacks)
     loggers = instantiate_group(cfg.logger)
-    assert {type(c).__name__ for c in callbacks} == {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor",
-                                                    "EpochLines", "TensorBoardPictures"}
+    assert {type(c).__name__ for c in callbacks} == {
+        "ModelCheckpoint",
+        "EarlyStopping",
+        "LearningRateMonitor",
+        "EpochLines",
+        "TensorBoardPictures",
+    }
     assert {type(lg).__name__ for lg in loggers} == {"TensorBoardLogger", "CSVLogger"}
     trainer_obj = instantiate(resolve_trainer_config(cfg.trainer), callbacks=callbacks, logger=loggers)
     assert isinstance(trainer_obj, L.Trainer)
@@ -118,8 +147,12 @@ def test_gpus_flag_maps_to_accelerator_and_devices(tmp_path, monkeypatch):
 @pytest.mark.parametrize("debug", options("debug"))
 def test_debug_options_compose(tmp_path, debug):
     cfg = compose_train(tmp_path, f"debug={debug}")
-    assert (cfg.trainer.get("fast_dev_run") or cfg.trainer.get("overfit_batches")
-            or cfg.trainer.get("limit_train_batches") or cfg.trainer.get("detect_anomaly"))
+    assert (
+        cfg.trainer.get("fast_dev_run")
+        or cfg.trainer.get("overfit_batches")
+        or cfg.trainer.get("limit_train_batches")
+        or cfg.trainer.get("detect_anomaly")
+    )
 
 
 def test_quickstart_uses_generated_data_on_the_cpu(tmp_path):

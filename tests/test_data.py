@@ -20,7 +20,10 @@ def raw_rows(root: Path) -> dict[str, list[int]]:
 
 
 def raw_partitions(root: Path) -> dict[str, int]:
-    return {name: int(p) for name, p in (line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines())}
+    return {
+        name: int(p)
+        for name, p in (line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines())
+    }
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,16 @@ TINY_DDP = tuple(o for o in TINY if not o.startswith(("trainer=", "model="))) + 
 
 def test_single_run_on_two_cpu_processes(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
-    proc = run_cli("train.py", *TINY_DDP, "model=tiny_resnet", f"data.root={synthetic_root}",
-                   "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", tmp_path=tmp_path, timeout=180)
+    proc = run_cli(
+        "train.py",
+        *TINY_DDP,
+        "model=tiny_resnet",
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        f"hydra.run.dir={run_dir}",
+        tmp_path=tmp_path,
+        timeout=180,
+    )
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 1
@@ -37,9 +45,18 @@ def test_multirun_of_ddp_jobs_one_failing(tmp_path, synthetic_root):
     # A sweep dir that differs every microsecond: a rank-1 process that re-ran the sweep would make a second one.
     sweeps = tmp_path / "sweeps"
     tiny = (o for o in TINY_DDP if not o.startswith("data.batch_size="))
-    proc = run_cli("train.py", "-m", *tiny, "model=tiny_resnet", "data.batch_size=0,16",
-                   f"data.root={synthetic_root}", "trainer.max_epochs=1",
-                   f"hydra.sweep.dir={sweeps}/${{now:%H-%M-%S-%f}}", tmp_path=tmp_path, timeout=180)
+    proc = run_cli(
+        "train.py",
+        "-m",
+        *tiny,
+        "model=tiny_resnet",
+        "data.batch_size=0,16",
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweeps}/${{now:%H-%M-%S-%f}}",
+        tmp_path=tmp_path,
+        timeout=180,
+    )
     output = proc.stdout + proc.stderr
     (sweep_dir,) = list(sweeps.iterdir())
     assert output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # each job started its own rank 1
@@ -68,14 +85,26 @@ def test_rank_processes_of_a_sweep_job_rerun_that_job_as_a_single_run():
     from faceattr.sweep.jobs import child_argv
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["model=tiny_vit", "trainer=ddp", "hydra.sweep.dir=/sweeps/x",
-                                          "hydra.mode=MULTIRUN"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["model=tiny_vit", "trainer=ddp", "hydra.sweep.dir=/sweeps/x", "hydra.mode=MULTIRUN"],
+            return_hydra_config=True,
+        )
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     try:
-        argv = child_argv(["train.py", "-m", "-cd", "/extra/conf", "--config-name=train",
-                           "model=tiny_resnet,tiny_vit", "trainer=ddp"])
+        argv = child_argv(
+            ["train.py", "-m", "-cd", "/extra/conf", "--config-name=train", "model=tiny_resnet,tiny_vit", "trainer=ddp"]
+        )
     finally:
         HydraConfig.instance().cfg = saved
-    assert argv == ["train.py", "-cd", "/extra/conf", "--config-name=train", "model=tiny_vit", "trainer=ddp",
-                    "hydra.sweep.dir=/sweeps/x", "hydra.mode=RUN"]
+    assert argv == [
+        "train.py",
+        "-cd",
+        "/extra/conf",
+        "--config-name=train",
+        "model=tiny_vit",
+        "trainer=ddp",
+        "hydra.sweep.dir=/sweeps/x",
+        "hydra.mode=RUN",
+    ]

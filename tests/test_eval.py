@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
@@ -68,8 +68,16 @@ def test_eval_reproduces_the_runs_own_test_figures(run_copy):
 def test_eval_on_validation_with_calibrated_thresholds(run_copy):
     from faceattr.evaluation import evaluate
 
-    summary = evaluate(compose("eval", f"ckpt={run_copy}", "split=valid", "thresholds=calibrated",
-                               "data.num_workers=0", "tensorboard=false"))
+    summary = evaluate(
+        compose(
+            "eval",
+            f"ckpt={run_copy}",
+            "split=valid",
+            "thresholds=calibrated",
+            "data.num_workers=0",
+            "tensorboard=false",
+        )
+    )
     assert summary["thresholds"].startswith("calibrated (F1-optimal on")
     rows = list(csv.DictReader((run_copy / "eval" / "valid_per_attribute.csv").open()))
     assert len({row["threshold"] for row in rows}) > 1  # per-attribute thresholds, not one 0.5
@@ -82,8 +90,15 @@ def test_eval_on_validation_with_calibrated_thresholds(run_copy):
 @pytest.mark.slow
 def test_eval_cli_prints_the_table_and_mistakes_are_one_line(run_copy, tmp_path):
     proc = run_cli("eval.py", f"ckpt={run_copy}", "data.num_workers=0", tmp_path=tmp_path)
-    assert proc.stdout.splitlines()[0].split() == ["attribute", "positive_rate", "acc", "bacc", "auroc", "f1",
-                                                   "threshold"]
+    assert proc.stdout.splitlines()[0].split() == [
+        "attribute",
+        "positive_rate",
+        "acc",
+        "bacc",
+        "auroc",
+        "f1",
+        "threshold",
+    ]
     assert "mean:        acc=" in proc.stdout and "bacc=" in proc.stdout
     proc = run_cli("eval.py", f"ckpt={tmp_path / 'nowhere'}", tmp_path=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ckpt=")
@@ -96,10 +111,23 @@ def _fit_tiny(tmp_path: Path, root: Path, callbacks=(), **model_kwargs) -> Path:
     from faceattr.model import FaceAttrModule
 
     datamodule = CelebADataModule(root=str(root), image_size=32, batch_size=16, num_workers=0)
-    module = FaceAttrModule(backbone="test_resnet", attributes=CELEBA_ATTRIBUTES, image_size=32, crop=178,
-                            optimizer=functools.partial(torch.optim.AdamW, lr=1e-2), **model_kwargs)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path, callbacks=list(callbacks))
+    module = FaceAttrModule(
+        backbone="test_resnet",
+        attributes=CELEBA_ATTRIBUTES,
+        image_size=32,
+        crop=178,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+        **model_kwargs,
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=datamodule)
     path = tmp_path / "model.ckpt"
     trainer.save_checkpoint(path)
@@ -118,8 +146,16 @@ def test_a_pos_weight_run_exports_parity_checks_and_serves(tmp_path, synthetic_r
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     assert state["hyper_parameters"]["pos_weight"] and not any("pos_weight" in k for k in state["state_dict"])
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    meta = export(compose("export", f"ckpt={checkpoint}", f"data_root={synthetic_root}", "export=onnx",
-                          f"output_dir={tmp_path / 'export'}", "calibration.num_workers=0"))
+    meta = export(
+        compose(
+            "export",
+            f"ckpt={checkpoint}",
+            f"data_root={synthetic_root}",
+            "export=onnx",
+            f"output_dir={tmp_path / 'export'}",
+            "calibration.num_workers=0",
+        )
+    )
     assert all(meta["parity"][fmt]["max_abs_diff"] <= 1e-4 for fmt in ("torchscript", "onnx"))
     config, info = served_model(load_serve_config({}), meta["tag"])
     images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
@@ -152,6 +188,15 @@ def test_the_reference_preset_runs_on_generated_data(tmp_path, synthetic_root):
     config = compose("train", "experiment=celeba_reference")
     assert config.data.limit is None and config.data.val_limit is None and config.data.crop is None
     assert list(config.data.image_size) == [218, 178] and config.model.backbone == "resnet18"
-    run_cli("train.py", "experiment=celeba_reference", f"data.root={synthetic_root}", f"model.weights={weights}",
-            "data.batch_size=4", "data.num_workers=0", "debug=fdr", "callbacks.progress_bar=null",
-            f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    run_cli(
+        "train.py",
+        "experiment=celeba_reference",
+        f"data.root={synthetic_root}",
+        f"model.weights={weights}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "debug=fdr",
+        "callbacks.progress_bar=null",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp_path=tmp_path,
+    )

@@ -81,8 +81,13 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     # The service's preprocessing of CelebA's aligned images equals training's: same accuracy at 0.5.
     assert test["at_0.5"]["acc"] == pytest.approx(record["test"]["test/acc"], abs=1e-4)
     # BentoML's own view of the model: `bentoml models list` and the metadata of model.yaml.
-    listing = subprocess.run([sys.executable, "-m", "bentoml", "models", "list"], env=cli_env(tmp),
-                             capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "list"],
+        env=cli_env(tmp),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"faceattr:{model_dir.name}" in listing
     info = yaml.safe_load((model_dir / "model.yaml").read_text())
     assert info["metadata"]["thresholds"] == thresholds
@@ -110,15 +115,16 @@ def test_torchscript_runs_in_a_process_that_cannot_import_faceattr(exported, tmp
         import torch
         extra = {{"faceattr.json": ""}}
         model = torch.jit.load({str(model_pt)!r}, _extra_files=extra)
-        out = model(torch.load({str(tmp_path / 'in.pt')!r}))
-        torch.save(out, {str(tmp_path / 'out.pt')!r})
+        out = model(torch.load({str(tmp_path / "in.pt")!r}))
+        torch.save(out, {str(tmp_path / "out.pt")!r})
         meta = json.loads(extra["faceattr.json"])
         print(json.dumps({{"shape": list(out.shape), "attributes": len(meta["attributes"]),
                           "faceattr_loaded": any(m.startswith("faceattr") for m in sys.modules)}}))
         """
     )
-    proc = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"shape": [5, 40], "attributes": 40, "faceattr_loaded": False}
@@ -235,12 +241,19 @@ def test_bad_ckpt_arguments_are_one_line_user_errors(tmp_path, tiny_run):
 @pytest.mark.slow
 def test_mismatched_run_config_is_refused(tiny_run):
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    hparams = {"image_size": [32, 32], "crop": [178, 178], "attributes": list(CELEBA_ATTRIBUTES),
-               "backbone": "test_resnet"}
+    hparams = {
+        "image_size": [32, 32],
+        "crop": [178, 178],
+        "attributes": list(CELEBA_ATTRIBUTES),
+        "backbone": "test_resnet",
+    }
     check_run_config(hparams, config, "config.yaml")  # the run's own config matches
     config["data"]["image_size"] = 64
-    with pytest.raises(UserError, match=r"does not match config.yaml \(data.image_size \[64, 64\] vs the "
-                                        r"checkpoint's \[32, 32\]\)"):
+    with pytest.raises(
+        UserError,
+        match=r"does not match config.yaml \(data.image_size \[64, 64\] vs the "
+        r"checkpoint's \[32, 32\]\)",
+    ):
         check_run_config(hparams, config, "config.yaml")
 
 
@@ -265,13 +278,19 @@ def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_pa
     from faceattr.export.pipeline import export
 
     edits = {
-        "attributes": (lambda c: c["data"].update(attributes=["Smiling", "Male", "Eyeglasses"]),
-                       r"data.attributes has 3 attributes, the checkpoint 40, only in the checkpoint: "
-                       r"5_o_Clock_Shadow, Arched_Eyebrows, Attractive, Bags_Under_Eyes, \.\.\. \(37\)"),
-        "image_size": (lambda c: c["data"].update(image_size=[64, 64]),
-                       r"data.image_size \[64, 64\] vs the checkpoint's \[32, 32\]"),
-        "backbone": (lambda c: c["model"].update(backbone="resnet18"),
-                     r"model.backbone resnet18 vs the checkpoint's test_resnet"),
+        "attributes": (
+            lambda c: c["data"].update(attributes=["Smiling", "Male", "Eyeglasses"]),
+            r"data.attributes has 3 attributes, the checkpoint 40, only in the checkpoint: "
+            r"5_o_Clock_Shadow, Arched_Eyebrows, Attractive, Bags_Under_Eyes, \.\.\. \(37\)",
+        ),
+        "image_size": (
+            lambda c: c["data"].update(image_size=[64, 64]),
+            r"data.image_size \[64, 64\] vs the checkpoint's \[32, 32\]",
+        ),
+        "backbone": (
+            lambda c: c["model"].update(backbone="resnet18"),
+            r"model.backbone resnet18 vs the checkpoint's test_resnet",
+        ),
     }
     for name, (edit, message) in edits.items():
         run = _copy_run(tiny_run, tmp_path / name)
@@ -279,8 +298,11 @@ def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_pa
         edit(config)
         (run / "config.yaml").write_text(yaml.safe_dump(config))
         cfg = compose_export(f"ckpt={run}", "store=false", "calibration.num_workers=0")
-        with pytest.raises(UserError, match=rf"the checkpoint does not match {run}/config.yaml \({message}\): it "
-                                            "belongs to another run") as error:
+        with pytest.raises(
+            UserError,
+            match=rf"the checkpoint does not match {run}/config.yaml \({message}\): it "
+            "belongs to another run",
+        ) as error:
             export(cfg)
         assert "\n" not in str(error.value)
         assert not (run / "export").exists()
@@ -300,11 +322,19 @@ def test_data_root_without_the_checkpoints_attributes_is_one_line(tiny_run, synt
     assert lines[1].split()[-1] == "Young"
     kept = [lines[0]] + [line.rsplit(maxsplit=1)[0] for line in lines[1:]]
     (data / "list_attr_celeba.txt").write_text("\n".join(kept) + "\n")
-    cfg = compose_export(f"ckpt={tiny_run}", f"data_root={data}", "store=false", f"output_dir={tmp_path / 'out'}",
-                         "calibration.num_workers=0")
-    with pytest.raises(UserError, match=rf"data_root={data} does not fit the checkpoint: its annotation file has no "
-                                        r"column for 1 of the checkpoint's 40 attributes \(Young\); pass the CelebA "
-                                        "folder the model was trained on"):
+    cfg = compose_export(
+        f"ckpt={tiny_run}",
+        f"data_root={data}",
+        "store=false",
+        f"output_dir={tmp_path / 'out'}",
+        "calibration.num_workers=0",
+    )
+    with pytest.raises(
+        UserError,
+        match=rf"data_root={data} does not fit the checkpoint: its annotation file has no "
+        r"column for 1 of the checkpoint's 40 attributes \(Young\); pass the CelebA "
+        "folder the model was trained on",
+    ):
         export(cfg)
 
 
@@ -313,9 +343,11 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
     from faceattr.export.options import check_command_line
 
     ckpt = f"ckpt={tiny_run}"
-    valid = ("valid: ckpt, name, store, output_dir, data_root, test_metrics, parity.num_images, parity.atol, "
-             "calibration.max_images, calibration.default_threshold, calibration.batch_size, calibration.num_workers, export.formats, "
-             "export.opset; groups: export=onnx|torchscript")
+    valid = (
+        "valid: ckpt, name, store, output_dir, data_root, test_metrics, parity.num_images, parity.atol, "
+        "calibration.max_images, calibration.default_threshold, calibration.batch_size, calibration.num_workers, "
+        "export.formats, export.opset; groups: export=onnx|torchscript"
+    )
     cases = {
         "foo=1": f"unknown export option 'foo'; {valid}",
         "+foo=1": "unknown export option 'foo'; valid:",  # '+' adds a key Hydra would accept silently
@@ -329,7 +361,7 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
         "store=maybe": "store='maybe': expected true or false",
         "export.opset=5": "export.opset=5: expected null or an ONNX opset >= 7",
         "parity=3": "parity=3: parity is a group of settings, set them one by one: parity.num_images=..., "
-                    "parity.atol=...",
+        "parity.atol=...",
         "~calibration": "export option calibration.max_images is missing",
         "parity": "cannot parse the argument 'parity' (missing EQUAL at '<EOF>'): arguments are key=value",
         "ckpt=[a": "cannot parse the argument 'ckpt=[a'",
@@ -345,9 +377,11 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
     check_command_line([ckpt, "export=onnx", "parity.atol=1e-3", "calibration.max_images=null", "hydra.verbose=true"])
     check_command_line([ckpt, "--cfg", "job"])
     # End to end: one line and exit status 2, before anything slow (the checkpoint is not even looked at).
-    for argument, message in (("foo=1", "error: unknown export option 'foo'"),
-                              ("export=bogus", "error: export=bogus: no such option"),
-                              ("parity.atol=abc", "error: parity.atol='abc'")):
+    for argument, message in (
+        ("foo=1", "error: unknown export option 'foo'"),
+        ("export=bogus", "error: export=bogus: no such option"),
+        ("parity.atol=abc", "error: parity.atol='abc'"),
+    ):
         proc = run_cli("export.py", "ckpt=/nowhere", argument, tmp_path=tmp_path, check=False)
         assert _one_line_error(proc).startswith(message), proc.stderr
 
@@ -378,7 +412,7 @@ def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path
         "empty": "is not a PyTorch checkpoint",
         "bare": f"is a bare state_dict ({len(state['state_dict'])} tensors), not a Lightning checkpoint",
         "other_model": "is a Lightning checkpoint of another model (its hyper_parameters lack backbone, attributes, "
-                       "image_size)",
+        "image_size)",
         "other_head": "its weights do not fit a test_resnet with 3 attributes (",
     }
     for name, message in cases.items():
@@ -400,18 +434,30 @@ def test_malicious_checkpoint_is_refused_without_running_its_code(tiny_run, tmp_
     state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     evil = tmp_path / "evil.ckpt"
     torch.save({**state, "hyper_parameters": {**state["hyper_parameters"], "note": _Evil(marker)}}, evil)
-    unsafe = subprocess.run([sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
-                            capture_output=True, text=True, timeout=120)
+    unsafe = subprocess.run(
+        [sys.executable, "-c", f"import torch; torch.load({str(evil)!r}, weights_only=False)"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert unsafe.returncode == 0 and marker.exists(), "the checkpoint runs no code: the test would prove nothing"
     marker.unlink()
 
     env = {**cli_env(tmp_path), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "export.py"), f"ckpt={evil}", "store=false"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "export.py"), f"ckpt={evil}", "store=false"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = _one_line_error(proc)
-    assert line == (f"error: refusing to load {evil}: it holds a pickled posix.system, which weights_only loading "
-                    "does not allow (loading it unsafely could run code); faceattr checkpoints hold only tensors and "
-                    "plain values")
+    assert line == (
+        f"error: refusing to load {evil}: it holds a pickled posix.system, which weights_only loading "
+        "does not allow (loading it unsafely could run code); faceattr checkpoints hold only tensors and "
+        "plain values"
+    )
     assert not marker.exists()
 
     # As the last.ckpt of a run dir without run.json: its ModelCheckpoint state is read first, then the model.
@@ -426,9 +472,8 @@ def test_malicious_checkpoint_is_refused_without_running_its_code(tiny_run, tmp_
 
 @pytest.mark.slow
 def test_parity_failure_fails_loudly_and_stores_nothing(tiny_run, tmp_path, monkeypatch):
-    from faceattr.export.pipeline import export
-
     from faceattr.export import build
+    from faceattr.export.pipeline import export
 
     real = build.probability_model
 
@@ -442,8 +487,9 @@ def test_parity_failure_fails_loudly_and_stores_nothing(tiny_run, tmp_path, monk
 
     monkeypatch.setattr(build, "probability_model", lambda module: Skewed(real(module)).eval())
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
-    cfg = compose_export(f"ckpt={tiny_run}", "export=torchscript", f"output_dir={tmp_path}",
-                         "calibration.num_workers=0")
+    cfg = compose_export(
+        f"ckpt={tiny_run}", "export=torchscript", f"output_dir={tmp_path}", "calibration.num_workers=0"
+    )
     with pytest.raises(UserError, match="parity check failed for torchscript: .* NOT saved to the model store"):
         export(cfg)
     assert not (tmp_path / "bentoml" / "models").exists()
@@ -456,4 +502,3 @@ def test_thresholds_maximize_f1_and_default_where_undefined():
     # Attribute 0: top-2 (P=2/2, R=2/3, F1=0.8) vs top-4 (F1=0.857): the best cut is between 0.3 and 0.1.
     assert thresholds[0].item() == pytest.approx(0.2)
     assert calibrated.tolist() == [True, False] and thresholds[1].item() == 0.5
-

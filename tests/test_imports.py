@@ -24,6 +24,7 @@ SERVING_PACKAGE = "faceattr.serve"
 #: Circles other changes of issue 12 remove; each entry is the set of modules of one circle (strongly connected
 #: component). A circle made of modules of one of these sets counts as known; any other fails the test.
 
+
 def module_files(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     """{dotted module name: file} of every module of ``packages`` (a package is its ``__init__.py``)."""
     modules = {}
@@ -128,8 +129,11 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 def import_cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     """The circles: sets of two or more modules each of which (indirectly) imports all the others."""
     reach = {name: reachable(graph, name) for name in graph}
-    cycles = {frozenset({name} | {other for other in reach[name] if name in reach[other]})
-              for name in graph if name in reach[name]}
+    cycles = {
+        frozenset({name} | {other for other in reach[name] if name in reach[other]})
+        for name in graph
+        if name in reach[name]
+    }
     return sorted(cycles, key=sorted)
 
 
@@ -196,7 +200,7 @@ def test_the_reading_of_imports_on_a_small_package(tmp_path):
         "pkg/serve/__init__.py": "",
         "pkg/serve/svc.py": "from pkg.lib import used\n",
         "pkg/lib.py": "import pkg.c\n\ndef used():\n    return helper()\n\ndef helper():\n    from pkg import dep\n\n"
-                      "def unused():\n    from pkg import training\n",
+        "def unused():\n    from pkg import training\n",
         "pkg/dep.py": "",
         "pkg/training.py": "",
     }
@@ -206,14 +210,28 @@ def test_the_reading_of_imports_on_a_small_package(tmp_path):
     imports = parse_modules(module_files(tmp_path, ("pkg",)))
     graph = import_graph(imports)
     assert {name: graph[name] for name in ("pkg", "pkg.a", "pkg.sub", "pkg.sub.b", "pkg.c", "pkg.lib")} == {
-        "pkg": {"pkg.a"}, "pkg.a": {"pkg.sub.b"}, "pkg.sub": set(), "pkg.sub.b": {"pkg.c", "pkg.a"},
-        "pkg.c": {"pkg.sub.b"}, "pkg.lib": {"pkg.c", "pkg.dep", "pkg.training"}}
+        "pkg": {"pkg.a"},
+        "pkg.a": {"pkg.sub.b"},
+        "pkg.sub": set(),
+        "pkg.sub.b": {"pkg.c", "pkg.a"},
+        "pkg.c": {"pkg.sub.b"},
+        "pkg.lib": {"pkg.c", "pkg.dep", "pkg.training"},
+    }
     cycles = import_cycles(graph)
     assert cycles == [frozenset({"pkg.a", "pkg.sub.b", "pkg.c"})]
     assert describe(cycles[0], graph) == "pkg.a -> pkg.sub.b -> pkg.a"
     # used() calls helper(), which imports dep; unused() is never taken from pkg.lib, so training is not reached.
     assert import_closure(imports, "pkg.serve.svc", "pkg.serve") == {
-        "pkg", "pkg.a", "pkg.sub", "pkg.sub.b", "pkg.c", "pkg.serve", "pkg.serve.svc", "pkg.lib", "pkg.dep"}
+        "pkg",
+        "pkg.a",
+        "pkg.sub",
+        "pkg.sub.b",
+        "pkg.c",
+        "pkg.serve",
+        "pkg.serve.svc",
+        "pkg.lib",
+        "pkg.dep",
+    }
 
 
 def test_no_import_cycles(graph):
@@ -222,9 +240,13 @@ def test_no_import_cycles(graph):
 
 
 def test_the_product_imports_no_benchmark_script_or_test_code(imports):
-    offending = [f"{name} imports {imported}" for name, statements in imports.items()
-                 if name.split(".")[0] == "faceattr" for imported in statements.everything()
-                 if imported.split(".")[0] in ("benchmarks", "scripts", "tests")]
+    offending = [
+        f"{name} imports {imported}"
+        for name, statements in imports.items()
+        if name.split(".")[0] == "faceattr"
+        for imported in statements.everything()
+        if imported.split(".")[0] in ("benchmarks", "scripts", "tests")
+    ]
     assert not offending, offending
 
 
@@ -247,5 +269,7 @@ def test_bentofile_ships_exactly_the_code_the_service_imports(modules, imports):
     spec = BentoPathSpec(config["include"], config.get("exclude") or [], str(REPO))
     shipped = {path for path in repo_python_files() if spec.includes(path)}
     needed = {modules[name].relative_to(REPO).as_posix() for name in import_closure(imports, SERVICE, SERVING_PACKAGE)}
-    assert shipped == needed, {"shipped, not imported": sorted(shipped - needed),
-                               "imported, not shipped": sorted(needed - shipped)}
+    assert shipped == needed, {
+        "shipped, not imported": sorted(shipped - needed),
+        "imported, not shipped": sorted(needed - shipped),
+    }

@@ -57,8 +57,15 @@ def test_forward_backward_shapes_and_gradients():
 
 def test_training_logs_the_agreed_metric_names_and_learns(tmp_path):
     module = make_module()
-    trainer = L.Trainer(max_epochs=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=loader(), val_dataloaders=loader(32))
     fit_metrics = dict(trainer.logged_metrics)
     expected = {"train/loss_epoch", "val/loss", "val/auroc", "val/acc", "val/f1", "val/auroc_best"}
@@ -72,8 +79,14 @@ def test_training_logs_the_agreed_metric_names_and_learns(tmp_path):
 
 def test_checkpoint_rebuilds_the_model_alone(tmp_path):
     module = make_module(crop=178)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
@@ -206,8 +219,13 @@ def test_normalization_is_the_backbones_own_unless_configured():
 
 
 def test_vit_position_embedding_and_class_token_get_no_weight_decay():
-    module = FaceAttrModule(backbone="test_vit", attributes=ATTRS, image_size=32, backbone_kwargs={"img_size": 32},
-                            optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05))
+    module = FaceAttrModule(
+        backbone="test_vit",
+        attributes=ATTRS,
+        image_size=32,
+        backbone_kwargs={"img_size": 32},
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05),
+    )
 
     class FakeTrainer:
         estimated_stepping_batches = 10
@@ -225,8 +243,14 @@ def test_pos_weight_is_not_in_the_checkpoint_weights_and_old_checkpoints_still_l
     module.pos_weight = torch.tensor([1.0, 4.0, 9.0])
     assert not any("pos_weight" in key for key in module.state_dict())
     # A checkpoint written before the fix had the loss weights (and the best score) in its state_dict.
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
     path = tmp_path / "old.ckpt"
     trainer.save_checkpoint(path)

@@ -57,7 +57,8 @@ def test_the_config_entry_builds_the_chosen_callback_and_rejects_a_bad_mode(tmp_
         instantiate(compose_train(tmp_path, "callbacks.progress_bar.mode=fancy").callbacks.progress_bar)
     error = find_user_error(info.value)
     assert isinstance(error, UserError) and str(error) == (
-        "callbacks.progress_bar.mode='fancy': choose one of auto, bar, lines")
+        "callbacks.progress_bar.mode='fancy': choose one of auto, bar, lines"
+    )
 
 
 def test_metrics_are_sorted_to_four_decimals_without_the_step_twin():
@@ -67,9 +68,16 @@ def test_metrics_are_sorted_to_four_decimals_without_the_step_twin():
 
 def fit_and_test(tmp_path, callback, max_epochs: int, check_val_every_n_epoch: int = 1):
     """Fit test_resnet (3 steps an epoch), then test it; return the trainer and the metrics the fit ended with."""
-    trainer = L.Trainer(max_epochs=max_epochs, check_val_every_n_epoch=check_val_every_n_epoch, accelerator="cpu",
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        default_root_dir=tmp_path, callbacks=[callback])
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        check_val_every_n_epoch=check_val_every_n_epoch,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[callback],
+    )
     module = make_module()
     trainer.fit(module, train_dataloaders=loader(48), val_dataloaders=loader(32))
     fit_metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -86,8 +94,9 @@ def shown(line: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("every, validated", [(1, [True, True, True]), (2, [False, True, False])])
-def test_one_line_per_epoch_with_that_epochs_validation_and_no_carriage_return(tmp_path, caplog, capfd, every,
-                                                                             validated):
+def test_one_line_per_epoch_with_that_epochs_validation_and_no_carriage_return(
+    tmp_path, caplog, capfd, every, validated
+):
     caplog.set_level(logging.INFO, logger="faceattr.progress")
     callback = EpochLines()
     trainer, fit_metrics = fit_and_test(tmp_path, callback, max_epochs=3, check_val_every_n_epoch=every)
@@ -125,8 +134,9 @@ def test_ranks_other_than_zero_log_nothing(tmp_path, caplog, monkeypatch):
 
 def test_a_validation_run_of_its_own_is_one_line(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="faceattr.progress")
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_model_summary=False, default_root_dir=tmp_path,
-                        callbacks=[EpochLines()])
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=[EpochLines()]
+    )
     trainer.validate(make_module(), dataloaders=loader(32), verbose=False)
     (line,) = progress_lines(caplog)
     assert line.startswith("validation: 2 batches, ") and set(VAL_METRICS) - {"val/auroc_best"} <= set(shown(line))

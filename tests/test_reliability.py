@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import REPO, TINY, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
@@ -66,8 +65,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def _run_python(code: str, *args: str, tmp_path: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, str(REPO / "train.py"), *args], cwd=cwd,
-                          env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _error_line(proc: subprocess.CompletedProcess) -> str:
@@ -125,16 +130,23 @@ def test_disk_full_at_checkpoint_time_on_a_small_tmpfs(tmp_path, tiny_run, synth
     checkpoint = (tiny_run / "checkpoints" / "last.ckpt").stat().st_size
     size_kb = int(2.5 * checkpoint / 1024) + 256  # 2 checkpoints + config, logs, events; a 3rd does not fit
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)],
-                                 capture_output=True, text=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(mount)], capture_output=True, text=True
+        )
     except FileNotFoundError:
         pytest.skip("no mount command (the injected-ENOSPC test covers this fault)")
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the injected-ENOSPC test covers this")
     try:
         run_dir = mount / "run"
-        proc = run_cli("train.py", *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}",
-                       tmp_path=tmp_path, check=False)
+        proc = run_cli(
+            "train.py",
+            *DISK_FULL_ARGS,
+            f"data.root={synthetic_root}",
+            f"hydra.run.dir={run_dir}",
+            tmp_path=tmp_path,
+            check=False,
+        )
 
         def free_space():
             subprocess.run(["mount", "-o", f"remount,size={size_kb * 4}k", str(mount)], check=True)
@@ -149,8 +161,9 @@ def test_disk_full_at_checkpoint_time_injected(tmp_path, synthetic_root):
     """ENOSPC raised by the checkpoint write itself, half of the file written; a stale temporary file that a killed
     writer left behind is removed when the run resumes."""
     run_dir = tmp_path / "run"
-    proc = _run_python(INJECT_ENOSPC, *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}",
-                       tmp_path=tmp_path)
+    proc = _run_python(
+        INJECT_ENOSPC, *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path
+    )
     stale = run_dir / "checkpoints" / ".last.ckpt.0badc0de.partial"
 
     def leave_a_stale_temporary():
@@ -163,10 +176,24 @@ def test_disk_full_at_checkpoint_time_injected(tmp_path, synthetic_root):
 def test_two_launches_in_the_same_second_get_two_complete_run_dirs(tmp_path, synthetic_root):
     """Two train.py processes at once, both starting at the same second, each into the default outputs/ dir."""
     procs = [
-        subprocess.Popen([sys.executable, "-c", SAME_SECOND, str(REPO / "train.py"), *TINY, "trainer.max_epochs=1",
-                          "test=false", f"data.root={synthetic_root}", f"seed={seed}"],
-                         cwd=tmp_path, env=cli_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                SAME_SECOND,
+                str(REPO / "train.py"),
+                *TINY,
+                "trainer.max_epochs=1",
+                "test=false",
+                f"data.root={synthetic_root}",
+                f"seed={seed}",
+            ],
+            cwd=tmp_path,
+            env=cli_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for seed in (1, 2)
     ]
     for proc in procs:
@@ -204,11 +231,22 @@ def test_cluster_array_jobs_and_plain_launches_get_distinct_dirs(tmp_path):
     """The run and sweep dir names: <time>-<SLURM job id> for array jobs, <time>-<4 random characters> otherwise;
     the id is the same within one process (Hydra may resolve the dirs more than once)."""
     dirs = []
-    for env in ({"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_ID": "4250"},
-                {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "8", "SLURM_JOB_ID": "4251"}, {}, {}):
+    for env in (
+        {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "7", "SLURM_JOB_ID": "4250"},
+        {"SLURM_ARRAY_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "8", "SLURM_JOB_ID": "4251"},
+        {},
+        {},
+    ):
         full_env = {k: v for k, v in cli_env(tmp_path).items() if not k.startswith("SLURM_")} | env
-        out = subprocess.run([sys.executable, "-c", RUN_DIRS, str(REPO / "conf")], env=full_env, cwd=REPO,
-                             capture_output=True, text=True, timeout=120, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", RUN_DIRS, str(REPO / "conf")],
+            env=full_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout.split()
         run_dir, sweep_dir, again = out
         assert run_dir.rsplit("-", 1)[1] == sweep_dir.rsplit("-", 1)[1] == again.rsplit("-", 1)[1]
         dirs.append((run_dir, sweep_dir))
@@ -268,15 +306,32 @@ def test_resume_and_ckpt_path_with_a_truncated_checkpoint(tmp_path, synthetic_ro
     """resume=: a truncated last.ckpt is refused and the run resumes from its newest checkpoint that loads, saying
     so; ckpt_path=<truncated file>: one line naming it."""
     run_dir = tmp_path / "run"
-    run_cli("train.py", *TINY, f"data.root={synthetic_root}", "trainer.max_epochs=2", "test=false",
-            "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=2",
+        "test=false",
+        "callbacks.early_stopping=null",
+        f"hydra.run.dir={run_dir}",
+        tmp_path=tmp_path,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     (best,) = [p for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
     best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
     _truncate(last)
 
-    line = _error_line(run_cli("train.py", *TINY, f"data.root={synthetic_root}", f"ckpt_path={last}",
-                               f"hydra.run.dir={tmp_path / 'other'}", tmp_path=tmp_path, check=False))
+    line = _error_line(
+        run_cli(
+            "train.py",
+            *TINY,
+            f"data.root={synthetic_root}",
+            f"ckpt_path={last}",
+            f"hydra.run.dir={tmp_path / 'other'}",
+            tmp_path=tmp_path,
+            check=False,
+        )
+    )
     assert f"ckpt_path={last} is not a loadable checkpoint: {last} is truncated" in line
 
     proc = run_cli("train.py", f"resume={run_dir}", "trainer.max_epochs=3", tmp_path=tmp_path)
@@ -304,6 +359,7 @@ def test_a_failed_write_keeps_the_previous_file_and_says_why_in_one_line(tmp_pat
     if code is None:
         shutil.rmtree(target.parent)
     else:
+
         def failing_write(file, data):
             file.write(data[:3])
             raise OSError(code, "injected")
@@ -312,9 +368,11 @@ def test_a_failed_write_keeps_the_previous_file_and_says_why_in_one_line(tmp_pat
     with pytest.raises(UserError) as error:
         atomic.write_json(target, {"status": "failed", "error": "x" * 100})
     message = str(error.value)
-    expected = {"no space": f"no space left on device writing {target} (",
-                "read-only": f"read-only file system writing {target}: ",
-                "vanished": f"the output directory {target.parent} vanished writing {target} "}[fault]
+    expected = {
+        "no space": f"no space left on device writing {target} (",
+        "read-only": f"read-only file system writing {target}: ",
+        "vanished": f"the output directory {target.parent} vanished writing {target} ",
+    }[fault]
     assert message.startswith(expected) and "\n" not in message, message
     if code is not None:
         assert json.loads(target.read_text()) == {"status": "completed"}

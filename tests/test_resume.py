@@ -9,7 +9,6 @@ import sys
 import time
 
 import torch
-
 from conftest import REPO, TINY, cli_env, run_cli
 
 
@@ -17,10 +16,21 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     # Small batches make each epoch last long enough to kill the run in the middle of one.
-    args = [*TINY, f"data.root={synthetic_root}", "data.batch_size=8", "trainer.max_epochs=4", "test=false",
-            f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=cli_env(tmp_path),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [
+        *TINY,
+        f"data.root={synthetic_root}",
+        "data.batch_size=8",
+        "trainer.max_epochs=4",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=cli_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while not last.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

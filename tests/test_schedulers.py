@@ -47,7 +47,7 @@ def test_extending_a_run_continues_the_decay_instead_of_restarting_it(resumed_at
     after = _lrs(new, 200 - resumed_at + 10)
     curve = before + after
     peak = curve.index(max(curve))
-    assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1:])), "the lr rose after warm-up"
+    assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1 :])), "the lr rose after warm-up"
     assert after[0] == pytest.approx(old.optimizer.param_groups[0]["lr"])  # continuous at the boundary
     assert curve[199] == pytest.approx(0.01, abs=1e-3) and curve[150] > 0.01  # decays over the new length
 
@@ -63,13 +63,24 @@ def test_lightning_resume_with_more_epochs_never_raises_the_lr(tmp_path):
             self.values.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     def fit(max_epochs: int, ckpt_path=None) -> list[float]:
-        module = FaceAttrModule(backbone="test_resnet", attributes=ATTRS, image_size=32,
-                                optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
-                                scheduler=functools.partial(cosine_with_warmup, warmup_fraction=0.2))
+        module = FaceAttrModule(
+            backbone="test_resnet",
+            attributes=ATTRS,
+            image_size=32,
+            optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+            scheduler=functools.partial(cosine_with_warmup, warmup_fraction=0.2),
+        )
         record = RecordLR()
-        trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, callbacks=[record],
-                            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                            num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_epochs=max_epochs,
+            accelerator="cpu",
+            logger=False,
+            callbacks=[record],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(module, train_dataloaders=loader(64), val_dataloaders=loader(16), ckpt_path=ckpt_path)
         trainer.save_checkpoint(tmp_path / "last.ckpt")
         return record.values
@@ -80,5 +91,5 @@ def test_lightning_resume_with_more_epochs_never_raises_the_lr(tmp_path):
     assert len(first) == 8 and len(second) == 12
     peak = curve.index(max(curve))
     assert peak < len(first)
-    assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1:])), curve
+    assert all(a >= b - 1e-12 for a, b in zip(curve[peak:], curve[peak + 1 :])), curve
     assert second[0] <= first[-1] and second[-1] < 0.2 * max(curve)

@@ -71,8 +71,13 @@ def test_bad_training_values_are_one_line(overrides, message):
 
 
 def test_free_form_training_groups_take_any_constructor_argument():
-    cfg = compose_config("train", "+trainer.gradient_clip_algorithm=value", "trainer.max_epochs=null",
-                         "model.backbone=resnet10t", "+data.extra=1")
+    cfg = compose_config(
+        "train",
+        "+trainer.gradient_clip_algorithm=value",
+        "trainer.max_epochs=null",
+        "model.backbone=resnet10t",
+        "+data.extra=1",
+    )
     check_types(cfg)
 
 
@@ -93,11 +98,17 @@ def test_a_resumed_config_is_checked_the_same_way(tmp_path):
         ("data.num_workers=-1", "data.num_workers=-1: expected null or an integer >= 0"),
         ("data.eval_batch_size=many", "data.eval_batch_size='many': expected null or an integer >= 1"),
         ("tensorboard=sometimes", "tensorboard='sometimes': expected true or false"),
-        ("data.image_size=64", "unknown eval option 'data.image_size'; valid: ckpt, split, thresholds, data.root, "
-                               "data.num_workers, data.eval_batch_size, output_dir, tensorboard"),
+        (
+            "data.image_size=64",
+            "unknown eval option 'data.image_size'; valid: ckpt, split, thresholds, data.root, "
+            "data.num_workers, data.eval_batch_size, output_dir, tensorboard",
+        ),
         ("+foo=1", "unknown eval option 'foo'"),
-        ("data=3", "data=3: data is a group of settings, set them one by one: data.root=..., data.num_workers=..., "
-                   "data.eval_batch_size=..."),
+        (
+            "data=3",
+            "data=3: data is a group of settings, set them one by one: data.root=..., data.num_workers=..., "
+            "data.eval_batch_size=...",
+        ),
     ],
 )
 def test_bad_eval_options_are_one_line(argument, message):
@@ -109,14 +120,16 @@ def test_command_lines_that_pass():
     check_command_line("eval", ["ckpt=run", "thresholds=0.3", "data.num_workers=null"])
     check_command_line("eval", ["--help"])  # Hydra's own flags are left to Hydra
     assert one_line_error(check_command_line, "eval", []) == (
-        "ckpt is required: python eval.py ckpt=... (expected a .ckpt file, run dir or sweep dir)")
+        "ckpt is required: python eval.py ckpt=... (expected a .ckpt file, run dir or sweep dir)"
+    )
 
 
 def test_eval_cli_refuses_a_bad_option_in_one_line_before_hydra(tmp_path):
     proc = run_cli("eval.py", "ckpt=/nowhere", "thresholds=often", tmp_path=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: thresholds='often': expected a number in [0, 1] (e.g. 0.5) or calibrated"]
+        "error: thresholds='often': expected a number in [0, 1] (e.g. 0.5) or calibrated"
+    ]
 
 
 @pytest.mark.parametrize(

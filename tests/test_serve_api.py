@@ -111,8 +111,9 @@ def test_health_metrics_and_swagger_ui(served):
     assert {"/predict", "/predict_batch"} <= set(spec["paths"])
 
 
-@pytest.mark.parametrize("name", ["colour.jpg", "grayscale.jpg", "no_face.png", "colour.webp", "rotated.jpg",
-                                  "panorama.png"])
+@pytest.mark.parametrize(
+    "name", ["colour.jpg", "grayscale.jpg", "no_face.png", "colour.webp", "rotated.jpg", "panorama.png"]
+)
 def test_predict_answers_photos_with_40_probabilities(served, photos, reference, name):
     probabilities, thresholds = reference
     response = post(served, "/predict", {"image": (name, photos[name])})
@@ -152,20 +153,31 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
         ("/predict", {"files": {"image": ("notes.txt", b"hello, not an image")}}, 400, "not an image"),
         ("/predict", {"files": {"image": ("empty.jpg", b"")}}, 400, "empty"),
         ("/predict", {"files": {"image": ("cut.jpg", colour[: len(colour) // 2])}}, 400, "truncated or corrupt"),
-        ("/predict", {"files": {"image": ("a.gif", encode(Image.new("RGB", (9, 9)), "GIF"))}}, 400,
-         "JPEG, PNG or WEBP"),
+        (
+            "/predict",
+            {"files": {"image": ("a.gif", encode(Image.new("RGB", (9, 9)), "GIF"))}},
+            400,
+            "JPEG, PNG or WEBP",
+        ),
         ("/predict", {"files": {"image": ("big.png", _noise_png(300, 300))}}, 413, "limit is 200000 bytes"),
         ("/predict", {"files": {"image": ("bomb.png", bomb)}}, 413, "3000x3000 = 9000000 pixels"),
         ("/predict", {"files": {"image": ("huge.png", b"\0" * 500_000)}}, 413, "max_request_bytes"),
         ("/predict", {"files": {"photo": ("a.jpg", colour)}}, 400, "missing multipart file field 'image'"),
-        ("/predict", {"data": {"image": "http://example.com/a.jpg"}, "files": {"x": ("x", b"x")}}, 400,
-         "must be a file upload"),
+        (
+            "/predict",
+            {"data": {"image": "http://example.com/a.jpg"}, "files": {"x": ("x", b"x")}},
+            400,
+            "must be a file upload",
+        ),
         ("/predict", {"json": {"image": "a.jpg"}}, 415, "multipart/form-data"),
         ("/predict", {}, 415, "multipart/form-data"),
-        ("/predict_batch", {"files": [("images", ("a.jpg", colour)), ("images", ("b.txt", b"text"))]}, 400,
-         "image 1 "),
-        ("/predict_batch", {"files": [("images", (f"{i}.png", small)) for i in range(9)]}, 413,
-         "9 images in one request; the limit is 8"),
+        ("/predict_batch", {"files": [("images", ("a.jpg", colour)), ("images", ("b.txt", b"text"))]}, 400, "image 1 "),
+        (
+            "/predict_batch",
+            {"files": [("images", (f"{i}.png", small)) for i in range(9)]},
+            413,
+            "9 images in one request; the limit is 8",
+        ),
         ("/predict_batch", {"files": {"image": ("a.jpg", colour)}}, 400, "missing multipart file field 'images'"),
     ]
     for route, kwargs, status, message in cases:
@@ -179,12 +191,16 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
 
 def _batch_histogram(metrics: str) -> tuple[float, float, float]:
     """(calls, images, calls with exactly one image) of faceattr_model_batch_size."""
+
     def value(pattern: str) -> float:
         match = re.search(pattern + r" ([0-9.e+]+)", metrics)
         return float(match.group(1)) if match else 0.0
 
-    return (value(r"faceattr_model_batch_size_count"), value(r"faceattr_model_batch_size_sum"),
-            value(r'faceattr_model_batch_size_bucket\{le="1.0"\}'))
+    return (
+        value(r"faceattr_model_batch_size_count"),
+        value(r"faceattr_model_batch_size_sum"),
+        value(r'faceattr_model_batch_size_bucket\{le="1.0"\}'),
+    )
 
 
 def test_64_concurrent_requests_meet_in_batches_without_errors(served, photos):
@@ -193,8 +209,9 @@ def test_64_concurrent_requests_meet_in_batches_without_errors(served, photos):
     before = _batch_histogram(httpx.get(served["url"] + "/metrics").text)
 
     async def run() -> tuple[list[httpx.Response], float]:
-        async with httpx.AsyncClient(base_url=served["url"], timeout=60,
-                                     limits=httpx.Limits(max_connections=64)) as client:
+        async with httpx.AsyncClient(
+            base_url=served["url"], timeout=60, limits=httpx.Limits(max_connections=64)
+        ) as client:
             started = time.perf_counter()
             responses = await asyncio.gather(
                 *(client.post("/predict", files={"image": (f"{i}.jpg", image)}) for i in range(64))
@@ -206,8 +223,9 @@ def test_64_concurrent_requests_meet_in_batches_without_errors(served, photos):
     for response in responses:
         got = response.json()["attributes"]
         assert max(abs(got[k] - single[k]) for k in single) <= 2e-6
-    calls, images, singles = (a - b for a, b in zip(_batch_histogram(httpx.get(served["url"] + "/metrics").text),
-                                                     before))
+    calls, images, singles = (
+        a - b for a, b in zip(_batch_histogram(httpx.get(served["url"] + "/metrics").text), before)
+    )
     assert images == 64
     assert singles < calls, "no model call had more than one image: adaptive batching did not batch"
     print(f"\n64 concurrent: {64 / seconds:.1f} img/s, {calls:.0f} model calls, mean batch {images / calls:.1f}")
@@ -228,8 +246,9 @@ def test_runner_service_puts_the_model_in_its_own_batching_service(tiny_run, tmp
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=server["url"], timeout=60) as client:
-                return await asyncio.gather(*(client.post("/predict", files={"image": (f"{i}.jpg", photos["colour.jpg"])})
-                                              for i in range(32)))
+                return await asyncio.gather(
+                    *(client.post("/predict", files={"image": (f"{i}.jpg", photos["colour.jpg"])}) for i in range(32))
+                )
 
         before = _batch_histogram(httpx.get(server["url"] + "/metrics").text)
         assert [r.status_code for r in asyncio.run(burst())] == [200] * 32
@@ -246,8 +265,14 @@ def test_inline_runner_has_one_api_worker_per_core_and_no_model_service(served):
 
 def test_service_refuses_to_start_without_a_model(tmp_path):
     env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
-    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
     assert lines[0].startswith("error: no model 'faceattr' in the BentoML model store") and "export.py" in lines[0]
@@ -257,12 +282,20 @@ def test_service_refuses_to_start_without_the_artefact_to_run(tiny_run, tmp_path
     """A TorchScript-only model asked to run ONNX: checked once by `bentoml serve` before any worker starts."""
     model_dir = install_model(tiny_run, tmp_path, ("export=torchscript",))
     env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True", "FACEATTR_SERVE_FORMAT": "onnx"}
-    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
-    assert lines[0] == (f"error: model faceattr:{model_dir.name} has no onnx artefact (it has: torchscript); export it "
-                        "with `python export.py ckpt=... export=onnx` or set FACEATTR_SERVE_FORMAT to one it has")
+    assert lines[0] == (
+        f"error: model faceattr:{model_dir.name} has no onnx artefact (it has: torchscript); export it "
+        "with `python export.py ckpt=... export=onnx` or set FACEATTR_SERVE_FORMAT to one it has"
+    )
 
 
 def _offline_prefix() -> list[str]:
@@ -273,8 +306,14 @@ def _offline_prefix() -> list[str]:
 
 
 def test_bentoml_build_packages_service_configs_and_model(served):
-    proc = subprocess.run([*_offline_prefix(), sys.executable, "-m", "bentoml", "build"], cwd=REPO,
-                          env=served["env"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*_offline_prefix(), sys.executable, "-m", "bentoml", "build"],
+        cwd=REPO,
+        env=served["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "uv is not installed" not in output  # the build would otherwise pip-install uv (a download)
@@ -283,8 +322,13 @@ def test_bentoml_build_packages_service_configs_and_model(served):
     info = yaml.safe_load((bento / "bento.yaml").read_text())
     models = {m["tag"] for service in info["services"] for m in service["models"]}
     assert models == {served["tag"]}
-    for path in ("src/faceattr/serve/service.py", "src/faceattr/serve/images.py", "src/conf/serve/default.yaml",
-                 "src/conf/serve/onnx.yaml", "env/docker/Dockerfile"):
+    for path in (
+        "src/faceattr/serve/service.py",
+        "src/faceattr/serve/images.py",
+        "src/conf/serve/default.yaml",
+        "src/conf/serve/onnx.yaml",
+        "env/docker/Dockerfile",
+    ):
         assert (bento / path).is_file(), path
     requirements = (bento / "env" / "python" / "requirements.txt").read_text().split()
     assert {"torch==2.14.1", "torchvision==0.29.1", "pillow==13.0.0", "bentoml==1.4.40"} <= set(requirements)

@@ -63,8 +63,14 @@ def test_64_clients_for_5_seconds_without_errors_or_memory_growth(server):
     tally, wall = asyncio.run(load_test.run_load(server["url"], images, concurrency=64, seconds=5.0))
     sampler.stop()
     sampler.sample()
-    report = load_test.summarize(tally, wall, sampler, None, start, {"url": server["url"], "route": "/predict",
-                                 "concurrency": 64, "seconds": 5.0, "batch": 1})
+    report = load_test.summarize(
+        tally,
+        wall,
+        sampler,
+        None,
+        start,
+        {"url": server["url"], "route": "/predict", "concurrency": 64, "seconds": 5.0, "batch": 1},
+    )
     load_test.print_report(report)
     assert report["errors"] == 0, (report["statuses"], report["client_failures"], report["error_examples"])
     assert report["ok"] >= 64
@@ -74,9 +80,28 @@ def test_64_clients_for_5_seconds_without_errors_or_memory_growth(server):
 def test_schemathesis_finds_no_server_error(server, tmp_path):
     """Property-based requests generated from /docs.json (valid and invalid bodies, content types, methods): no 5xx."""
     schemathesis = Path(sys.executable).with_name("schemathesis")
-    command = [str(schemathesis), "run", server["url"] + "/docs.json", "--checks", "not_a_server_error",
-               "--max-examples", "25", "--seed", "1", "--generation-database", "none", "--workers", "2",
-               "--request-timeout", "30", "--no-color", "--report", "junit", "--report-dir", str(tmp_path)]
+    command = [
+        str(schemathesis),
+        "run",
+        server["url"] + "/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "25",
+        "--seed",
+        "1",
+        "--generation-database",
+        "none",
+        "--workers",
+        "2",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(command, cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     summary = re.search(r"(\d+) generated, (\d+) passed", output)
@@ -102,12 +127,17 @@ async def _recovery(server: dict, victim: psutil.Process, workers: int, ready_li
             if ready and ready_again is None:
                 ready_again = time.monotonic()
             pids = {process.pid for process in service_workers(server)}
-            if (ready and victim.pid not in pids and len(pids) == workers
-                    and server["log"].read_text().count(READY) > ready_lines):
+            if (
+                ready
+                and victim.pid not in pids
+                and len(pids) == workers
+                and server["log"].read_text().count(READY) > ready_lines
+            ):
                 return ready_again, time.monotonic()
             await asyncio.sleep(0.1)
-    raise AssertionError(f"no replacement API worker ready within {RECOVERY_S} s of the kill:\n"
-                         f"{server['log'].read_text()[-3000:]}")
+    raise AssertionError(
+        f"no replacement API worker ready within {RECOVERY_S} s of the kill:\n{server['log'].read_text()[-3000:]}"
+    )
 
 
 def test_a_killed_api_worker_loses_only_its_requests_in_flight(server):
@@ -154,10 +184,12 @@ def test_a_killed_api_worker_loses_only_its_requests_in_flight(server):
     killed, ready_again, recovered = asyncio.run(run())
     failed = [(number, outcome) for number, _, outcome in outcomes if outcome != 200]
     after = [outcome for _, started, outcome in outcomes if started >= recovered]
-    print(f"\nSIGKILL of API worker {victim.pid} under {KILL_CLIENTS} clients: {len(failed)} of {len(outcomes)} "
-          f"requests failed ({sorted({outcome for _, outcome in failed})}); /readyz 200 {ready_again - killed:.1f} s "
-          f"and the replacement ready {recovered - killed:.1f} s after the kill; then {after.count(200)} of "
-          f"{len(after)} answered 200")
+    print(
+        f"\nSIGKILL of API worker {victim.pid} under {KILL_CLIENTS} clients: {len(failed)} of {len(outcomes)} "
+        f"requests failed ({sorted({outcome for _, outcome in failed})}); /readyz 200 {ready_again - killed:.1f} s "
+        f"and the replacement ready {recovered - killed:.1f} s after the kill; then {after.count(200)} of "
+        f"{len(after)} answered 200"
+    )
     assert all(isinstance(outcome, str) for _, outcome in failed), failed  # lost connections, no error answers
     per_client = [number for number, _ in failed]
     assert all(per_client.count(number) == 1 for number in per_client), failed  # only the request in flight

@@ -160,14 +160,17 @@ def test_concurrent_bombs_under_the_limit_decode_within_the_memory_budget(server
 
     async def send() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server["url"], timeout=60) as client:
-            return await asyncio.gather(*(client.post("/predict", files={"image": (f"{i}.webp", bomb)})
-                                          for i in range(16)))
+            return await asyncio.gather(
+                *(client.post("/predict", files={"image": (f"{i}.webp", bomb)}) for i in range(16))
+            )
 
     responses = asyncio.run(send())
     assert [r.status_code for r in responses] == [200] * 16, {r.status_code: r.text for r in responses}
     _, peak = _peak_rss_mib(process)
-    print(f"\n16 concurrent 4 MP WebP bombs: API RSS {before:.0f} MiB, peak +{peak - before:.0f} MiB "
-          f"(one decode about {single:.0f} MiB, budget {MAX_DECODE_PIXELS / 1e6:.0f} MP)")
+    print(
+        f"\n16 concurrent 4 MP WebP bombs: API RSS {before:.0f} MiB, peak +{peak - before:.0f} MiB "
+        f"(one decode about {single:.0f} MiB, budget {MAX_DECODE_PIXELS / 1e6:.0f} MP)"
+    )
     assert peak - before < 2 * single + 150, f"peak +{peak - before:.0f} MiB: more than 2 decodes at once"
 
 
@@ -186,15 +189,21 @@ def test_oversized_images_and_bodies_get_413(server):
     boundary = "reliability-boundary"
 
     def chunked_body(size: int):
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n"
-               "Content-Type: image/jpeg\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
         chunk = b"\0" * MIB
         for _ in range(size // MIB):
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = httpx.post(url + "/predict", content=chunked_body(40 * MIB), timeout=60,
-                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = httpx.post(
+        url + "/predict",
+        content=chunked_body(40 * MIB),
+        timeout=60,
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert response.status_code == 413 and "max_request_bytes" in response.json()["error"], response.text
 
     # More images than max_images_per_request (16).
@@ -246,13 +255,28 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
             ("json paths", "/predict_batch", {"json": {"images": [str(secret)]}}, 415),
             ("form-urlencoded path", "/predict", {"data": {"image": str(secret)}}, 415),
             ("multipart text path", "/predict", {"data": {"image": str(secret)}, "files": {"x": ("x", b"x")}}, 400),
-            ("multipart file:// URL", "/predict", {"data": {"image": f"file://{secret}"},
-                                                   "files": {"x": ("x", b"x")}}, 400),
+            (
+                "multipart file:// URL",
+                "/predict",
+                {"data": {"image": f"file://{secret}"}, "files": {"x": ("x", b"x")}},
+                400,
+            ),
             ("multipart http URL", "/predict", {"data": {"image": image_url}, "files": {"x": ("x", b"x")}}, 400),
-            ("multipart batch path", "/predict_batch", {"data": {"images": str(secret)},
-                                                        "files": {"x": ("x", b"x")}}, 400),
-            ("pickle body", "/predict", {"content": pickle.dumps({"image": _Evil(marker)}),
-                                         "headers": {"content-type": "application/vnd.bentoml+pickle"}}, 415),
+            (
+                "multipart batch path",
+                "/predict_batch",
+                {"data": {"images": str(secret)}, "files": {"x": ("x", b"x")}},
+                400,
+            ),
+            (
+                "pickle body",
+                "/predict",
+                {
+                    "content": pickle.dumps({"image": _Evil(marker)}),
+                    "headers": {"content-type": "application/vnd.bentoml+pickle"},
+                },
+                415,
+            ),
         ]
         for label, route, kwargs, status in cases:
             response = httpx.post(url + route, timeout=60, **kwargs)
@@ -270,8 +294,12 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
     response = httpx.post(url + "/predict", files={"image": (traversal, secret.read_bytes())}, timeout=60)
     assert response.status_code == 200, response.text
     assert not target.exists()
-    for route in ("/static_content/../../../../etc/passwd", "/static_content/..%2f..%2f..%2f..%2fetc%2fpasswd",
-                  "/docs.json/..%2f..%2fetc%2fpasswd", "/..%2f..%2fetc%2fpasswd"):
+    for route in (
+        "/static_content/../../../../etc/passwd",
+        "/static_content/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/docs.json/..%2f..%2fetc%2fpasswd",
+        "/..%2f..%2fetc%2fpasswd",
+    ):
         response = httpx.get(url + route, timeout=60)
         assert response.status_code == 404 and "root:" not in response.text, (route, response.status_code)
     assert_still_serving(server)
@@ -283,16 +311,32 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
 def test_service_loads_models_only_from_the_store(server, tmp_path):
     model_pt = server["model_dir"] / "model.pt"
     env = {**server["env"], "FACEATTR_SERVE_MODEL": str(model_pt)}
-    proc = subprocess.run([sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1, lines
-    assert lines[0].startswith(f"error: FACEATTR_SERVE_MODEL='{model_pt}' is a path: the service loads models only "
-                               "from the BentoML model store"), lines
+    assert lines[0].startswith(
+        f"error: FACEATTR_SERVE_MODEL='{model_pt}' is a path: the service loads models only "
+        "from the BentoML model store"
+    ), lines
 
     # An artefact named in the stored metadata must be a file of the model's own folder.
-    info = ModelInfo(tag="faceattr:x", path=server["model_dir"], attributes=(), image_size=(32, 32), crop=None,
-                     thresholds=(), formats={"torchscript": "../" * 8 + str(model_pt).lstrip("/")}, metadata={})
+    info = ModelInfo(
+        tag="faceattr:x",
+        path=server["model_dir"],
+        attributes=(),
+        image_size=(32, 32),
+        crop=None,
+        thresholds=(),
+        formats={"torchscript": "../" * 8 + str(model_pt).lstrip("/")},
+        metadata={},
+    )
     with pytest.raises(ModelError, match="not a file of the model's own folder"):
         info.artefact("torchscript")
     info = dataclasses.replace(info, formats={"torchscript": "model.pt"})
@@ -304,8 +348,9 @@ def test_torchscript_artefacts_are_loaded_without_running_pickled_code(server, t
     unpickler refuses it, and the command does not run (it does with a plain unpickler)."""
     marker = tmp_path / "ran"
     payload = pickle.dumps(_Evil(marker), protocol=2)
-    proc = subprocess.run([sys.executable, "-c", f"import pickle; pickle.loads({payload!r})"], capture_output=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import pickle; pickle.loads({payload!r})"], capture_output=True, timeout=60
+    )
     assert proc.returncode == 0 and marker.exists(), "the payload does not run code: the test proves nothing"
     marker.unlink()
     source = zipfile.ZipFile(server["model_dir"] / "model.pt")

@@ -44,8 +44,14 @@ def sweep(tmp_path_factory, synthetic_root):
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_dir = tmp / "multirun"
     proc = run_cli(
-        "train.py", "-m", *TINY_NO_MODEL, "model=tiny_resnet,tiny_vit", f"data.root={synthetic_root}",
-        "trainer.max_epochs=1", f"hydra.sweep.dir={sweep_dir}", tmp_path=tmp,
+        "train.py",
+        "-m",
+        *TINY_NO_MODEL,
+        "model=tiny_resnet,tiny_vit",
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        tmp_path=tmp,
     )
     return sweep_dir, proc
 
@@ -93,8 +99,10 @@ def test_summary_ranks_both_jobs_with_their_checkpoints(sweep):
     for row in rows:
         record = json.loads((sweep_dir / row["job"] / "run.json").read_text())
         assert row["best_checkpoint"] == record["best_checkpoint"] and Path(row["best_checkpoint"]).is_file()
-        assert row["varying_overrides"] == {"test_resnet": "model=tiny_resnet", "test_vit": "model=tiny_vit"}[
-            row["backbone"]]
+        assert (
+            row["varying_overrides"]
+            == {"test_resnet": "model=tiny_resnet", "test_vit": "model=tiny_vit"}[row["backbone"]]
+        )
         assert float(row["num_parameters"]) > 0 and row["epochs"] == "1" and row["status"] == "completed"
         # The literature's figures beside the ranking metric (ranked on validation only).
         assert float(row["test_acc"]) == pytest.approx(record["test"]["test/acc"], abs=1e-6)
@@ -132,15 +140,27 @@ def test_compare_runs_across_sweeps(sweep, failing_sweep, tmp_path):
     """Two sweeps (as if from different days) in one table, ranked by test/auroc, failures last."""
     (first, _), (second, _) = sweep, failing_sweep
     out = tmp_path / "cmp"
-    proc = run_cli("scripts/compare_runs.py", str(first), str(second), "--out", str(out), "--metric", "test/auroc",
-                   tmp_path=tmp_path)
+    proc = run_cli(
+        "scripts/compare_runs.py",
+        str(first),
+        str(second),
+        "--out",
+        str(out),
+        "--metric",
+        "test/auroc",
+        tmp_path=tmp_path,
+    )
     rows = read_csv(out / "summary.csv")
     assert [r["status"] for r in rows] == ["completed"] * 3 + ["failed"]
     tests = [float(r["test_auroc"]) for r in rows[:3]]
     assert tests == sorted(tests, reverse=True)
     # Named by their path below the common folder, so jobs "0" of both sweeps stay apart.
-    assert {r["job"] for r in rows} == {f"{first.parent.name}/multirun/0", f"{first.parent.name}/multirun/1",
-                                        f"{second.parent.name}/multirun/0", f"{second.parent.name}/multirun/1"}
+    assert {r["job"] for r in rows} == {
+        f"{first.parent.name}/multirun/0",
+        f"{first.parent.name}/multirun/1",
+        f"{second.parent.name}/multirun/0",
+        f"{second.parent.name}/multirun/1",
+    }
     assert "best test/auroc" in proc.stdout and "not_a_timm_model" in proc.stdout
 
 
@@ -173,8 +193,7 @@ def test_compare_runs_bad_paths_are_one_line_errors(tmp_path, make_path, message
     empty = tmp_path / "empty"
     empty.mkdir()
     path = make_path(empty)
-    proc = run_cli("scripts/compare_runs.py", str(path), "--out", str(tmp_path / "out"), tmp_path=tmp_path,
-                   check=False)
+    proc = run_cli("scripts/compare_runs.py", str(path), "--out", str(tmp_path / "out"), tmp_path=tmp_path, check=False)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
@@ -187,9 +206,16 @@ def failing_sweep(tmp_path_factory, synthetic_root):
     tmp = tmp_path_factory.mktemp("failing_sweep")
     sweep_dir = tmp / "multirun"
     proc = run_cli(
-        "train.py", "-m", *TINY, "model.backbone=not_a_timm_model,test_resnet", "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2", f"data.root={synthetic_root}", "trainer.max_epochs=1",
-        f"hydra.sweep.dir={sweep_dir}", tmp_path=tmp,
+        "train.py",
+        "-m",
+        *TINY,
+        "model.backbone=not_a_timm_model,test_resnet",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        tmp_path=tmp,
     )
     return sweep_dir, proc
 
@@ -221,8 +247,14 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    common = (*TINY, *OPTUNA_FAST, f"data.root={synthetic_root}", "trainer.max_epochs=1",
-              f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=test")
+    common = (
+        *TINY,
+        *OPTUNA_FAST,
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=test",
+    )
     first = tmp_path / "first"
     run_cli("train.py", "-m", *common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={first}", tmp_path=tmp_path)
     rows = read_csv(first / "summary.csv")
@@ -236,8 +268,15 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
 
     # Resume the stored study; this trial fails (bad backbone): it is counted as FAIL, the study carries on.
     second = tmp_path / "second"
-    run_cli("train.py", "-m", *common, "model.backbone=not_a_timm_model", "hydra.sweeper.n_trials=1",
-            f"hydra.sweep.dir={second}", tmp_path=tmp_path)
+    run_cli(
+        "train.py",
+        "-m",
+        *common,
+        "model.backbone=not_a_timm_model",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={second}",
+        tmp_path=tmp_path,
+    )
     states = [t.state for t in optuna.load_study(study_name="test", storage=storage).trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.FAIL]
     (row,) = read_csv(second / "summary.csv")
@@ -282,8 +321,13 @@ def test_backbone_sweep_covers_the_real_backbones_with_their_own_settings():
 def test_slurm_launcher_composes_from_the_ddp_trainer():
     from hydra.utils import instantiate
 
-    cfg = compose_with_hydra("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
-                             "hydra.launcher.partition=gpu")
+    cfg = compose_with_hydra(
+        "hydra/launcher=slurm",
+        "trainer=ddp",
+        "trainer.devices=4",
+        "trainer.num_nodes=2",
+        "hydra.launcher.partition=gpu",
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)

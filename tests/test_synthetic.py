@@ -21,10 +21,19 @@ from torchvision.datasets import CelebA
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.data import synthetic
-from faceattr.data.synthetic import celeba_files
 from faceattr.data.synthetic import (
-    ATTR_FILE, BBOX_FILE, IDENTITY_FILE, LANDMARKS_FILE, PARTITION_FILE, ensure_synthetic, generate_celeba,
-    generate_synthetic, read_marker, sample_face, write_kaggle_layout,
+    ATTR_FILE,
+    BBOX_FILE,
+    IDENTITY_FILE,
+    LANDMARKS_FILE,
+    PARTITION_FILE,
+    celeba_files,
+    ensure_synthetic,
+    generate_celeba,
+    generate_synthetic,
+    read_marker,
+    sample_face,
+    write_kaggle_layout,
 )
 from faceattr.errors import UserError
 
@@ -93,11 +102,30 @@ def test_a_different_seed_gives_different_data(generated):
 # bundled libjpeg-turbo, whose encoder output is stable across releases.
 PINNED_SEED, PINNED_N = 11, 12
 PINNED_POSITIVE = {  # image number: its attributes labelled 1 (all others -1)
-    1: {"Attractive", "Big_Lips", "High_Cheekbones", "Mouth_Slightly_Open", "No_Beard", "Smiling", "Straight_Hair",
-        "Wearing_Earrings", "Wearing_Lipstick", "Young"},
+    1: {
+        "Attractive",
+        "Big_Lips",
+        "High_Cheekbones",
+        "Mouth_Slightly_Open",
+        "No_Beard",
+        "Smiling",
+        "Straight_Hair",
+        "Wearing_Earrings",
+        "Wearing_Lipstick",
+        "Young",
+    },
     7: {"Attractive", "Heavy_Makeup", "No_Beard", "Wavy_Hair", "Wearing_Lipstick", "Young"},
-    12: {"Attractive", "Big_Lips", "Black_Hair", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "No_Beard",
-         "Smiling", "Young"},
+    12: {
+        "Attractive",
+        "Big_Lips",
+        "Black_Hair",
+        "High_Cheekbones",
+        "Male",
+        "Mouth_Slightly_Open",
+        "No_Beard",
+        "Smiling",
+        "Young",
+    },
 }
 PINNED_SHA256 = {
     ATTR_FILE: "f65f7b3d6064d90c3b3292198e1010ab8f75d9b2f5a6af108fb6e526b0914bb0",
@@ -153,10 +181,14 @@ def test_torchvision_celeba_parses_every_file(generated, split, code):
 def test_annotation_files_have_celeba_headers_and_one_row_per_image(generated):
     root = generated["serial"]
     names = [f"{i:06d}.jpg" for i in range(1, N + 1)]
-    for name, header in ((ATTR_FILE, " ".join(CELEBA_ATTRIBUTES) + " "),
-                         (BBOX_FILE, "image_id x_1 y_1 width height"),
-                         (LANDMARKS_FILE, "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y "
-                                          "leftmouth_x leftmouth_y rightmouth_x rightmouth_y")):
+    for name, header in (
+        (ATTR_FILE, " ".join(CELEBA_ATTRIBUTES) + " "),
+        (BBOX_FILE, "image_id x_1 y_1 width height"),
+        (
+            LANDMARKS_FILE,
+            "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y",
+        ),
+    ):
         lines = (root / name).read_text().splitlines()
         assert lines[0] == str(N) and lines[1] == header, name
         assert [line.split()[0] for line in lines[2:]] == names, name
@@ -165,8 +197,13 @@ def test_annotation_files_have_celeba_headers_and_one_row_per_image(generated):
     for name in (PARTITION_FILE, IDENTITY_FILE):
         assert [row[0] for row in rows(root / name, 0)] == names, name
     assert sorted(p.name for p in (root / "img_align_celeba").iterdir()) == names
-    assert read_marker(root) == {"generator": "faceattr.data.synthetic", "version": synthetic.GENERATOR_VERSION,
-                                 "num_images": N, "seed": 0, "layout": "original"}
+    assert read_marker(root) == {
+        "generator": "faceattr.data.synthetic",
+        "version": synthetic.GENERATOR_VERSION,
+        "num_images": N,
+        "seed": 0,
+        "layout": "original",
+    }
 
 
 def test_partitions_are_contiguous_celeba_like_and_identity_disjoint(generated):
@@ -230,8 +267,10 @@ def test_kaggle_layout_agrees_with_the_original(generated, tmp_path):
     assert attr[0] == ["image_id", *CELEBA_ATTRIBUTES] and attr[1][0] == "000001.jpg"
     assert attr[1:] == rows(original / ATTR_FILE, 2)
     assert read("list_eval_partition.csv") == [["image_id", "partition"], *rows(original / PARTITION_FILE, 0)]
-    assert read("list_bbox_celeba.csv") == [["image_id", "x_1", "y_1", "width", "height"],
-                                            *rows(original / BBOX_FILE, 2)]
+    assert read("list_bbox_celeba.csv") == [
+        ["image_id", "x_1", "y_1", "width", "height"],
+        *rows(original / BBOX_FILE, 2),
+    ]
     landmarks = read("list_landmarks_align_celeba.csv")
     assert landmarks[0] == ["image_id", *(original / LANDMARKS_FILE).read_text().splitlines()[1].split()]
     assert landmarks[1:] == rows(original / LANDMARKS_FILE, 2)
@@ -262,9 +301,18 @@ def sampled() -> np.ndarray:
 def test_marginal_rates_are_celeba_like(sampled):
     rate = dict(zip(CELEBA_ATTRIBUTES, sampled.mean(axis=0)))
     assert all(0.025 <= value <= 0.9 for value in rate.values()), rate
-    bands = {"Male": (0.36, 0.48), "Young": (0.72, 0.83), "Smiling": (0.43, 0.53), "No_Beard": (0.76, 0.88),
-             "Attractive": (0.45, 0.57), "Eyeglasses": (0.04, 0.09), "Wearing_Hat": (0.03, 0.07),
-             "Blurry": (0.03, 0.07), "Heavy_Makeup": (0.32, 0.44), "Wearing_Lipstick": (0.41, 0.53)}
+    bands = {
+        "Male": (0.36, 0.48),
+        "Young": (0.72, 0.83),
+        "Smiling": (0.43, 0.53),
+        "No_Beard": (0.76, 0.88),
+        "Attractive": (0.45, 0.57),
+        "Eyeglasses": (0.04, 0.09),
+        "Wearing_Hat": (0.03, 0.07),
+        "Blurry": (0.03, 0.07),
+        "Heavy_Makeup": (0.32, 0.44),
+        "Wearing_Lipstick": (0.41, 0.53),
+    }
     for name, (low, high) in bands.items():
         assert low <= rate[name] <= high, (name, rate[name])
 
@@ -344,8 +392,11 @@ def test_a_folder_holding_other_files_is_never_written_to(tmp_path):
     root = tmp_path / "mine"
     root.mkdir()
     (root / "notes.txt").write_text("keep")
-    calls = (lambda: generate_celeba(root, 5), lambda: ensure_synthetic(root, 5),
-             lambda: generate_synthetic(root, 5, layout="kaggle"))
+    calls = (
+        lambda: generate_celeba(root, 5),
+        lambda: ensure_synthetic(root, 5),
+        lambda: generate_synthetic(root, 5, layout="kaggle"),
+    )
     for call in calls:
         with pytest.raises(UserError, match="not a complete generated data set"):
             call()
@@ -447,14 +498,16 @@ def test_concurrent_ensure_synthetic_generates_once(tmp_path):
         process.join(60)
     assert [process.exitcode for process in processes] == [0, 0, 0]
     assert [line.split(" into ")[0] for line in log.read_text().splitlines()] == [
-        "generating 60 synthetic images (seed 2)"]
+        "generating 60 synthetic images (seed 2)"
+    ]
     assert read_marker(root)["num_images"] == 60
     reference = generate_celeba(tmp_path / "reference", 60, seed=2)
     assert (root / ATTR_FILE).read_bytes() == (reference / ATTR_FILE).read_bytes()
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_images=0), dict(num_images=5, seed=-1), dict(num_images=5, workers=0),
-                                    dict(num_images=2.5)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(num_images=0), dict(num_images=5, seed=-1), dict(num_images=5, workers=0), dict(num_images=2.5)]
+)
 def test_bad_arguments_are_user_errors(tmp_path, kwargs):
     with pytest.raises(UserError):
         generate_celeba(tmp_path, **kwargs)
@@ -481,9 +534,20 @@ def load_script():
 def test_cli_runs_as_a_subprocess(tmp_path):
     out = tmp_path / "data"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "make_synthetic_celeba.py"), str(out), "--num-images", "12",
-         "--seed", "3", "--workers", "2"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_synthetic_celeba.py"),
+            str(out),
+            "--num-images",
+            "12",
+            "--seed",
+            "3",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert str(out) in proc.stdout and "original layout" in proc.stdout and " s" in proc.stdout
@@ -497,10 +561,15 @@ def test_cli_writes_the_kaggle_layout(tmp_path, capsys):
     assert (tmp_path / "list_attr_celeba.csv").is_file() and read_marker(tmp_path)["layout"] == "kaggle"
 
 
-@pytest.mark.parametrize("args, message", [(["--num-images", "0"], "--num-images: must be >= 1"),
-                                            (["--num-images", "5", "--layout", "zip"], "invalid choice"),
-                                            (["--num-images", "5", "--seed", "x"], "expected an integer"),
-                                            (["--num-images", "5", "--workers", "0"], "--workers: must be >= 1")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--num-images", "0"], "--num-images: must be >= 1"),
+        (["--num-images", "5", "--layout", "zip"], "invalid choice"),
+        (["--num-images", "5", "--seed", "x"], "expected an integer"),
+        (["--num-images", "5", "--workers", "0"], "--workers: must be >= 1"),
+    ],
+)
 def test_cli_rejects_bad_arguments_with_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
         load_script().main([str(tmp_path / "data"), *args])

@@ -6,9 +6,8 @@ import json
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
 from conftest import TINY, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def test_tiny_run_leaves_checkpoints_events_config_and_record(tiny_run):
@@ -32,8 +31,15 @@ def test_tiny_run_leaves_checkpoints_events_config_and_record(tiny_run):
 
 
 def test_run_prints_where_everything_is(tmp_path, synthetic_root):
-    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "trainer.max_epochs=1", "test=false",
-                   f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    proc = run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=1",
+        "test=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        tmp_path=tmp_path,
+    )
     out = proc.stdout
     assert f"run dir:         {tmp_path / 'run'}" in out
     assert "best checkpoint: " in out and "(val/auroc=0." in out
@@ -41,15 +47,23 @@ def test_run_prints_where_everything_is(tmp_path, synthetic_root):
 
 
 def test_fast_dev_run_smoke(tmp_path, synthetic_root):
-    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={tmp_path}",
-                   tmp_path=tmp_path)
+    proc = run_cli(
+        "train.py", *TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={tmp_path}", tmp_path=tmp_path
+    )
     assert "fast_dev_run" in proc.stdout + proc.stderr
 
 
 def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synthetic_root):
     run_dir = tmp_path / "resumed"
-    run_cli("train.py", *TINY, f"data.root={synthetic_root}", "trainer.max_epochs=3",
-            f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path)
+    run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        "trainer.max_epochs=3",
+        f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={run_dir}",
+        tmp_path=tmp_path,
+    )
     record = json.loads((run_dir / "run.json").read_text())
     first = json.loads((tiny_run / "run.json").read_text())
     assert record["epochs"] == 3 and record["global_step"] > first["global_step"]
@@ -69,8 +83,15 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synt
     ],
 )
 def test_user_errors_end_with_one_clear_line(tmp_path, synthetic_root, overrides, message):
-    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", *overrides, f"hydra.run.dir={tmp_path}",
-                   tmp_path=tmp_path, check=False)
+    proc = run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        *overrides,
+        f"hydra.run.dir={tmp_path}",
+        tmp_path=tmp_path,
+        check=False,
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert lines == [lines[0]] and lines[0].startswith("error: ") and message in lines[0]
@@ -83,11 +104,25 @@ def test_override_typo_fails_with_hydras_message(tmp_path):
 
 
 def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_run, synthetic_root):
-    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", "model=tiny_vit",
-                   f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={tmp_path}",
-                   tmp_path=tmp_path, check=False)
+    proc = run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        "model=tiny_vit",
+        f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path}",
+        tmp_path=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "was trained with backbone=test_resnet but the config has backbone=test_vit" in proc.stderr
-    proc = run_cli("train.py", *TINY, f"data.root={synthetic_root}", f"ckpt_path={synthetic_root / 'list_attr_celeba.txt'}",
-                   f"hydra.run.dir={tmp_path}", tmp_path=tmp_path, check=False)
+    proc = run_cli(
+        "train.py",
+        *TINY,
+        f"data.root={synthetic_root}",
+        f"ckpt_path={synthetic_root / 'list_attr_celeba.txt'}",
+        f"hydra.run.dir={tmp_path}",
+        tmp_path=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "is not a loadable checkpoint" in proc.stderr

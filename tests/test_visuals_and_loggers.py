@@ -13,12 +13,12 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.profilers import PyTorchProfiler
 
-from conftest import REPO
 from faceattr.errors import exit_on_user_error
 from faceattr.hparams import flat_hparams
 from faceattr.training import resolve_trainer_config, train
@@ -33,8 +33,12 @@ def compose_train(tmp_path: Path, *overrides: str):
 def test_face_captions_show_right_wrong_and_missed_attributes():
     attributes = ["Smiling", "Male", "Bangs", "Eyeglasses"]
     lines = face_lines([0.9, 0.7, 0.2, 0.1], [1, 0, 1, 0], attributes, top_k=3)
-    assert lines == [("2 of 4 wrong", WRONG), ("Smiling 0.90", RIGHT), ("Male 0.70", WRONG),
-                     ("missed Bangs 0.20", MISSED)]
+    assert lines == [
+        ("2 of 4 wrong", WRONG),
+        ("Smiling 0.90", RIGHT),
+        ("Male 0.70", WRONG),
+        ("missed Bangs 0.20", MISSED),
+    ]
     assert face_lines([0.9, 0.1, 0.1, 0.1], [1, 0, 0, 0], attributes, top_k=1)[0] == ("all 4 right", RIGHT)
 
 
@@ -43,13 +47,24 @@ def quickstart_run(tmp_path_factory, synthetic_root):
     """A 2-epoch quickstart run on the tiny model with pictures, TensorBoard and (when installed) MLflow:
     (run dir, cfg, MLflow store)."""
     tmp = tmp_path_factory.mktemp("quickstart")
-    loggers = (["logger=[tensorboard,mlflow]", f"logger.mlflow.store={tmp / 'mlruns'}"]
-               if importlib.util.find_spec("mlflow") else ["logger=tensorboard"])
+    loggers = (
+        ["logger=[tensorboard,mlflow]", f"logger.mlflow.store={tmp / 'mlruns'}"]
+        if importlib.util.find_spec("mlflow")
+        else ["logger=tensorboard"]
+    )
     cfg = compose_train(
-        tmp / "run", "experiment=quickstart", f"data.root={synthetic_root}",
-        "data.synthetic.num_images=160", "model=tiny_resnet",
-        "data.image_size=32", "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=2",
-        "callbacks.progress_bar=null", "callbacks.pictures.faces=8", *loggers,
+        tmp / "run",
+        "experiment=quickstart",
+        f"data.root={synthetic_root}",
+        "data.synthetic.num_images=160",
+        "model=tiny_resnet",
+        "data.image_size=32",
+        "data.batch_size=16",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "callbacks.progress_bar=null",
+        "callbacks.pictures.faces=8",
+        *loggers,
     )
     result = train(cfg)
     return result.output_dir, cfg, tmp / "mlruns"
@@ -105,8 +120,7 @@ def test_logger_mlflow_without_mlflow_says_how_to_install_it(tmp_path, monkeypat
 
 def debug_trainer(tmp_path: Path, debug: str, **kwargs) -> L.Trainer:
     cfg = compose_train(tmp_path, f"debug={debug}", "trainer=cpu")
-    return instantiate(resolve_trainer_config(cfg.trainer), **{"logger": False, "enable_progress_bar": False,
-                                                                 **kwargs})
+    return instantiate(resolve_trainer_config(cfg.trainer), **{"logger": False, "enable_progress_bar": False, **kwargs})
 
 
 def test_debug_presets_compose_and_instantiate(tmp_path):
@@ -121,8 +135,14 @@ def test_debug_presets_compose_and_instantiate(tmp_path):
 def test_profiler_preset_writes_a_trace_beside_the_tensorboard_events(tmp_path):
     from test_model import loader, make_module
 
-    trainer = debug_trainer(tmp_path, "profiler", logger=TensorBoardLogger(tmp_path / "tensorboard", name="", version=""),
-                            enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = debug_trainer(
+        tmp_path,
+        "profiler",
+        logger=TensorBoardLogger(tmp_path / "tensorboard", name="", version=""),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(make_module(), train_dataloaders=loader(), val_dataloaders=loader(16))
     assert list((tmp_path / "tensorboard").glob("*.pt.trace.json"))
     assert list((tmp_path / "tensorboard").glob("*profile*.txt"))

@@ -10,8 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
+from faceattr.data.cache import cached
 from faceattr.data.celeba import SPLITS, CelebAImages, CelebAIndex, collate_skipping_corrupt, read_celeba
-from faceattr.data.transforms import build_transform, size_pair
+from faceattr.data.transforms import build_augmentation, build_transform, size_pair
 from faceattr.errors import UserError
 
 
@@ -31,6 +32,9 @@ class CelebADataModule(L.LightningDataModule):
         seed: seed of the ``limit``/``val_limit`` subsamples (its own, so that a sweep over the training seed
             keeps the same images).
         synthetic: ``{num_images, seed}`` to generate CelebA-format data into ``root`` on first use.
+        cache: a folder for the pre-decoded image cache (:mod:`faceattr.data.cache`): ``setup`` decodes, crops
+            and resizes each split once into it (or reuses what is there for the same data and preprocessing) and
+            the loaders read from it, augmenting per epoch; ``None`` = decode every image every epoch.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class CelebADataModule(L.LightningDataModule):
         skip_corrupt: bool = False,
         seed: int = 0,
         synthetic: dict | None = None,
+        cache: str | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -70,6 +75,7 @@ class CelebADataModule(L.LightningDataModule):
         self.skip_corrupt = skip_corrupt
         self.seed = seed
         self.synthetic = dict(synthetic) if synthetic else None
+        self.cache = Path(cache).expanduser() if cache else None
         self.splits: dict[str, CelebAImages] = {}
 
     def prepare_data(self) -> None:
@@ -95,16 +101,33 @@ class CelebADataModule(L.LightningDataModule):
         if self.splits:
             return
         index = read_celeba(self.root).select(self.attribute_names)
+        splits: dict[str, CelebAImages] = {}
         for split in SPLITS:
             chosen = self._indices(index, split).numpy()
             augment = self.train_augment if split == "train" else ()
-            self.splits[split] = CelebAImages(
+            if self.cache is None:
+                transform = build_transform(self.image_size, self.crop, augment)
+            else:
+                transform = build_transform(self.image_size, self.crop)  # what the cache holds; augment on read
+            images = CelebAImages(
                 index.image_dir,
                 index.filenames[chosen],
                 index.labels[chosen],
-                transform=build_transform(self.image_size, self.crop, augment),
+                transform=transform,
                 skip_corrupt=self.skip_corrupt,
             )
+            if self.cache is not None:
+                images = cached(
+                    images,
+                    self.cache,
+                    split,
+                    self.image_size,
+                    self.crop,
+                    augmentation=build_augmentation(augment),
+                    num_workers=self.num_workers,
+                )
+            splits[split] = images
+        self.splits = splits  # all three or none: a failed setup is retried whole
 
     @property
     def train_positive_rate(self) -> torch.Tensor:

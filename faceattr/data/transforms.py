@@ -59,13 +59,21 @@ class CenterCropResize(v2.Transform):
 
 
 class RandomHorizontalFlip(v2.RandomHorizontalFlip):
-    """``v2.RandomHorizontalFlip`` (same probability draw, same kernel) with a direct path for a plain tensor."""
+    """``v2.RandomHorizontalFlip`` (same probability draw, same kernel) with a direct path for a plain tensor.
+
+    v2 decides with ``torch.rand(1) >= p``, a float32 comparison; the direct path compares the drawn number with
+    ``p`` rounded to float32 as Python floats (the same decisions, without a tensor comparison: ~4 us less a call).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self._threshold = float(torch.tensor(p, dtype=torch.float32))
 
     def forward(self, *inputs: Any) -> Any:
         image = _plain_image(inputs)
         if image is None:
             return super().forward(*inputs)
-        if torch.rand(1) >= self.p:
+        if torch.rand(1).item() >= self._threshold:
             return image
         return F.horizontal_flip_image(image)
 
@@ -86,3 +94,9 @@ def build_transform(
     steps: list[v2.Transform] = [CenterCropResize(None if crop is None else size_pair(crop), size_pair(image_size))]
     steps.extend(_direct(t) for t in augment)
     return v2.Compose(steps)
+
+
+def build_augmentation(augment: Sequence[v2.Transform]) -> v2.Compose | None:
+    """``augment`` alone (the steps :func:`build_transform` runs after resizing), None when there are none: what
+    images read from the pre-decoded cache (``faceattr.data.cache``) still go through, per epoch."""
+    return v2.Compose([_direct(t) for t in augment]) if augment else None

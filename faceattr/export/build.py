@@ -48,13 +48,19 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
         with open(checkpoint, "rb") as f:
             head = f.read(len(ZIP_MAGIC))
         if not head:
-            raise UserError(f"{checkpoint} is not a PyTorch checkpoint: the file is empty (a save cut short by a "
-                            "full disk or a crash?); use another checkpoint of the run")
+            raise UserError(
+                f"{checkpoint} is not a PyTorch checkpoint: the file is empty (a save cut short by a "
+                "full disk or a crash?); use another checkpoint of the run"
+            )
         if head == ZIP_MAGIC:
-            raise UserError(f"{checkpoint} is truncated (an incomplete zip archive: a save cut short by a full disk "
-                            "or a crash); use another checkpoint of the run")
-        raise UserError(f"{checkpoint} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
-                        "not one): pass a .ckpt written by train.py")
+            raise UserError(
+                f"{checkpoint} is truncated (an incomplete zip archive: a save cut short by a full disk "
+                "or a crash); use another checkpoint of the run"
+            )
+        raise UserError(
+            f"{checkpoint} is not a PyTorch checkpoint (torch.save writes a zip archive; this file is "
+            "not one): pass a .ckpt written by train.py"
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
@@ -67,20 +73,28 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a damaged archive fails in many ways
         raise UserError(f"{checkpoint} is not a readable PyTorch checkpoint ({_first_line(exc)})") from None
     if not isinstance(state, dict):
-        raise UserError(f"{checkpoint} holds a {type(state).__name__}, not a Lightning checkpoint: pass a .ckpt "
-                        "written by train.py")
+        raise UserError(
+            f"{checkpoint} holds a {type(state).__name__}, not a Lightning checkpoint: pass a .ckpt written by train.py"
+        )
     if "state_dict" not in state:
         if state and all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise UserError(f"{checkpoint} is a bare state_dict ({len(state)} tensor{'s' if len(state) != 1 else ''}), not a Lightning checkpoint: "
-                            "export needs the .ckpt written by train.py (it holds the model's hyper-parameters)")
+            raise UserError(
+                f"{checkpoint} is a bare state_dict ({len(state)} tensor{'s' if len(state) != 1 else ''}), not a "
+                "Lightning checkpoint: export needs the .ckpt written by train.py (it holds the model's "
+                "hyper-parameters)"
+            )
         keys = ", ".join(map(str, list(state)[:5])) or "none"
-        raise UserError(f"{checkpoint} is not a Lightning checkpoint (no state_dict; keys: {keys}): pass a .ckpt "
-                        "written by train.py")
+        raise UserError(
+            f"{checkpoint} is not a Lightning checkpoint (no state_dict; keys: {keys}): pass a .ckpt "
+            "written by train.py"
+        )
     hparams = state.get("hyper_parameters") or {}
     missing = [key for key in ("backbone", "attributes", "image_size") if key not in hparams]
     if missing:
-        raise UserError(f"{checkpoint} is a Lightning checkpoint of another model (its hyper_parameters lack "
-                        f"{', '.join(missing)}): not a faceattr checkpoint from train.py")
+        raise UserError(
+            f"{checkpoint} is a Lightning checkpoint of another model (its hyper_parameters lack "
+            f"{', '.join(missing)}): not a faceattr checkpoint from train.py"
+        )
     return state
 
 

@@ -66,6 +66,7 @@ def _size(value: Any) -> list[int] | None:
 
 def _list_difference(config: list[str], checkpoint: list[str]) -> str:
     """How two attribute lists differ, briefly: counts, names only in one of them, or the order."""
+
     def names(items: list[str]) -> str:
         return ", ".join(items[:4]) + (f", ... ({len(items)})" if len(items) > 4 else "")
 

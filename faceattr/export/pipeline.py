@@ -25,9 +25,9 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import faceattr
+from faceattr.atomic import remove_stale_temporaries, write_json, write_text
 from faceattr.errors import UserError
 from faceattr.export import build
-from faceattr.atomic import remove_stale_temporaries, write_json, write_text
 from faceattr.export.calibrate import check_run_config, f1_thresholds, predict, split_metrics, split_set
 from faceattr.export.options import check_options
 from faceattr.export.resolve import Resolved, resolve_checkpoint
@@ -96,8 +96,10 @@ def _describe(hparams: dict[str, Any]) -> tuple[list[int], list[int] | None, lis
     image_size = list(hparams["image_size"])
     crop = None if hparams.get("crop") is None else list(hparams["crop"])
     attributes = list(hparams["attributes"])
-    log.info(f"model:       {hparams['backbone']}, {len(attributes)} attributes, input {image_size[0]}x{image_size[1]}, "
-          f"crop {crop} of the aligned {ALIGNED_SIZE[1]}x{ALIGNED_SIZE[0]} frame")
+    log.info(
+        f"model:       {hparams['backbone']}, {len(attributes)} attributes, input {image_size[0]}x{image_size[1]}, "
+        f"crop {crop} of the aligned {ALIGNED_SIZE[1]}x{ALIGNED_SIZE[0]} frame"
+    )
     return image_size, crop, attributes
 
 
@@ -108,21 +110,36 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
     default = float(calib_cfg.default_threshold)
     validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid")
     if validation is None:
-        log.warning(f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
-              "random images")
+        log.warning(
+            f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
+            "random images"
+        )
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randint(0, 256, (num_parity, 3, *image_size), dtype=torch.uint8, generator=generator)
         with torch.inference_mode():
             reference = torch.sigmoid(module(inputs.float().div(255))).float()
-        return Calibration(inputs, reference, f"{len(inputs)} random images (no validation data)",
-                           torch.full((len(attributes),), default), torch.zeros(len(attributes), dtype=torch.bool),
-                           "default (no validation data)", {})
+        return Calibration(
+            inputs,
+            reference,
+            f"{len(inputs)} random images (no validation data)",
+            torch.full((len(attributes),), default),
+            torch.zeros(len(attributes), dtype=torch.bool),
+            "default (no validation data)",
+            {},
+        )
 
     limit = calib_cfg.get("max_images")
     count = len(validation.paths) if limit is None else min(len(validation.paths), max(int(limit), num_parity))
     t0 = time.time()
-    inputs, probs = predict(module, validation.paths[:count], image_size, crop, int(calib_cfg.batch_size),
-                            int(calib_cfg.num_workers), keep=num_parity)
+    inputs, probs = predict(
+        module,
+        validation.paths[:count],
+        image_size,
+        crop,
+        int(calib_cfg.batch_size),
+        int(calib_cfg.num_workers),
+        keep=num_parity,
+    )
     labels = validation.labels[:count]
     log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
     if limit != 0 and len(labels) > 0:
@@ -137,13 +154,19 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
         # Tuned on these very images: an optimistic figure, labelled as such.
         metrics["at_thresholds_tuned_here"] = metrics.pop("at_thresholds")
     uncalibrated = [name for name, ok in zip(attributes, calibrated.tolist()) if not ok]
-    log.info(f"thresholds:  {method}; {int(calibrated.sum())}/{len(attributes)} calibrated"
-          + (f" (default {default} for: {', '.join(uncalibrated[:8])}{', ...' if len(uncalibrated) > 8 else ''})"
-             if uncalibrated and limit != 0 else ""))
+    log.info(
+        f"thresholds:  {method}; {int(calibrated.sum())}/{len(attributes)} calibrated"
+        + (
+            f" (default {default} for: {', '.join(uncalibrated[:8])}{', ...' if len(uncalibrated) > 8 else ''})"
+            if uncalibrated and limit != 0
+            else ""
+        )
+    )
     if metrics:
         log.info(f"  val:       {_summary(metrics)} (calibrated thresholds tuned on these images: optimistic)")
-    return Calibration(inputs, probs[: len(inputs)], f"{len(inputs)} validation images", thresholds, calibrated,
-                       method, metrics)
+    return Calibration(
+        inputs, probs[: len(inputs)], f"{len(inputs)} validation images", thresholds, calibrated, method, metrics
+    )
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -154,8 +177,9 @@ def _summary(metrics: dict[str, Any]) -> str:
     return ", ".join(parts) + f" ({metrics.get('num_images', 0)} images)"
 
 
-def _test_metrics(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resolved,
-                  thresholds: torch.Tensor) -> dict[str, Any]:
+def _test_metrics(
+    cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resolved, thresholds: torch.Tensor
+) -> dict[str, Any]:
     """Step 3: the service's decision rule on the run's whole test split (empty when off or there is no data)."""
     if not cfg.get("test_metrics", True):
         return {}
@@ -164,11 +188,20 @@ def _test_metrics(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Re
         log.info(f"test:        skipped: {note}")
         return {}
     t0 = time.time()
-    _, probs = predict(module, test.paths, list(hparams["image_size"]), hparams.get("crop"),
-                       int(cfg.calibration.batch_size), int(cfg.calibration.num_workers), keep=0)
+    _, probs = predict(
+        module,
+        test.paths,
+        list(hparams["image_size"]),
+        hparams.get("crop"),
+        int(cfg.calibration.batch_size),
+        int(cfg.calibration.num_workers),
+        keep=0,
+    )
     metrics = split_metrics(probs, test.labels, thresholds)
-    log.info(f"  test:      {_summary(metrics)} of {note} ({time.time() - t0:.1f}s; at_thresholds = what the service "
-          "decides)")
+    log.info(
+        f"  test:      {_summary(metrics)} of {note} ({time.time() - t0:.1f}s; at_thresholds = what the service "
+        "decides)"
+    )
     return metrics
 
 
@@ -185,8 +218,9 @@ def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
     return {}
 
 
-def _metadata(hparams: dict[str, Any], module, resolved: Resolved, calibration: Calibration,
-              test_metrics: dict[str, Any]) -> dict[str, Any]:
+def _metadata(
+    hparams: dict[str, Any], module, resolved: Resolved, calibration: Calibration, test_metrics: dict[str, Any]
+) -> dict[str, Any]:
     """Everything the service and a reader of the model need: contract, thresholds, metrics, provenance."""
     attributes = list(hparams["attributes"])
     image_size = list(hparams["image_size"])
@@ -199,10 +233,19 @@ def _metadata(hparams: dict[str, Any], module, resolved: Resolved, calibration: 
         "image_size": image_size,
         "crop": None if hparams.get("crop") is None else list(hparams["crop"]),
         "aligned_size": list(ALIGNED_SIZE),
-        "input": {"name": build.INPUT_NAME, "dtype": "float32", "shape": ["N", 3, *image_size],
-                  "layout": "NCHW RGB", "range": [0.0, 1.0]},
-        "output": {"name": build.OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(attributes)],
-                   "meaning": "sigmoid probabilities, one per attribute"},
+        "input": {
+            "name": build.INPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", 3, *image_size],
+            "layout": "NCHW RGB",
+            "range": [0.0, 1.0],
+        },
+        "output": {
+            "name": build.OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["N", len(attributes)],
+            "meaning": "sigmoid probabilities, one per attribute",
+        },
         "mean": list(hparams["mean"]),
         "std": list(hparams["std"]),
         "thresholds": {name: round(float(t), 6) for name, t in zip(attributes, calibration.thresholds)},
@@ -229,8 +272,9 @@ def _metadata(hparams: dict[str, Any], module, resolved: Resolved, calibration: 
     }
 
 
-def _write_artefacts(cfg: DictConfig, module, calibration: Calibration, metadata: dict[str, Any],
-                     out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+def _write_artefacts(
+    cfg: DictConfig, module, calibration: Calibration, metadata: dict[str, Any], out_dir: Path
+) -> tuple[dict[str, Path], dict[str, Any]]:
     """Step 4: each format, written atomically and parity-checked; UserError (nothing stored) above the tolerance."""
     formats = _formats(cfg)
     image_size = metadata["image_size"]
@@ -252,8 +296,10 @@ def _write_artefacts(cfg: DictConfig, module, calibration: Calibration, metadata
         diff = _parity(_runner(fmt, path), inputs, calibration.reference)
         source = calibration.parity_source
         parity[fmt] = {"max_abs_diff": diff, "atol": atol, "images": source, "export_s": round(seconds, 2)}
-        log.info(f"{fmt + ':':<12} {path} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s); parity vs Lightning "
-              f"on {source}: max |diff| = {diff:.2e} (atol {atol:.0e})")
+        log.info(
+            f"{fmt + ':':<12} {path} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s); parity vs Lightning "
+            f"on {source}: max |diff| = {diff:.2e} (atol {atol:.0e})"
+        )
         if not diff <= atol:  # also catches NaN
             raise UserError(
                 f"parity check failed for {fmt}: max |probability difference| vs the Lightning model = {diff:.3e} > "
@@ -263,21 +309,33 @@ def _write_artefacts(cfg: DictConfig, module, calibration: Calibration, metadata
     return files, parity
 
 
-def _store(cfg: DictConfig, hparams: dict[str, Any], files: dict[str, Path], metadata: dict[str, Any],
-           run_config: dict[str, Any], out_dir: Path) -> str | None:
+def _store(
+    cfg: DictConfig,
+    hparams: dict[str, Any],
+    files: dict[str, Path],
+    metadata: dict[str, Any],
+    run_config: dict[str, Any],
+    out_dir: Path,
+) -> str | None:
     """Step 5: ``config.yaml`` and ``faceattr.json`` beside the artefacts, then a new model version in the store."""
     metadata_path, config_path = out_dir / METADATA_FILE, out_dir / EXPORT_CONFIG
     export_cfg = OmegaConf.to_container(cfg, resolve=True)
     write_text(config_path, yaml.safe_dump({"train": run_config, "export": export_cfg}, sort_keys=False))
     if not cfg.get("store", True):
         return None
-    store_meta = dict(metadata, config=yaml.safe_dump(run_config, sort_keys=False) if run_config else "",
-                      export_config=export_cfg)
-    labels = {"backbone": str(hparams["backbone"]), "image_size": "x".join(map(str, hparams["image_size"])),
-              "formats": "+".join(metadata["formats"]), "project": "faceattr"}
+    store_meta = dict(
+        metadata, config=yaml.safe_dump(run_config, sort_keys=False) if run_config else "", export_config=export_cfg
+    )
+    labels = {
+        "backbone": str(hparams["backbone"]),
+        "image_size": "x".join(map(str, hparams["image_size"])),
+        "formats": "+".join(metadata["formats"]),
+        "project": "faceattr",
+    }
     write_json(metadata_path, metadata)
-    tag, store_path = save_model(str(cfg.name), {**files, METADATA_FILE: metadata_path, EXPORT_CONFIG: config_path},
-                                 labels, store_meta)
+    tag, store_path = save_model(
+        str(cfg.name), {**files, METADATA_FILE: metadata_path, EXPORT_CONFIG: config_path}, labels, store_meta
+    )
     log.info(f"bentoml:     saved {tag} ({store_path})")
     return tag
 
@@ -320,8 +378,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def summary_lines(cfg: DictConfig, metadata: dict[str, Any]) -> list[str]:
     """What export.py prints when it is done: the files, the time, and how to serve the stored model."""
     files = sorted(metadata["formats"].values())
-    lines = [f"files:       {metadata['output_dir']} ({', '.join(files)}, {METADATA_FILE}, {EXPORT_CONFIG})",
-             f"done in {metadata['export_s']:.1f}s"]
+    lines = [
+        f"files:       {metadata['output_dir']} ({', '.join(files)}, {METADATA_FILE}, {EXPORT_CONFIG})",
+        f"done in {metadata['export_s']:.1f}s",
+    ]
     tag = metadata.get("tag")
     if tag:
         hint = "" if str(cfg.name) == "faceattr" else f"FACEATTR_SERVE_MODEL={tag} "

@@ -128,8 +128,9 @@ def _fallbacks(found: list[Path], mode: str) -> list[tuple[Path, float | None, s
     ranked = sorted(_scored(found), key=lambda item: item[0], reverse=mode == "max")
     order = [(path, score, f"the best score in the checkpoint names ({score:.4f})") for score, path in ranked]
     order += [(path, None, "the run's latest state") for path in found if path.name == LAST_CHECKPOINT]
-    order += [(path, None, "the newest checkpoint") for path in sorted(found, key=lambda p: p.stat().st_mtime,
-                                                                         reverse=True)]
+    order += [
+        (path, None, "the newest checkpoint") for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+    ]
     first: dict[Path, tuple[Path, float | None, str]] = {}
     for item in order:
         first.setdefault(item[0], item)
@@ -165,8 +166,15 @@ def _recorded_best(run_dir: Path) -> Resolved:
     if best is not None:
         score = finite_or_none(record.get("best_score"))
         shown = "n/a" if score is None else f"{score:.4f}"
-        return Resolved(best, run_dir, f"best checkpoint of the run by {metric} ({mode}) = {shown}, from {RUN_RECORD}",
-                        score, metric, record, config)
+        return Resolved(
+            best,
+            run_dir,
+            f"best checkpoint of the run by {metric} ({mode}) = {shown}, from {RUN_RECORD}",
+            score,
+            metric,
+            record,
+            config,
+        )
     if not found:
         hint = f" ({RUN_RECORD} status: {record['status']})" if record.get("status") else ""
         raise UserError(
@@ -179,13 +187,28 @@ def _recorded_best(run_dir: Path) -> Resolved:
         best = _relocate(recorded, run_dir)
         if best is not None:
             shown = "n/a" if score is None else f"{score:.4f}"
-            return Resolved(best, run_dir, f"best checkpoint by {metric} ({mode}) = {shown}, from the "
-                            f"ModelCheckpoint state in {LAST_CHECKPOINT} (no usable {RUN_RECORD})", score, metric, record, config)
+            return Resolved(
+                best,
+                run_dir,
+                f"best checkpoint by {metric} ({mode}) = {shown}, from the "
+                f"ModelCheckpoint state in {LAST_CHECKPOINT} (no usable {RUN_RECORD})",
+                score,
+                metric,
+                record,
+                config,
+            )
     scored = _scored(found)
     if scored:
         score, best = (max if mode == "max" else min)(scored, key=lambda item: item[0])
-        return Resolved(best, run_dir, f"best score in the checkpoint names ({mode}) = {score:.4f} (no usable "
-                        f"{RUN_RECORD} or checkpoint state)", score, metric, record, config)
+        return Resolved(
+            best,
+            run_dir,
+            f"best score in the checkpoint names ({mode}) = {score:.4f} (no usable {RUN_RECORD} or checkpoint state)",
+            score,
+            metric,
+            record,
+            config,
+        )
     best = last if last.is_file() else found[-1]
     return Resolved(best, run_dir, f"no best checkpoint recorded; using {best.name}", None, metric, record, config)
 
@@ -215,7 +238,7 @@ def best_of_sweep(sweep_dir: Path, jobs: list[Path]) -> Resolved:
             continue
         rows.append((job, resolved.score, "" if resolved.score is not None else "no score"))
     candidates = [(score, job) for job, score, _ in rows if score is not None]
-    table = ", ".join(f"{job.name}: {'%.4f' % score if score is not None else note}" for job, score, note in rows)
+    table = ", ".join(f"{job.name}: {f'{score:.4f}' if score is not None else note}" for job, score, note in rows)
     if not candidates:
         raise UserError(
             f"no job of sweep {sweep_dir} has a checkpoint with a {metric} score ({table}); "
@@ -225,9 +248,7 @@ def best_of_sweep(sweep_dir: Path, jobs: list[Path]) -> Resolved:
     sign = -1.0 if mode == "max" else 1.0
     score, job = min(candidates, key=lambda item: (sign * item[0], _job_sort_key(item[1])))
     best = best_of_run(job)
-    best.reason = (
-        f"job {job.name} of {len(jobs)} has the best {metric} ({mode}) = {score:.4f} [{table}]; {best.reason}"
-    )
+    best.reason = f"job {job.name} of {len(jobs)} has the best {metric} ({mode}) = {score:.4f} [{table}]; {best.reason}"
     return best
 
 
@@ -242,8 +263,15 @@ def resolve_checkpoint(ckpt: str | Path) -> Resolved:
         read_checkpoint(path)  # a file that does not load: one line naming it
         run_dir = run_dir_of(path.resolve())
         monitor = monitor_of(run_dir)[0] if run_dir else None
-        return Resolved(path, run_dir, "checkpoint file given", None, monitor,
-                        read_json(run_dir / RUN_RECORD) if run_dir else {}, read_run_config(run_dir))
+        return Resolved(
+            path,
+            run_dir,
+            "checkpoint file given",
+            None,
+            monitor,
+            read_json(run_dir / RUN_RECORD) if run_dir else {},
+            read_run_config(run_dir),
+        )
     if is_run_dir(path):
         return best_of_run(path)
     if path.name == CHECKPOINT_DIR and is_run_dir(path.parent):

@@ -36,9 +36,7 @@ def check_model_name(name: str) -> str:
     return tag.name
 
 
-def save_model(
-    name: str, files: dict[str, Path], labels: dict[str, str], metadata: dict[str, Any]
-) -> tuple[str, Path]:
+def save_model(name: str, files: dict[str, Path], labels: dict[str, str], metadata: dict[str, Any]) -> tuple[str, Path]:
     """Create a new version of model ``name`` holding ``files`` (stored name -> source path).
 
     Returns the tag (``name:version``) and the model's folder in the store.

@@ -21,8 +21,9 @@ def create_backbone(
 ) -> nn.Module:
     """Build timm model ``name`` with a ``num_classes``-way head.
 
-    ``backbone_kwargs`` go to the model's constructor (e.g. ``img_size`` for ViTs). ``weights`` (a local ``.pth``/``.bin``/``.safetensors`` file of timm weights for ``name``) takes precedence over
-    ``pretrained`` (timm's registry, which needs the network). timm drops a classifier whose size differs.
+    ``backbone_kwargs`` go to the model's constructor (e.g. ``img_size`` for ViTs). ``weights`` (a local
+    ``.pth``/``.bin``/``.safetensors`` file of timm weights for ``name``) takes precedence over ``pretrained``
+    (timm's registry, which needs the network). timm drops a classifier whose size differs.
     """
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)

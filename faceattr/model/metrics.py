@@ -90,7 +90,7 @@ class AttributeMetrics(nn.Module):
         self.counts.update((probs >= self.thresholds.view(1, -1)).float(), labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Per-attribute tensors ``(A,)`` for every name in :data:`PER_ATTRIBUTE`, plus ``num_images`` (a 0-d tensor)."""
+        """Per-attribute tensors ``(A,)`` for each name of :data:`PER_ATTRIBUTE`, and ``num_images`` (0-d)."""
         stats = self.counts.compute()
         per_attribute = rates_from_counts(stats)
         per_attribute["auroc"] = self.auroc.compute().double()

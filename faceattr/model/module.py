@@ -1,7 +1,8 @@
 """The LightningModule: a timm backbone with one logit per attribute, BCE loss and torchmetrics metrics.
 
 Contract of ``forward``: float images ``(N, 3, H, W)``, RGB in [0, 1]; returns logits ``(N, A)``. Normalization
-lives in the module, so batches stay uint8 until they reach the device (``_unpack``), and exported models take [0, 1] images.
+lives in the module, so batches stay uint8 until they reach the device (``_unpack``), and exported models take
+[0, 1] images.
 Checkpoints carry every hyper-parameter needed to rebuild the model (backbone, attribute names, input size, crop,
 normalization), so export needs nothing but the ``.ckpt``.
 """
@@ -158,8 +159,14 @@ class FaceAttrModule(L.LightningModule):
         if images is None:
             return
         logits = self(images).float()  # metrics and loss in float32, whatever the training precision
-        self.log(f"{stage}/loss", self.loss(logits, labels), on_epoch=True, prog_bar=True, batch_size=len(images),
-                 sync_dist=True)
+        self.log(
+            f"{stage}/loss",
+            self.loss(logits, labels),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(images),
+            sync_dist=True,
+        )
         self.metrics[stage].update(torch.sigmoid(logits), labels.int())
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -177,8 +184,7 @@ class FaceAttrModule(L.LightningModule):
         for name in ("auroc", "acc"):
             self.log_dict({f"{stage}/{name}/{a}": v.float() for a, v in zip(self.attributes, values[name]) if v == v})
         self.results[stage] = {
-            "macro": {name: float(value) for name, value in macros.items()} | {
-                "num_images": int(values["num_images"])},
+            "macro": {name: float(value) for name, value in macros.items()} | {"num_images": int(values["num_images"])},
             "per_attribute": attribute_table(values, self.attributes),
         }
         return float(macros["auroc"])

@@ -62,8 +62,13 @@ class InlineBatcher:
     chunks of that size. ``observe(images, seconds)`` is called after each model call (metrics).
     """
 
-    def __init__(self, load_model: Callable[[], Callable[[np.ndarray], np.ndarray]], max_batch_size: int,
-                 max_latency_ms: float, observe: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        load_model: Callable[[], Callable[[np.ndarray], np.ndarray]],
+        max_batch_size: int,
+        max_latency_ms: float,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._observe = observe
         self.max_batch_size = int(max_batch_size)
         self.max_latency_s = float(max_latency_ms) / 1000.0
@@ -113,14 +118,16 @@ class InlineBatcher:
 
     def _timed(self, images: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
-        chunks = [self._predict(images[i:i + self.max_batch_size])
-                  for i in range(0, len(images), self.max_batch_size)]
+        chunks = [
+            self._predict(images[i : i + self.max_batch_size]) for i in range(0, len(images), self.max_batch_size)
+        ]
         seconds = time.perf_counter() - started
         if self._observe is not None:
             self._observe(len(images), seconds)
         per_image = seconds / max(1, len(images))
-        self.seconds_per_image = per_image if self.seconds_per_image == 0 else (
-            0.8 * self.seconds_per_image + 0.2 * per_image)
+        self.seconds_per_image = (
+            per_image if self.seconds_per_image == 0 else (0.8 * self.seconds_per_image + 0.2 * per_image)
+        )
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
     async def _drain(self) -> None:

@@ -54,8 +54,11 @@ class ServeConfig:
     model: str = "faceattr"
     format: str = setting("auto", **_one_of(FORMATS))
     runner: str = setting("inline", **_one_of(RUNNERS))
-    device: str = setting("auto", check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
-                          problem="expected auto, cpu, cuda or cuda:N")
+    device: str = setting(
+        "auto",
+        check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+        problem="expected auto, cpu, cuda or cuda:N",
+    )
     threshold_mode: str = setting("calibrated", **_one_of(THRESHOLD_MODES))
     threshold: float = setting(0.5, check=lambda v: 0.0 <= v <= 1.0, problem="expected a probability in [0, 1]")
     max_batch_size: int = setting(32, check=at_least(2), problem="BentoML needs at least 2")
@@ -103,8 +106,18 @@ class ServeConfig:
         return dataclasses.replace(self, api_workers=workers, num_threads=threads, decode_threads=decoders)
 
     def describe(self) -> str:
-        keys = ("model", "format", "runner", "device", "api_workers", "num_threads", "decode_threads",
-                "threshold_mode", "max_batch_size", "max_latency_ms")
+        keys = (
+            "model",
+            "format",
+            "runner",
+            "device",
+            "api_workers",
+            "num_threads",
+            "decode_threads",
+            "threshold_mode",
+            "max_batch_size",
+            "max_latency_ms",
+        )
         return ", ".join(f"{key}={getattr(self, key)}" for key in keys) + f" (from {self.source})"
 
 
@@ -240,7 +253,7 @@ def load_serve_config(environ: dict[str, str] | None = None) -> ServeConfig:
     for var, text in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG:
             continue
-        key = var[len(ENV_PREFIX):].lower()
+        key = var[len(ENV_PREFIX) :].lower()
         if key not in FIELDS:
             valid = ", ".join(ENV_PREFIX + k.upper() for k in FIELDS)
             raise ServeConfigError(f"unknown environment variable {var}; valid: {ENV_CONFIG}, {valid}")

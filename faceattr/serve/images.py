@@ -79,7 +79,8 @@ class PixelBudget:
             if not self._condition.wait_for(lambda: self.in_use + weight <= self.capacity, timeout=self.timeout_s):
                 raise ImageError(
                     f"the server is busy decoding other large images (more than {self.capacity} pixels in flight); "
-                    "retry shortly", status=503,
+                    "retry shortly",
+                    status=503,
                 )
             self.in_use += weight
         try:

@@ -51,8 +51,10 @@ class ModelInfo:
             )
         path = self.path / self.formats[fmt]
         if Path(self.formats[fmt]).name != self.formats[fmt] or not path.resolve().is_relative_to(self.path.resolve()):
-            raise ModelError(f"model {self.tag}: {METADATA_FILE} names the {fmt} artefact {self.formats[fmt]!r}, which "
-                             "is not a file of the model's own folder in the store; export it again")
+            raise ModelError(
+                f"model {self.tag}: {METADATA_FILE} names the {fmt} artefact {self.formats[fmt]!r}, which "
+                "is not a file of the model's own folder in the store; export it again"
+            )
         if not path.is_file():
             raise ModelError(f"model {self.tag} is incomplete: {path} is missing; export it again")
         return path
@@ -113,8 +115,10 @@ def stored_model(config: ServeConfig) -> bentoml.Model:
             f"no model {config.model!r} in the BentoML model store ({store_location()}): {EXPORT_HINT}"
         ) from None
     except (BentoMLException, ValueError) as exc:  # an invalid tag
-        raise ModelError(f"FACEATTR_SERVE_MODEL={config.model!r} is not a model tag (name or name:version): "
-                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise ModelError(
+            f"FACEATTR_SERVE_MODEL={config.model!r} is not a model tag (name or name:version): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     return model
 
 
@@ -194,8 +198,9 @@ class Predictor:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         expected = (3, *self.info.image_size)
         if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"expected uint8 images (N, {', '.join(map(str, expected))}), got {images.dtype} "
-                             f"{images.shape}")
+            raise ValueError(
+                f"expected uint8 images (N, {', '.join(map(str, expected))}), got {images.dtype} {images.shape}"
+            )
         if len(images) == 0:
             return np.zeros((0, len(self.info.attributes)), dtype=np.float32)
         if self.module is not None:

@@ -104,8 +104,7 @@ def _ready_predictor(config: ServeConfig, model: ModelInfo) -> Predictor:
     h, w = model.image_size
     for size in (1, 2, 1, 2):
         predictor(np.zeros((size, 3, h, w), dtype=np.uint8))
-    print(f"faceattr model {model.tag} ({config.format} on {predictor.device}) ready; {config.describe()}",
-          flush=True)
+    print(f"faceattr model {model.tag} ({config.format} on {predictor.device}) ready; {config.describe()}", flush=True)
     return predictor
 
 
@@ -125,8 +124,9 @@ class FaceAttrModel:
     def __init__(self) -> None:
         self.predictor = _ready_predictor(*_served_model())
 
-    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=CONFIG.max_batch_size,
-                 max_latency_ms=CONFIG.max_latency_ms)
+    @bentoml.api(
+        batchable=True, batch_dim=0, max_batch_size=CONFIG.max_batch_size, max_latency_ms=CONFIG.max_latency_ms
+    )
     def infer(self, images: np.ndarray) -> np.ndarray:
         """uint8 images (N, 3, h, w) at the model's input size -> float32 probabilities (N, A)."""
         started = time.perf_counter()
@@ -168,8 +168,12 @@ class FaceAttr:
         self._decoders = anyio.CapacityLimiter(config.decode_threads)  # uploads decoded at once
         if config.runner == "inline":
             # The model in this process, on its own thread, behind adaptive batching (faceattr/serve/batching.py).
-            self.batcher = InlineBatcher(lambda: _ready_predictor(config, model), config.max_batch_size,
-                                         config.max_latency_ms, observe=observe_model_call)
+            self.batcher = InlineBatcher(
+                lambda: _ready_predictor(config, model),
+                config.max_batch_size,
+                config.max_latency_ms,
+                observe=observe_model_call,
+            )
         else:
             self.batcher = None
             # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
@@ -206,8 +210,9 @@ class FaceAttr:
                 await asyncio.sleep(0.01 * (attempt + 1))
             except BentoMLException as exc:
                 if int(getattr(exc, "error_code", 500)) == 503:
-                    raise Rejected(503, "the model is overloaded (requests would wait longer than max_latency_ms); "
-                                   "retry shortly") from None
+                    raise Rejected(
+                        503, "the model is overloaded (requests would wait longer than max_latency_ms); retry shortly"
+                    ) from None
                 raise
         raise AssertionError("unreachable")
 
@@ -237,8 +242,11 @@ class FaceAttr:
         """Attribute probabilities of several photos in one call: multipart field `images`, repeated (at most
         max_images_per_request). One bad image rejects the whole request; the error names its position."""
         if len(images) > self.config.max_images_per_request:
-            return rejected(413, f"{len(images)} images in one request; the limit is "
-                                 f"{self.config.max_images_per_request} (max_images_per_request)")
+            return rejected(
+                413,
+                f"{len(images)} images in one request; the limit is "
+                f"{self.config.max_images_per_request} (max_images_per_request)",
+            )
         prepared = await asyncio.gather(*(self._prepare(path) for path in images), return_exceptions=True)
         for index, item in enumerate(prepared):
             if isinstance(item, Rejected):

@@ -71,8 +71,10 @@ class UploadGuard:
                 await reject(400, f"missing multipart file field {field!r}, e.g. {example}")
                 return
             if any(isinstance(value, str) for value in values):
-                await reject(400, f"field {field!r} must be a file upload, not a text value (URLs are not fetched), "
-                                  f"e.g. {example}")
+                await reject(
+                    400,
+                    f"field {field!r} must be a file upload, not a text value (URLs are not fetched), e.g. {example}",
+                )
                 return
         finally:
             await form.close()

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from faceattr.atomic import write_json
-
-METRIC_HISTORY = "metric_history.json"
+from faceattr.layout import METRIC_HISTORY
 
 
 @dataclass
@@ -37,11 +36,22 @@ class MetricHistory:
         return max(self.values.values()) if self.mode == "max" else min(self.values.values())
 
     def to_json(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"metric": self.metric, "mode": self.mode,
-                                  "values": {str(epoch): value for epoch, value in sorted(self.values.items())}}
+        record: dict[str, Any] = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "values": {str(epoch): value for epoch, value in sorted(self.values.items())},
+        }
         if self.pruned is not None:
             record["pruned"] = self.pruned
         return record
+
+
+def describe(pruned: dict[str, Any], metric: str) -> str:
+    """One line: why a job was pruned (its history's ``pruned``)."""
+    return (
+        f"best {metric} {pruned['best']:.4f} at epoch {pruned['epoch']}, below the median "
+        f"{pruned['median']:.4f} of {pruned['trials']} completed job(s) at that epoch"
+    )
 
 
 def history_path(run_dir: Path) -> Path:

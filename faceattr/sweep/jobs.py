@@ -118,8 +118,12 @@ def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     _remove_stale_temporaries()
     try:
         if previous.resume_from is not None:
-            log.info("job %s: continuing the %s attempt from %s", job_dir.name,
-                     "failed" if previous.status == "failed" else "interrupted", previous.resume_from)
+            log.info(
+                "job %s: continuing the %s attempt from %s",
+                job_dir.name,
+                "failed" if previous.status == "failed" else "interrupted",
+                previous.resume_from,
+            )
             with read_write(cfg), open_dict(cfg):
                 cfg.ckpt_path = str(previous.resume_from)
         _record_start(cfg, overrides, previous.resume_from)
@@ -148,8 +152,7 @@ def _record_start(cfg: DictConfig, overrides: list[str], resume_from: Path | Non
 def _mark_if_pruned(job_dir: Path) -> None:
     """A job the median-pruning callback stopped: its completed ``run.json`` becomes ``status: pruned`` + why."""
     from faceattr.run_record import record_run
-    from faceattr.sweep.history import read_history
-    from faceattr.sweep.pruning import describe
+    from faceattr.sweep.history import describe, read_history
     from faceattr.sweep.resume_sweep import read_record
 
     if not is_rank_zero():
@@ -157,7 +160,7 @@ def _mark_if_pruned(job_dir: Path) -> None:
     history = read_history(job_dir)
     record = read_record(job_dir)
     if history is not None and history.pruned is not None and record and record.get("status") == "completed":
-        record.update(status="pruned", pruned=history.pruned, error=describe(history.pruned, history.metric))
+        record.update(status="pruned", pruned=history.pruned, reason=describe(history.pruned, history.metric))
         record_run(job_dir / RUN_RECORD, record)
 
 
@@ -173,7 +176,6 @@ def run_single_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return task(cfg)
     except Exception as exc:
-
         untouched = _stat(_job_dir() / RUN_CONFIG) == config_before
         if not (untouched and (_job_dir() / RUN_RECORD).is_file()):
             record_failure(cfg, exc, started, console=False)
@@ -217,8 +219,9 @@ def record_failure(cfg: DictConfig, exc: Exception, started: float, console: boo
     line = error_line(exc)
     log_file = _log_file()
     # The traceback goes to the job's log file only; the console (shared by all jobs) gets one line.
-    record = logging.LogRecord(log.name, logging.ERROR, __file__, 0, "job failed with:\n%s", (
-        "".join(traceback.format_exception(exc)),), None)
+    record = logging.LogRecord(
+        log.name, logging.ERROR, __file__, 0, "job failed with:\n%s", ("".join(traceback.format_exception(exc)),), None
+    )
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -59,9 +59,16 @@ def plot_summary(summary: Summary, path: Path) -> None:
             continue
         epochs, values = zip(*run.curve)
         color = colors.get(index, "0.75")
-        curves.plot(epochs, values, marker="o", markersize=4 if index in colors else 2,
-                    linewidth=1.8 if index in colors else 0.8, color=color, zorder=3 if index in colors else 2,
-                    label=_label(summary, index) if index in colors else None)
+        curves.plot(
+            epochs,
+            values,
+            marker="o",
+            markersize=4 if index in colors else 2,
+            linewidth=1.8 if index in colors else 0.8,
+            color=color,
+            zorder=3 if index in colors else 2,
+            label=_label(summary, index) if index in colors else None,
+        )
         drawn += 1
     curves.set_title("val/auroc per epoch")
     curves.set_xlabel("epoch")
@@ -74,9 +81,17 @@ def plot_summary(summary: Summary, path: Path) -> None:
         curves.set_xlim(0.5, last_epoch + 0.5)
         curves.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         handles, labels = curves.get_legend_handles_labels()
-        curves.legend(handles[::-1], labels[::-1], fontsize=8, loc="best", framealpha=0.85,
-                      title=None if colored == sum(r.status == "completed" for r in runs)
-                      else f"best {colored} (grey: the others)", title_fontsize=8)
+        curves.legend(
+            handles[::-1],
+            labels[::-1],
+            fontsize=8,
+            loc="best",
+            framealpha=0.85,
+            title=None
+            if colored == sum(r.status == "completed" for r in runs)
+            else f"best {colored} (grey: the others)",
+            title_fontsize=8,
+        )
     else:
         curves.text(0.5, 0.5, "no val/auroc events found", ha="center", va="center", transform=curves.transAxes)
 
@@ -98,16 +113,32 @@ def plot_summary(summary: Summary, path: Path) -> None:
         if score is not None:
             color = colors.get(index, "0.6")
             bars.plot(score, y, marker="o", markersize=9, color=color, zorder=4)
-            bars.annotate(f"{score:.4f}", (score, y), xytext=(0, 7), textcoords="offset points", ha="center",
-                          va="bottom", fontsize=8, zorder=5)
+            bars.annotate(
+                f"{score:.4f}",
+                (score, y),
+                xytext=(0, 7),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                zorder=5,
+            )
             if test is not None:
                 bars.plot([score, test], [y, y], color=color, linewidth=1.2, alpha=0.6, zorder=3)
         else:
             reason = run.status if run.status != "completed" else f"no {summary.metric}"
             text = (reason + (f": {run.error}" if run.error else ""))[:72]
-            bars.text(left + 0.01 * (right - left), y, text, va="center", ha="left", fontsize=8, zorder=4,
-                      color="#b22222" if run.status == "failed" else "0.35",
-                      bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
+            bars.text(
+                left + 0.01 * (right - left),
+                y,
+                text,
+                va="center",
+                ha="left",
+                fontsize=8,
+                zorder=4,
+                color="#b22222" if run.status == "failed" else "0.35",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
+            )
         if test is not None:
             bars.plot(test, y, marker="D", markersize=6, color="black", markerfacecolor="white", zorder=5)
     chance = left < 0.5 < right and summary.metric.endswith("auroc")

@@ -29,13 +29,14 @@ from lightning.pytorch.callbacks import Callback
 
 from faceattr.layout import RUN_RECORD
 from faceattr.numbers import finite_or_none
-from faceattr.sweep.history import MetricHistory, read_history, write_history
+from faceattr.sweep.history import MetricHistory, describe, read_history, write_history
 
 log = logging.getLogger(__name__)
 
 
-def pruning_decision(history: MetricHistory, others: list[MetricHistory], epoch: int, n_startup_trials: int,
-                     n_warmup_epochs: int) -> dict[str, Any] | None:
+def pruning_decision(
+    history: MetricHistory, others: list[MetricHistory], epoch: int, n_startup_trials: int, n_warmup_epochs: int
+) -> dict[str, Any] | None:
     """Why the job of ``history`` should stop at ``epoch`` (1-based), or None to go on.
 
     ``others``: the histories of the completed jobs to compare with. Pruned when the job's best value so far is worse
@@ -71,12 +72,6 @@ def completed_histories(sweep_dir: Path, exclude: Path, metric: str) -> list[Met
     return histories
 
 
-def describe(pruned: dict[str, Any], metric: str) -> str:
-    """One line: why a job was pruned."""
-    return (f"pruned at epoch {pruned['epoch']}: best {metric} {pruned['best']:.4f} below the median "
-            f"{pruned['median']:.4f} of {pruned['trials']} completed job(s) at that epoch")
-
-
 class MedianPruning(Callback):
     """Stop a sweep job whose best ``monitor`` so far is worse than the median of the completed jobs at that epoch.
 
@@ -87,8 +82,9 @@ class MedianPruning(Callback):
         n_warmup_epochs: prune nothing within a job's first this many epochs.
     """
 
-    def __init__(self, run_dir: str, monitor: str, mode: str = "max", n_startup_trials: int = 5,
-                 n_warmup_epochs: int = 1) -> None:
+    def __init__(
+        self, run_dir: str, monitor: str, mode: str = "max", n_startup_trials: int = 5, n_warmup_epochs: int = 1
+    ) -> None:
         from faceattr.sweep.jobs import is_multirun
 
         if mode not in ("min", "max"):
@@ -114,7 +110,7 @@ class MedianPruning(Callback):
         if saved is not None and saved.metric == self.monitor:
             self.history = saved
         if self.history.pruned is not None:
-            log.info("this job was %s; not training further", describe(self.history.pruned, self.monitor))
+            log.info("this job was pruned (%s); not training further", describe(self.history.pruned, self.monitor))
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -129,7 +125,7 @@ class MedianPruning(Callback):
             decision = pruning_decision(self.history, others, epoch, self.n_startup_trials, self.n_warmup_epochs)
             if decision is not None:
                 self.history.pruned = decision
-                log.info("job %s", describe(decision, self.monitor))
+                log.info("job pruned: %s", describe(decision, self.monitor))
             write_history(self.run_dir, self.history)
         # Every rank stops together: the decision is rank 0's (the other jobs may finish between two ranks' reads).
         if trainer.strategy.broadcast(decision is not None, src=0):

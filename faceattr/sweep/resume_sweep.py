@@ -88,15 +88,20 @@ def recorded_overrides(job_dir: Path) -> list[str] | None:
 
 
 def check_same_job(job_dir: Path, recorded: list[str], overrides: list[str], sweep_command: str | None = None) -> None:
-    """Refuse (UserError) when the job dir was made with other overrides than this job's."""
-    if list(recorded) == list(overrides):
+    """Refuse (UserError) when the job dir was made with other overrides than this job's (in any order)."""
+    if sorted(recorded) == sorted(overrides):
         return
     job_dir = Path(job_dir)
-    fix = (f"resume it with the command that made it: {sweep_command}" if sweep_command
-           else "resume it with the command that made it")
+    old = [o for o in recorded if o not in overrides]
+    new = [o for o in overrides if o not in recorded]
+    fix = (
+        f"resume it with the command that made it: {sweep_command}"
+        if sweep_command
+        else "resume it with the command that made it"
+    )
     raise UserError(
-        f"hydra.sweep.dir={job_dir.parent}: job {job_dir.name} was run with [{' '.join(recorded)}] but this command "
-        f"gives it [{' '.join(overrides)}]; {fix}, or give a new hydra.sweep.dir"
+        f"hydra.sweep.dir={job_dir.parent}: job {job_dir.name} was run with [{' '.join(old)}] where this command "
+        f"gives it [{' '.join(new)}]; {fix}, or give a new hydra.sweep.dir"
     )
 
 
@@ -172,12 +177,14 @@ def expected_job_overrides(config: DictConfig) -> list[list[str]] | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
-        params = config.hydra.sweeper.get("params") or {}
-        arguments = [f"{key}={value}" for key, value in OmegaConf.to_container(params, resolve=True).items()]
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
+        arguments = [f"{key}={value}" for key, value in params.items()]  # as BasicSweeper._parse_config
         arguments += [str(o) for o in config.hydra.overrides.task]
         batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
         return [list(job) for batch in batches for job in batch]
-    except Exception:  # noqa: BLE001 - e.g. glob() needs Hydra's config loader
+    except Exception as exc:  # noqa: BLE001 - e.g. glob() needs Hydra's config loader
+        log.debug("cannot work out the jobs of this sweep before it starts (%s); each job checks itself", exc)
         return None
 
 
@@ -209,5 +216,9 @@ def check_before_launch(config: DictConfig) -> None:
             if recorded is not None and number < len(expected):
                 check_same_job(job, recorded, expected[number], command)
     done = sum((read_record(job) or {}).get("status") in DONE_STATUSES for job in jobs)
-    log.info("resuming the sweep in %s: %d of its %d job dir(s) finished and are kept; the others run again",
-             sweep_dir, done, len(jobs))
+    log.info(
+        "resuming the sweep in %s: %d of its %d job dir(s) finished and are kept; the others run again",
+        sweep_dir,
+        done,
+        len(jobs),
+    )

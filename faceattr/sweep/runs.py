@@ -131,7 +131,7 @@ def load_run(path: Path) -> Run:
         status, error = "incomplete", f"{RUN_RECORD} says running: the job was killed, or is still running"
     elif record:
         status = str(record.get("status", "completed"))
-        error = record.get("error")
+        error = record.get("error") or record.get("reason")  # a failure's error line, a pruned run's reason
     elif hydra_dir.is_dir():
         status, error = "incomplete", f"no {RUN_RECORD}: the job was killed, or is still running"
     else:
@@ -147,7 +147,9 @@ def load_run(path: Path) -> Run:
         mode=str(_select(config, "monitor.mode") or "max"),
         best_score=finite_or_none(record.get("best_score")),
         val_auroc_best=finite_or_none(record.get("val_auroc_best")),
-        test={k: v for k, v in ((k, finite_or_none(v)) for k, v in (record.get("test") or {}).items()) if v is not None},
+        test={
+            k: v for k, v in ((k, finite_or_none(v)) for k, v in (record.get("test") or {}).items()) if v is not None
+        },
         epochs=record.get("epochs"),
         wall_time_s=finite_or_none(record.get("wall_time_s")),
         num_parameters=record.get("num_parameters"),

@@ -148,8 +148,9 @@ def rank_runs(runs: list[Run], metric: str, mode: str = "max") -> list[Run]:
     return sorted(runs, key=key)  # stable: ties keep the directory order
 
 
-def build_summary(paths: list[Path], metric: str | None = None, mode: str | None = None,
-                  title: str | None = None) -> Summary:
+def build_summary(
+    paths: list[Path], metric: str | None = None, mode: str | None = None, title: str | None = None
+) -> Summary:
     """Read every run under ``paths`` and rank them (by default by the runs' monitored metric and mode)."""
     runs = load_runs([Path(p) for p in paths])
     monitors = [r.monitor for r in runs if r.monitor]
@@ -160,8 +161,14 @@ def build_summary(paths: list[Path], metric: str | None = None, mode: str | None
     override_sets = [set(r.overrides) for r in ranked]
     common = [o for o in ranked[0].overrides if all(o in s for s in override_sets)] if ranked else []
     title = title or ", ".join(str(p) for p in paths)
-    return Summary(runs=ranked, metric=metric, mode=mode, title=title, common_overrides=common,
-                   groups=seed_groups(ranked, metric, mode))
+    return Summary(
+        runs=ranked,
+        metric=metric,
+        mode=mode,
+        title=title,
+        common_overrides=common,
+        groups=seed_groups(ranked, metric, mode),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,13 +219,22 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     for run in summary.runs:
         scored = run.status == "completed" and run.score(summary.metric) is not None
         rank += scored
-        row = [str(rank) if scored else "-", run.name, run.status, " ".join(summary.varying_overrides(run, short=True)),
-               run.backbone or ""]
+        row = [
+            str(rank) if scored else "-",
+            run.name,
+            run.status,
+            " ".join(summary.varying_overrides(run, short=True)),
+            run.backbone or "",
+        ]
         row += [_fmt_score(run.score(summary.metric))] if metric_column else []
-        row += [_fmt_score(run.val_auroc_best), *(_fmt_score(run.test.get(f"test/{name}"))
-                                                   for name in ("auroc", "acc", "bacc")),
-                "" if run.epochs is None else str(run.epochs), _fmt_time(run.wall_time_s),
-                _fmt_count(run.num_parameters), _display_path(run.best_checkpoint)]
+        row += [
+            _fmt_score(run.val_auroc_best),
+            *(_fmt_score(run.test.get(f"test/{name}")) for name in ("auroc", "acc", "bacc")),
+            "" if run.epochs is None else str(run.epochs),
+            _fmt_time(run.wall_time_s),
+            _fmt_count(run.num_parameters),
+            _display_path(run.best_checkpoint),
+        ]
         rows.append(row)
     return header, rows
 
@@ -260,8 +276,16 @@ def group_rows(summary: Summary, link_base: Path | None = None) -> tuple[list[st
         others = len(group.runs) - len(group.completed)
         runs = f"{len(group.completed)}" + (f" (+{others} not completed)" if others else "")
         members = [_member_link(run, link_base) for run in group.runs]
-        rows.append([str(rank) if scored else "-", _group_label(summary, group), runs, ",".join(group.seeds),
-                     *(_fmt_interval(group.stats(value)) for _, _, value in metrics), " ".join(members)])
+        rows.append(
+            [
+                str(rank) if scored else "-",
+                _group_label(summary, group),
+                runs,
+                ",".join(group.seeds),
+                *(_fmt_interval(group.stats(value)) for _, _, value in metrics),
+                " ".join(members),
+            ]
+        )
     return header, rows
 
 
@@ -277,9 +301,11 @@ def _member_link(run: Run, link_base: Path | None) -> str:
 
 def _groups_heading(summary: Summary) -> str:
     direction = "highest" if summary.mode == "max" else "lowest"
-    return (f"{len(summary.groups)} seed groups (runs that differ only in seed): mean ± std [{CONFIDENCE:.0%} "
-            f"interval of the mean, Student's t] over each group's completed runs, ranked by mean best "
-            f"{summary.metric} ({direction} first)")
+    return (
+        f"{len(summary.groups)} seed groups (runs that differ only in seed): mean ± std [{CONFIDENCE:.0%} "
+        f"interval of the mean, Student's t] over each group's completed runs, ranked by mean best "
+        f"{summary.metric} ({direction} first)"
+    )
 
 
 def _escape(cell: str) -> str:
@@ -290,9 +316,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     """A GitHub markdown table, padded so that it also reads well as plain text."""
     cells = [[_escape(c) for c in header]] + [[_escape(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    numeric = {i for i, name in enumerate(header) if name in ("#", "epochs", "time", "params", "runs")
-               or name.startswith(("val/", "test/"))
-               or name.startswith("best ") and name != "best checkpoint"}
+    numeric = {
+        i
+        for i, name in enumerate(header)
+        if name in ("#", "epochs", "time", "params", "runs")
+        or name.startswith(("val/", "test/"))
+        or name.startswith("best ")
+        and name != "best checkpoint"
+    }
 
     def line(row: list[str]) -> str:
         padded = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -344,16 +375,28 @@ def tensorboard_command(paths: list[Path]) -> str:
     return f"tensorboard --logdir_spec {shlex.quote(spec)}"
 
 
-def render_markdown(summary: Summary, plot_name: str | None = "summary.png", tensorboard: str | None = None,
-                    link_base: Path | None = None) -> str:
+def render_markdown(
+    summary: Summary,
+    plot_name: str | None = "summary.png",
+    tensorboard: str | None = None,
+    link_base: Path | None = None,
+) -> str:
     """``summary.md``; ``link_base``: the folder it is written to (member runs of seed groups link from there)."""
     header, rows = table_rows(summary)
     out = [f"# Summary: {summary.title}", "", _headline(summary) + ".", ""]
     if summary.common_overrides and len(summary.runs) > 1:
         out += ["Common overrides: `" + " ".join(summary.common_overrides) + "`", ""]
     if summary.groups:
-        out += ["## Seed groups", "", _groups_heading(summary) + ".", "",
-                markdown_table(*group_rows(summary, link_base)), "", "## Runs", ""]
+        out += [
+            "## Seed groups",
+            "",
+            _groups_heading(summary) + ".",
+            "",
+            markdown_table(*group_rows(summary, link_base)),
+            "",
+            "## Runs",
+            "",
+        ]
     out += [markdown_table(header, rows), ""]
     failures = _failures(summary)
     if failures:
@@ -365,9 +408,28 @@ def render_markdown(summary: Summary, plot_name: str | None = "summary.png", ten
     return "\n".join(out)
 
 
-CSV_COLUMNS = ("rank", "job", "status", "backbone", "overrides", "varying_overrides", "monitor", "best_score",
-               "val_auroc_best", "test_auroc", "test_acc", "test_bacc", "test_f1", "test_loss", "epochs", "wall_time_s",
-               "num_parameters", "best_checkpoint", "error", "run_dir")
+CSV_COLUMNS = (
+    "rank",
+    "job",
+    "status",
+    "backbone",
+    "overrides",
+    "varying_overrides",
+    "monitor",
+    "best_score",
+    "val_auroc_best",
+    "test_auroc",
+    "test_acc",
+    "test_bacc",
+    "test_f1",
+    "test_loss",
+    "epochs",
+    "wall_time_s",
+    "num_parameters",
+    "best_checkpoint",
+    "error",
+    "run_dir",
+)
 
 
 def write_csv(summary: Summary, path: Path) -> None:
@@ -376,28 +438,30 @@ def write_csv(summary: Summary, path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for run, row in zip(summary.runs, rows):
-            writer.writerow({
-                "rank": row[0] if row[0] != "-" else "",
-                "job": run.name,
-                "status": run.status,
-                "backbone": run.backbone or "",
-                "overrides": " ".join(run.overrides),
-                "varying_overrides": " ".join(summary.varying_overrides(run)),
-                "monitor": summary.metric,
-                "best_score": run.score(summary.metric),
-                "val_auroc_best": run.val_auroc_best,
-                "test_auroc": run.test.get("test/auroc"),
-                "test_acc": run.test.get("test/acc"),
-                "test_bacc": run.test.get("test/bacc"),
-                "test_f1": run.test.get("test/f1"),
-                "test_loss": run.test.get("test/loss"),
-                "epochs": run.epochs,
-                "wall_time_s": run.wall_time_s,
-                "num_parameters": run.num_parameters,
-                "best_checkpoint": run.best_checkpoint or "",
-                "error": run.error or "",
-                "run_dir": str(run.path.resolve()),
-            })
+            writer.writerow(
+                {
+                    "rank": row[0] if row[0] != "-" else "",
+                    "job": run.name,
+                    "status": run.status,
+                    "backbone": run.backbone or "",
+                    "overrides": " ".join(run.overrides),
+                    "varying_overrides": " ".join(summary.varying_overrides(run)),
+                    "monitor": summary.metric,
+                    "best_score": run.score(summary.metric),
+                    "val_auroc_best": run.val_auroc_best,
+                    "test_auroc": run.test.get("test/auroc"),
+                    "test_acc": run.test.get("test/acc"),
+                    "test_bacc": run.test.get("test/bacc"),
+                    "test_f1": run.test.get("test/f1"),
+                    "test_loss": run.test.get("test/loss"),
+                    "epochs": run.epochs,
+                    "wall_time_s": run.wall_time_s,
+                    "num_parameters": run.num_parameters,
+                    "best_checkpoint": run.best_checkpoint or "",
+                    "error": run.error or "",
+                    "run_dir": str(run.path.resolve()),
+                }
+            )
         write_text(path, f.getvalue())
 
 
@@ -413,16 +477,27 @@ def write_groups_csv(summary: Summary, path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for group, row in zip(summary.groups, rows):
-            record = {"rank": row[0] if row[0] != "-" else "", "group": row[1], "overrides": " ".join(group.overrides),
-                      "seeds": " ".join(group.seeds), "runs": len(group.runs), "completed": len(group.completed),
-                      "members": " ".join(run.name for run in group.runs),
-                      "member_dirs": " ".join(str(run.path.resolve()) for run in group.runs)}
+            record = {
+                "rank": row[0] if row[0] != "-" else "",
+                "group": row[1],
+                "overrides": " ".join(group.overrides),
+                "seeds": " ".join(group.seeds),
+                "runs": len(group.runs),
+                "completed": len(group.completed),
+                "members": " ".join(run.name for run in group.runs),
+                "member_dirs": " ".join(str(run.path.resolve()) for run in group.runs),
+            }
             for _, name, value in metrics:
                 stats = group.stats(value)
-                record.update({f"{name}_n": stats.n if stats else 0, f"{name}_mean": stats.mean if stats else None,
-                               f"{name}_std": stats.std if stats else None,
-                               f"{name}_ci95_low": stats.low if stats else None,
-                               f"{name}_ci95_high": stats.high if stats else None})
+                record.update(
+                    {
+                        f"{name}_n": stats.n if stats else 0,
+                        f"{name}_mean": stats.mean if stats else None,
+                        f"{name}_std": stats.std if stats else None,
+                        f"{name}_ci95_low": stats.low if stats else None,
+                        f"{name}_ci95_high": stats.high if stats else None,
+                    }
+                )
             writer.writerow(record)
         write_text(path, f.getvalue())
 

@@ -29,16 +29,47 @@ Everything is deterministic per seed, independent of the number of worker proces
 
 from faceattr.data.synthetic.attribute_model import FaceSpec, assign_layout, sample_face
 from faceattr.data.synthetic.celeba_files import (
-    ATTR_FILE, BBOX_COLUMNS, BBOX_FILE, GENERATOR_VERSION, IDENTITY_FILE, IMAGE_DIR, LANDMARK_COLUMNS,
-    LANDMARKS_FILE, LAYOUTS, MARKER, PARTITION_FILE, image_name, read_marker,
+    ATTR_FILE,
+    BBOX_COLUMNS,
+    BBOX_FILE,
+    GENERATOR_VERSION,
+    IDENTITY_FILE,
+    IMAGE_DIR,
+    LANDMARK_COLUMNS,
+    LANDMARKS_FILE,
+    LAYOUTS,
+    MARKER,
+    PARTITION_FILE,
+    image_name,
+    read_marker,
 )
 from faceattr.data.synthetic.drawing import HEIGHT, WIDTH
 from faceattr.data.synthetic.renderer import RenderedFace, render_face
 from faceattr.data.synthetic.writer import ensure_synthetic, generate_celeba, generate_synthetic, write_kaggle_layout
 
 __all__ = [
-    "ATTR_FILE", "BBOX_COLUMNS", "BBOX_FILE", "GENERATOR_VERSION", "HEIGHT", "IDENTITY_FILE", "IMAGE_DIR",
-    "LANDMARKS_FILE", "LANDMARK_COLUMNS", "LAYOUTS", "MARKER", "PARTITION_FILE", "WIDTH", "FaceSpec",
-    "RenderedFace", "assign_layout", "ensure_synthetic", "generate_celeba", "generate_synthetic", "image_name",
-    "read_marker", "render_face", "sample_face", "write_kaggle_layout",
+    "ATTR_FILE",
+    "BBOX_COLUMNS",
+    "BBOX_FILE",
+    "GENERATOR_VERSION",
+    "HEIGHT",
+    "IDENTITY_FILE",
+    "IMAGE_DIR",
+    "LANDMARKS_FILE",
+    "LANDMARK_COLUMNS",
+    "LAYOUTS",
+    "MARKER",
+    "PARTITION_FILE",
+    "WIDTH",
+    "FaceSpec",
+    "RenderedFace",
+    "assign_layout",
+    "ensure_synthetic",
+    "generate_celeba",
+    "generate_synthetic",
+    "image_name",
+    "read_marker",
+    "render_face",
+    "sample_face",
+    "write_kaggle_layout",
 ]

@@ -128,9 +128,18 @@ def _sample_identity(rng: np.random.Generator) -> _Identity:
 
 def _attractive(a: dict[str, bool], rng: np.random.Generator) -> bool:
     score = (
-        1.6 * a["Young"] + 0.2 * (not a["Male"]) + 0.4 * a["Heavy_Makeup"] + 0.3 * a["Smiling"]
-        - 1.3 * a["Chubby"] - 0.8 * a["Bags_Under_Eyes"] - 1.0 * a["Bald"] - 0.5 * a["Double_Chin"]
-        - 0.6 * a["Blurry"] - 0.4 * a["Eyeglasses"] - 0.4 * a["Big_Nose"] + rng.normal(0.0, 0.35)
+        1.6 * a["Young"]
+        + 0.2 * (not a["Male"])
+        + 0.4 * a["Heavy_Makeup"]
+        + 0.3 * a["Smiling"]
+        - 1.3 * a["Chubby"]
+        - 0.8 * a["Bags_Under_Eyes"]
+        - 1.0 * a["Bald"]
+        - 0.5 * a["Double_Chin"]
+        - 0.6 * a["Blurry"]
+        - 0.4 * a["Eyeglasses"]
+        - 0.4 * a["Big_Nose"]
+        + rng.normal(0.0, 0.35)
     )
     return score > 1.5
 
@@ -140,8 +149,11 @@ def _sample_image_attributes(ident: _Identity, rng: np.random.Generator) -> tupl
     male, young = ident.male, ident.young
     hat = bernoulli(rng, 0.05)
     bangs = not ident.bald and bernoulli(rng, 0.08 if male else 0.21)
-    texture = "none" if ident.bald else rng.choice(("wavy", "straight", "none"),
-                                                    p=(0.13, 0.13, 0.74) if male else (0.5, 0.28, 0.22))
+    texture = (
+        "none"
+        if ident.bald
+        else rng.choice(("wavy", "straight", "none"), p=(0.13, 0.13, 0.74) if male else (0.5, 0.28, 0.22))
+    )
     smiling = bernoulli(rng, 0.48)
     makeup = bernoulli(rng, 0.01 if male else 0.66)
     lipstick = bernoulli(rng, (0.5 if makeup else 0.003) if male else (0.97 if makeup else 0.55))

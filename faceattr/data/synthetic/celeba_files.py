@@ -35,8 +35,16 @@ BBOX_FILE = "list_bbox_celeba.txt"
 LANDMARKS_FILE = "list_landmarks_align_celeba.txt"
 BBOX_COLUMNS = ("x_1", "y_1", "width", "height")
 LANDMARK_COLUMNS = (
-    "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
-    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
+    "lefteye_x",
+    "lefteye_y",
+    "righteye_x",
+    "righteye_y",
+    "nose_x",
+    "nose_y",
+    "leftmouth_x",
+    "leftmouth_y",
+    "rightmouth_x",
+    "rightmouth_y",
 )
 
 _CHUNK = 64  # images per worker task
@@ -78,7 +86,7 @@ def _pool_context() -> multiprocessing.context.BaseContext:
 
 def _render_all(image_dir: Path, seed: int, identities: np.ndarray, workers: int | None) -> list[_Record]:
     items = list(enumerate(identities.tolist()))
-    jobs = [(str(image_dir), seed, items[start:start + _CHUNK]) for start in range(0, len(items), _CHUNK)]
+    jobs = [(str(image_dir), seed, items[start : start + _CHUNK]) for start in range(0, len(items), _CHUNK)]
     processes = min(workers or os.cpu_count() or 1, len(jobs))
     if processes <= 1:
         chunks = [_render_chunk(job) for job in jobs]
@@ -109,20 +117,31 @@ def _write_annotations(root: Path, records: list[_Record], partitions: np.ndarra
     names = [image_name(i) for i in range(len(records))]
     count = str(len(records))
     # The real header line ends with a space; keep it so loaders are tested against that quirk.
-    _write_lines(root / ATTR_FILE, [count, " ".join(CELEBA_ATTRIBUTES) + " "]
-                 + [_padded(name, r.labels, 2) for name, r in zip(names, records)])
+    _write_lines(
+        root / ATTR_FILE,
+        [count, " ".join(CELEBA_ATTRIBUTES) + " "] + [_padded(name, r.labels, 2) for name, r in zip(names, records)],
+    )
     _write_lines(root / PARTITION_FILE, [f"{name} {p}" for name, p in zip(names, partitions.tolist())])
     _write_lines(root / IDENTITY_FILE, [f"{name} {i}" for name, i in zip(names, identities.tolist())])
-    _write_lines(root / BBOX_FILE, [count, " ".join(("image_id", *BBOX_COLUMNS))]
-                 + [_padded(name, r.bbox, 4) for name, r in zip(names, records)])
-    _write_lines(root / LANDMARKS_FILE, [count, " ".join(LANDMARK_COLUMNS)]
-                 + [_padded(name, r.landmarks, 4) for name, r in zip(names, records)])
+    _write_lines(
+        root / BBOX_FILE,
+        [count, " ".join(("image_id", *BBOX_COLUMNS))] + [_padded(name, r.bbox, 4) for name, r in zip(names, records)],
+    )
+    _write_lines(
+        root / LANDMARKS_FILE,
+        [count, " ".join(LANDMARK_COLUMNS)] + [_padded(name, r.landmarks, 4) for name, r in zip(names, records)],
+    )
 
 
 def marker(num_images: int, seed: int, layout: str) -> dict:
     """The marker of a complete generated folder: what it holds (compared whole before a folder is reused)."""
-    return {"generator": GENERATOR, "version": GENERATOR_VERSION, "num_images": num_images, "seed": seed,
-            "layout": layout}
+    return {
+        "generator": GENERATOR,
+        "version": GENERATOR_VERSION,
+        "num_images": num_images,
+        "seed": seed,
+        "layout": layout,
+    }
 
 
 def read_marker(root: str | Path) -> dict | None:

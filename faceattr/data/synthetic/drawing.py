@@ -60,9 +60,17 @@ def face_geometry(a: dict[str, bool], rng: np.random.Generator) -> Geometry:
     cx, cy = 89.0 + rng.uniform(-4, 4), 104.0 + rng.uniform(-4, 4)
     eye_y = cy - 0.05 * fh
     return Geometry(
-        cx=cx, cy=cy, fw=fw, fh=fh, jaw=jaw,
-        eye_dx=0.44 * base_w, eye_y=eye_y, brow_y=eye_y - 0.25 * fh,
-        nose_y=cy + 0.33 * fh, mouth_y=cy + 0.6 * fh, mouth_w=0.3 * base_w,
+        cx=cx,
+        cy=cy,
+        fw=fw,
+        fh=fh,
+        jaw=jaw,
+        eye_dx=0.44 * base_w,
+        eye_y=eye_y,
+        brow_y=eye_y - 0.25 * fh,
+        nose_y=cy + 0.33 * fh,
+        mouth_y=cy + 0.6 * fh,
+        mouth_w=0.3 * base_w,
     )
 
 

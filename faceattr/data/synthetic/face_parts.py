@@ -7,13 +7,20 @@ from PIL import Image, ImageDraw
 
 from faceattr.data.synthetic.attribute_model import RGB, FaceSpec, jitter
 from faceattr.data.synthetic.drawing import (
-    HEIGHT, Geometry, beard_color, chin_box, face_outline, lower_face_mask, mix, neck_half_width, random_color,
+    HEIGHT,
+    Geometry,
+    beard_color,
+    chin_box,
+    face_outline,
+    lower_face_mask,
+    mix,
+    neck_half_width,
+    random_color,
     shade,
 )
 
 
-def draw_torso(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: RGB,
-                rng: np.random.Generator) -> None:
+def draw_torso(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: RGB, rng: np.random.Generator) -> None:
     cx, chin = g.cx, g.chin_y
     neck_w = neck_half_width(g, a)
     draw.rectangle((cx - neck_w, g.cy + 0.3 * g.fh, cx + neck_w, HEIGHT), fill=shade(skin, 0.9))
@@ -23,16 +30,21 @@ def draw_torso(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin:
     if a["Wearing_Necktie"]:
         jacket = jitter(rng, ((30, 34, 60), (35, 35, 38), (80, 80, 86), (70, 50, 36))[int(rng.integers(4))], 8)
         draw.ellipse((cx - shoulder_w, top, cx + shoulder_w, top + 150), fill=jacket)
-        draw.polygon([(cx - 0.55 * g.fw, top - 4), (cx + 0.55 * g.fw, top - 4), (cx + 6, HEIGHT), (cx - 6, HEIGHT)],
-                     fill=jitter(rng, (236, 238, 242), 8))  # shirt
-        tie = jitter(rng, ((190, 30, 40), (40, 60, 170), (40, 120, 60), (130, 40, 130), (200, 150, 30))
-                      [int(rng.integers(5))], 15)
+        draw.polygon(
+            [(cx - 0.55 * g.fw, top - 4), (cx + 0.55 * g.fw, top - 4), (cx + 6, HEIGHT), (cx - 6, HEIGHT)],
+            fill=jitter(rng, (236, 238, 242), 8),
+        )  # shirt
+        tie = jitter(
+            rng, ((190, 30, 40), (40, 60, 170), (40, 120, 60), (130, 40, 130), (200, 150, 30))[int(rng.integers(5))], 15
+        )
         knot_y = top - 2
         draw.polygon([(cx - 5, knot_y), (cx + 5, knot_y), (cx + 3.5, knot_y + 7), (cx - 3.5, knot_y + 7)], fill=tie)
         draw.polygon([(cx - 3.5, knot_y + 7), (cx + 3.5, knot_y + 7), (cx + 8, HEIGHT), (cx - 8, HEIGHT)], fill=tie)
         for side in (-1, 1):  # collar wings
-            draw.polygon([(cx + side * 5, knot_y), (cx + side * 0.6 * g.fw, top - 6), (cx + side * 14, knot_y + 12)],
-                         fill=(250, 250, 250))
+            draw.polygon(
+                [(cx + side * 5, knot_y), (cx + side * 0.6 * g.fw, top - 6), (cx + side * 14, knot_y + 12)],
+                fill=(250, 250, 250),
+            )
         return
     draw.ellipse((cx - shoulder_w, top, cx + shoulder_w, top + 150), fill=random_color(rng))
     neckline = 0.75 * g.fw if not a["Male"] else 0.5 * g.fw
@@ -53,8 +65,13 @@ def draw_head(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: 
         draw.ellipse(chin_box(g), fill=shade(skin, 0.95), outline=shade(skin, 0.55), width=3)
     draw.polygon(face_outline(g), fill=skin)
     if a["Double_Chin"]:
-        draw.arc((g.cx - 0.45 * g.fw, g.chin_y - 16, g.cx + 0.45 * g.fw, g.chin_y - 1), 25, 155,
-                 fill=shade(skin, 0.6), width=3)
+        draw.arc(
+            (g.cx - 0.45 * g.fw, g.chin_y - 16, g.cx + 0.45 * g.fw, g.chin_y - 1),
+            25,
+            155,
+            fill=shade(skin, 0.6),
+            width=3,
+        )
 
 
 def draw_cheeks(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: RGB) -> None:
@@ -83,8 +100,9 @@ def draw_wrinkles(draw: ImageDraw.ImageDraw, g: Geometry, skin: RGB) -> None:
         draw.line([(nx, g.nose_y - 3), (nx + side * 6, g.nose_y + 5), (mx, g.mouth_y + 5)], fill=line, width=2)
 
 
-def _stipple(image: Image.Image, mask: Image.Image, color: RGB, density: float, strength: float,
-             rng: np.random.Generator) -> None:
+def _stipple(
+    image: Image.Image, mask: Image.Image, color: RGB, density: float, strength: float, rng: np.random.Generator
+) -> None:
     """Paint random dots of ``color`` inside ``mask`` (stubble / beard texture)."""
     box = mask.getbbox()
     if box is None:
@@ -120,8 +138,17 @@ def draw_facial_hair(image: Image.Image, g: Geometry, spec: FaceSpec, rng: np.ra
 
 def draw_mustache(draw: ImageDraw.ImageDraw, g: Geometry, hair: RGB) -> None:
     y, w = g.mouth_y - 2, g.mouth_w + 3
-    draw.polygon([(g.cx - w, y + 3), (g.cx - w * 0.6, y - 6), (g.cx, y - 8), (g.cx + w * 0.6, y - 6),
-                  (g.cx + w, y + 3), (g.cx, y - 1)], fill=beard_color(hair))
+    draw.polygon(
+        [
+            (g.cx - w, y + 3),
+            (g.cx - w * 0.6, y - 6),
+            (g.cx, y - 8),
+            (g.cx + w * 0.6, y - 6),
+            (g.cx + w, y + 3),
+            (g.cx, y - 1),
+        ],
+        fill=beard_color(hair),
+    )
 
 
 def draw_nose(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: RGB) -> None:
@@ -148,8 +175,9 @@ def draw_nose(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], skin: 
 def draw_eyes(draw: ImageDraw.ImageDraw, g: Geometry, spec: FaceSpec, rng: np.random.Generator) -> None:
     a = spec.attributes
     half_h = 1.6 if a["Narrow_Eyes"] else 4.2
-    shadow = jitter(rng, ((130, 70, 160), (60, 90, 180), (120, 70, 50), (50, 45, 60), (190, 90, 140))
-                     [int(rng.integers(5))], 10)
+    shadow = jitter(
+        rng, ((130, 70, 160), (60, 90, 180), (120, 70, 50), (50, 45, 60), (190, 90, 140))[int(rng.integers(5))], 10
+    )
     for side in (-1, 1):
         ex, ey = g.cx + side * g.eye_dx, g.eye_y
         if a["Bags_Under_Eyes"]:
@@ -181,8 +209,9 @@ def draw_brows(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], hair:
         draw.line(list(zip(x.tolist(), y.tolist())), fill=color, width=width, joint="curve")
 
 
-def draw_mouth(draw: ImageDraw.ImageDraw, g: Geometry, spec: FaceSpec,
-                rng: np.random.Generator) -> tuple[tuple[float, float], tuple[float, float]]:
+def draw_mouth(
+    draw: ImageDraw.ImageDraw, g: Geometry, spec: FaceSpec, rng: np.random.Generator
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Draw the lips; return the two mouth corners."""
     a = spec.attributes
     if a["Wearing_Lipstick"]:
@@ -195,11 +224,11 @@ def draw_mouth(draw: ImageDraw.ImageDraw, g: Geometry, spec: FaceSpec,
     upper, lower = (6.0, 8.5) if a["Big_Lips"] else (2.5, 3.5)
     u = np.linspace(-1.0, 1.0, 17)
     x = g.cx + w * u
-    envelope = np.sqrt(1 - u ** 2)
-    line = g.mouth_y - curve * u ** 2
+    envelope = np.sqrt(1 - u**2)
+    line = g.mouth_y - curve * u**2
     opening = line + gap * envelope
-    bottom = opening + lower * envelope ** 0.7
-    top = line - upper * envelope ** 0.6
+    bottom = opening + lower * envelope**0.7
+    top = line - upper * envelope**0.6
 
     def band(upper_edge: np.ndarray, lower_edge: np.ndarray) -> list[tuple[float, float]]:
         return list(zip(x.tolist(), upper_edge.tolist())) + list(zip(x[::-1].tolist(), lower_edge[::-1].tolist()))
@@ -216,6 +245,11 @@ def draw_mouth(draw: ImageDraw.ImageDraw, g: Geometry, spec: FaceSpec,
     if a["Smiling"]:  # smile creases beside the corners
         for side in (-1, 1):
             x0 = g.cx + side * (w + 3)
-            draw.arc((x0 - 4, corner_y - 6, x0 + 4, corner_y + 6), -70 if side > 0 else 110,
-                     70 if side > 0 else 250, fill=shade(spec.skin, 0.6), width=2)
+            draw.arc(
+                (x0 - 4, corner_y - 6, x0 + 4, corner_y + 6),
+                -70 if side > 0 else 110,
+                70 if side > 0 else 250,
+                fill=shade(spec.skin, 0.6),
+                width=2,
+            )
     return (g.cx - w, corner_y), (g.cx + w, corner_y)

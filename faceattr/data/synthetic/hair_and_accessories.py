@@ -10,7 +10,14 @@ from PIL import Image, ImageDraw
 
 from faceattr.data.synthetic.attribute_model import RGB, bernoulli
 from faceattr.data.synthetic.drawing import (
-    HEIGHT, WIDTH, Geometry, chin_box, face_outline, neck_half_width, random_color, shade,
+    HEIGHT,
+    WIDTH,
+    Geometry,
+    chin_box,
+    face_outline,
+    neck_half_width,
+    random_color,
+    shade,
 )
 
 
@@ -19,7 +26,7 @@ def _hairline(g: Geometry, a: dict[str, bool]) -> Callable[[float], float]:
     if a["Bangs"]:
         return lambda x: g.brow_y - 5
     if a["Receding_Hairline"]:
-        return lambda x: g.cy - 0.82 * g.fh - 0.25 * g.fh * math.exp(-(((abs(x - g.cx) / g.fw) - 0.55) / 0.2) ** 2)
+        return lambda x: g.cy - 0.82 * g.fh - 0.25 * g.fh * math.exp(-((((abs(x - g.cx) / g.fw) - 0.55) / 0.2) ** 2))
     return lambda x: g.cy - 0.62 * g.fh + 0.12 * g.fh * ((x - g.cx) / g.fw) ** 2
 
 
@@ -36,8 +43,9 @@ def _hair_mask(g: Geometry, a: dict[str, bool], long_hair: bool, volume: float) 
     width = g.fw + 6 + volume
     draw.ellipse((g.cx - width, g.cy - g.fh - 7 - volume, g.cx + width, g.cy + 0.3 * g.fh), fill=255)
     if long_hair:
-        draw.rounded_rectangle((g.cx - width - 2, g.cy - 0.3 * g.fh, g.cx + width + 2, g.chin_y + 30),
-                               radius=10, fill=255)
+        draw.rounded_rectangle(
+            (g.cx - width - 2, g.cy - 0.3 * g.fh, g.cx + width + 2, g.chin_y + 30), radius=10, fill=255
+        )
     hairline = _hairline(g, a)
     draw.polygon([(x, max(y, hairline(x))) for x, y in outline], fill=0)
     neck = neck_half_width(g, a)  # long hair falls behind the neck, not over it
@@ -72,7 +80,8 @@ def draw_hair(image: Image.Image, g: Geometry, a: dict[str, bool], hair: RGB, rn
     image.paste(_hair_layer(g, a, hair, rng), (0, 0), mask)
     if a["Bald"]:
         ImageDraw.Draw(image, "RGBA").ellipse(
-            (g.cx - 0.4 * g.fw, g.cy - 0.95 * g.fh, g.cx + 0.1 * g.fw, g.cy - 0.7 * g.fh), fill=(255, 255, 255, 90))
+            (g.cx - 0.4 * g.fw, g.cy - 0.95 * g.fh, g.cx + 0.1 * g.fw, g.cy - 0.7 * g.fh), fill=(255, 255, 255, 90)
+        )
 
 
 def draw_hat(draw: ImageDraw.ImageDraw, g: Geometry, rng: np.random.Generator) -> None:
@@ -92,8 +101,13 @@ def draw_glasses(draw: ImageDraw.ImageDraw, g: Geometry, rng: np.random.Generato
     tinted = rng.random() < 0.25
     for side in (-1, 1):
         ex = g.cx + side * g.eye_dx
-        draw.rounded_rectangle((ex - 12, g.eye_y - 8, ex + 12, g.eye_y + 8), radius=4,
-                               fill=(20, 20, 30, 200) if tinted else (200, 220, 255, 40), outline=frame, width=3)
+        draw.rounded_rectangle(
+            (ex - 12, g.eye_y - 8, ex + 12, g.eye_y + 8),
+            radius=4,
+            fill=(20, 20, 30, 200) if tinted else (200, 220, 255, 40),
+            outline=frame,
+            width=3,
+        )
         draw.line([(ex + side * 12, g.eye_y - 4), (g.cx + side * (g.fw + 2), g.eye_y - 2)], fill=frame, width=3)
     draw.line([(g.cx - g.eye_dx + 12, g.eye_y - 3), (g.cx + g.eye_dx - 12, g.eye_y - 3)], fill=frame, width=3)
 
@@ -112,7 +126,7 @@ def draw_jewellery(draw: ImageDraw.ImageDraw, g: Geometry, a: dict[str, bool], r
     if a["Wearing_Necklace"]:
         t = np.linspace(-1.0, 1.0, 11)
         xs = g.cx + 0.55 * g.fw * t
-        ys = g.chin_y + 14 + 10 * (1 - t ** 2)
+        ys = g.chin_y + 14 + 10 * (1 - t**2)
         draw.line(list(zip(xs.tolist(), ys.tolist())), fill=shade(metal, 0.8), width=2)
         for x, y in zip(xs.tolist(), ys.tolist()):
             draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=metal)

@@ -18,8 +18,17 @@ from PIL import Image, ImageDraw, ImageFilter
 from faceattr.data.synthetic.attribute_model import FaceSpec
 from faceattr.data.synthetic.drawing import HEIGHT, WIDTH, face_geometry
 from faceattr.data.synthetic.face_parts import (
-    draw_brows, draw_cheeks, draw_ears, draw_eyes, draw_facial_hair, draw_head, draw_mouth, draw_mustache, draw_nose,
-    draw_torso, draw_wrinkles,
+    draw_brows,
+    draw_cheeks,
+    draw_ears,
+    draw_eyes,
+    draw_facial_hair,
+    draw_head,
+    draw_mouth,
+    draw_mustache,
+    draw_nose,
+    draw_torso,
+    draw_wrinkles,
 )
 from faceattr.data.synthetic.hair_and_accessories import draw_glasses, draw_hair, draw_hat, draw_jewellery
 

@@ -24,7 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from faceattr.data.synthetic.celeba_files import (
-    GENERATOR_VERSION, LAYOUTS, MARKER, marker, read_marker, write_kaggle, write_original,
+    GENERATOR_VERSION,
+    LAYOUTS,
+    MARKER,
+    marker,
+    read_marker,
+    write_kaggle,
+    write_original,
 )
 from faceattr.errors import UserError, disk_write_error
 
@@ -113,8 +119,10 @@ def _generated_contents(root: Path) -> dict | None:
         raise UserError(f"{root} exists and is not a folder: choose another output folder")
     found = read_marker(root)
     if found is None and any(root.iterdir()):
-        raise UserError(f"{root} holds files that are not a complete generated data set ({MARKER} is missing): "
-                        f"choose an empty or new folder, or delete it")
+        raise UserError(
+            f"{root} holds files that are not a complete generated data set ({MARKER} is missing): "
+            f"choose an empty or new folder, or delete it"
+        )
     return found
 
 
@@ -203,8 +211,10 @@ def ensure_synthetic(root: str | Path, num_images: int, seed: int = 0, workers: 
         if found == wanted:
             return root
         if found is not None:
-            raise UserError(f"{root} holds generated data of {_describe(found)}, not {_describe(wanted)}; another "
-                            f"run may be reading it: give this one a folder of its own (data.root) or delete it")
+            raise UserError(
+                f"{root} holds generated data of {_describe(found)}, not {_describe(wanted)}; another "
+                f"run may be reading it: give this one a folder of its own (data.root) or delete it"
+            )
         with _building(real, _CACHE_SETTING) as temporary:
             log.info("generating %d synthetic images (seed %d) into %s", num_images, seed, root)
             write_original(temporary, num_images, seed, workers)
@@ -228,8 +238,9 @@ def write_kaggle_layout(src_original_root: str | Path, dst_root: str | Path) -> 
     return dst
 
 
-def generate_synthetic(root: str | Path, num_images: int, seed: int = 0, layout: str = "original",
-                       workers: int | None = None) -> Path:
+def generate_synthetic(
+    root: str | Path, num_images: int, seed: int = 0, layout: str = "original", workers: int | None = None
+) -> Path:
     """Generate into ``root`` in ``layout`` (one of LAYOUTS); the entry point of the command-line script."""
     if layout not in LAYOUTS:
         raise UserError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")

@@ -1,0 +1,303 @@
+"""The pre-decoded image cache (``data.cache``): each split decoded, cropped and resized once, read back memory-mapped.
+
+Decoding a JPEG costs most of a data worker's time per image, every epoch (the idea behind FFCV and DALI is to pay
+it once). With ``data.cache=<dir>`` the datamodule's ``setup`` writes, per split, the uint8 model inputs that the
+uncached path produces before augmentation (decode, centre crop, resize: the same code, so the same pixels) into
+
+    <dir>/<split>.npy     (N, 3, H, W) uint8, a NumPy array file read with ``numpy.load(mmap_mode="r")``
+    <dir>/<split>.json    its header, written last: the key it was built for, its shape and the skipped items
+
+Later epochs, later runs and the other DDP ranks read from it; augmentation (``data.train_augment``: flip, ...) still
+runs per item and epoch, on the uint8 image. It takes ``N x 3 x H x W`` bytes: 202,599 CelebA images are ~2.5 GB at
+64x64, ~10 GB at 128x128 and ~23.6 GB at the whole 218x178 frame.
+
+Key: a hash of the real path of the image folder, the split's file list (so ``limit``/``val_limit``/``seed`` count),
+the input size, the crop and the preprocessing steps. A header with another key is rebuilt in place (one slot per
+split). Replacing image files under the same names is not detected: delete the folder then.
+
+Complete or absent: the array is written to a temporary file in ``<dir>`` and renamed (``faceattr.atomic``), the
+old header is removed before and the new one written after, all under an exclusive ``fcntl`` lock on
+``<dir>/.lock`` (as the generated-data cache does), so concurrent runs build a split once and never read half of
+one. Its size is checked against the free space first; a build that runs out of disk anyway leaves nothing.
+
+Bad images behave as without the cache: with ``skip_corrupt=false`` the build stops with the same one-line error;
+with ``skip_corrupt=true`` the item is recorded as skipped in the header, and reading it gives ``None``, which
+``collate_skipping_corrupt`` drops and counts. A cache holding skipped items is refused by a run with
+``skip_corrupt=false`` with that item's error (or rebuilt, if the file has been fixed meanwhile).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from faceattr.atomic import atomic_path, remove_stale_temporaries, write_json
+from faceattr.data.celeba import CelebAImages
+from faceattr.errors import UserError, format_size
+from faceattr.progress import is_terminal
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the file format or the meaning of the pixels changes: older caches are rebuilt.
+CACHE_VERSION = 1
+SETTING = "data.cache"
+#: Images decoded per batch of the build's DataLoader.
+BUILD_BATCH = 64
+#: Without a terminal for a progress bar, a log line every this fraction of the images.
+LOG_EVERY = 0.1
+
+
+def cache_bytes(num_images: int, image_size: Sequence[int]) -> int:
+    """Disk size of a cached split: one uint8 byte per channel and pixel (the array file's header aside)."""
+    height, width = image_size
+    return num_images * 3 * height * width
+
+
+def cache_key(source: CelebAImages, image_size: Sequence[int], crop: Sequence[int] | None) -> dict:
+    """What a cached split depends on; its ``key`` entry is the hash the header records."""
+    files = hashlib.sha256(b"\n".join(bytes(name) for name in source.filenames)).hexdigest()
+    described = {
+        "version": CACHE_VERSION,
+        "image_dir": os.path.realpath(source.image_dir),
+        "files_sha256": files,
+        "num_images": len(source),
+        "image_size": list(image_size),
+        "crop": None if crop is None else list(crop),
+        "preprocessing": f"torchvision.io.decode_image(RGB) then {source.transform!r}",
+    }
+    described["key"] = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return described
+
+
+class CachedImages(CelebAImages):
+    """The images of ``source`` read from its cache file: the same items, ``(uint8 (3, H, W), labels)``, with only
+    ``transform`` (the augmentation, or None) left to run per item; a skipped item is ``None``.
+
+    The array is opened (memory-mapped, read-only) in each process on first use, so DataLoader workers share the
+    page cache and pickling the dataset copies no pixels.
+    """
+
+    def __init__(self, source: CelebAImages, array_path: Path, skipped: np.ndarray, transform=None) -> None:
+        super().__init__(source.image_dir, source.filenames, source.labels, transform, source.skip_corrupt)
+        self.array_path = str(array_path)
+        self.skipped = skipped
+        self._array: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    def _images(self) -> np.ndarray:
+        if self._array is None:  # a plain ndarray over the mapping: indexing a np.memmap costs twice as much
+            self._array = np.load(self.array_path, mmap_mode="r").view(np.ndarray)
+        return self._array
+
+    def __getitem__(self, index: int):
+        if self.skipped[index]:
+            return None
+        image = torch.from_numpy(np.array(self._images()[index]))
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """The items of a batch (what a DataLoader asks for): one read of the array and one of the labels, then
+        the augmentation per image."""
+        images = torch.from_numpy(self._images()[np.asarray(indices, dtype=np.int64)])
+        labels = self.labels[torch.as_tensor(indices, dtype=torch.int64)]
+        items = []
+        for position, index in enumerate(indices):
+            if self.skipped[index]:
+                items.append(None)
+                continue
+            image = images[position]
+            if self.transform is not None:
+                image = self.transform(image)
+            items.append((image, labels[position]))
+        return items
+
+
+class _Numbered(Dataset):
+    """``(index, item or None)`` of ``images`` (built with ``skip_corrupt=True``), for the build's DataLoader."""
+
+    def __init__(self, images: CelebAImages) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        item = self.images[index]
+        return index, None if item is None else item[0]
+
+
+def _keep_list(items):
+    return items
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold the exclusive lock of the cache folder (created if needed)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = (directory / ".lock").open("a")
+    except OSError as exc:
+        raise UserError(f"cannot create the {SETTING} folder {directory}: {exc.strerror or exc}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _read_header(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _usable(header: dict | None, wanted: dict, array_path: Path, image_size: Sequence[int]) -> bool:
+    if header is None or header.get("key") != wanted["key"]:
+        return False
+    try:
+        array = np.load(array_path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return array.dtype == np.uint8 and array.shape == (wanted["num_images"], 3, *image_size)
+
+
+def _check_space(directory: Path, split: str, num_images: int, image_size: Sequence[int]) -> None:
+    needed = cache_bytes(num_images, image_size)
+    free = shutil.disk_usage(directory).free
+    if needed > free:
+        height, width = image_size
+        raise UserError(
+            f"{SETTING} needs ~{format_size(needed)} for the {num_images} {split} images at {height}x{width} but "
+            f"{directory} has {format_size(free)} free: free space, point {SETTING} at a larger disk, or set "
+            f"{SETTING}=null"
+        )
+
+
+class _Progress:
+    """A tqdm bar on stderr when it is a terminal, else a log line every ``LOG_EVERY`` of the images."""
+
+    def __init__(self, split: str, total: int) -> None:
+        self.split, self.total, self.done, self.logged = split, total, 0, 0
+        self.bar = None
+        if is_terminal(sys.stderr):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"caching {split}", unit="img", file=sys.stderr)
+
+    def update(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.update(count)
+        elif self.done == self.total or self.done - self.logged >= LOG_EVERY * self.total:
+            self.logged = self.done
+            log.info(
+                "caching %s: %d/%d images (%.0f%%)", self.split, self.done, self.total, 100 * self.done / self.total
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _build(
+    source: CelebAImages, split: str, array_path: Path, image_size: Sequence[int], num_workers: int
+) -> list[int]:
+    """Write the array file of ``source``'s pre-augmentation images; returns the skipped (corrupt) indices."""
+    tolerant = CelebAImages(source.image_dir, source.filenames, source.labels, source.transform, skip_corrupt=True)
+    loader = DataLoader(_Numbered(tolerant), batch_size=BUILD_BATCH, num_workers=num_workers, collate_fn=_keep_list)
+    shape = (len(source), 3, *image_size)
+    blank = np.zeros(shape[1:], dtype=np.uint8)
+    skipped: list[int] = []
+    progress = _Progress(split, len(source))
+    try:
+        with atomic_path(array_path, hint=f"{SETTING}=...") as temporary, open(temporary, "wb") as file:
+            np.lib.format.write_array_header_1_0(
+                file,
+                {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape},
+            )
+            for batch in loader:
+                for index, image in batch:
+                    if image is None:
+                        if not source.skip_corrupt:
+                            source[index]  # raises the one-line error of the uncached path
+                        skipped.append(index)
+                        file.write(blank.tobytes())
+                    else:
+                        file.write(image.numpy().tobytes())  # C order of (3, H, W) whatever the tensor's strides
+                progress.update(len(batch))
+            file.flush()
+    finally:
+        progress.close()
+    return skipped
+
+
+def cached(
+    source: CelebAImages,
+    directory: str | Path,
+    split: str,
+    image_size: Sequence[int],
+    crop: Sequence[int] | None,
+    augmentation=None,
+    num_workers: int = 0,
+) -> CachedImages:
+    """``source`` (whose ``transform`` is the crop and resize, without augmentation) read from its cache in
+    ``directory``, built first unless a complete one for the same key is there; ``augmentation`` runs per item."""
+    directory = Path(directory).expanduser()
+    array_path, header_path = directory / f"{split}.npy", directory / f"{split}.json"
+    wanted = cache_key(source, image_size, crop)
+    with _locked(directory):
+        header = _read_header(header_path)
+        if _usable(header, wanted, array_path, image_size) and _still_valid(source, header["skipped"]):
+            log.info("reading the %s images from the cache %s", split, array_path)
+        else:
+            if header is not None:
+                log.info("rebuilding the cached %s images in %s: data or preprocessing changed", split, directory)
+            remove_stale_temporaries(directory)
+            with contextlib.suppress(FileNotFoundError):
+                header_path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                array_path.unlink()
+            _check_space(directory, split, len(source), image_size)
+            log.info(
+                "caching the %d %s images at %dx%d in %s (~%s)",
+                len(source),
+                split,
+                *image_size,
+                array_path,
+                format_size(cache_bytes(len(source), image_size)),
+            )
+            skipped = _build(source, split, array_path, image_size, num_workers)
+            header = {**wanted, "shape": [len(source), 3, *image_size], "skipped": skipped}
+            write_json(header_path, header, hint=f"{SETTING}=...")
+    mask = np.zeros(len(source), dtype=bool)
+    mask[header["skipped"]] = True
+    return CachedImages(source, array_path, mask, augmentation)
+
+
+def _still_valid(source: CelebAImages, skipped: list[int]) -> bool:
+    """Whether a cache with ``skipped`` items suits ``source``: always with ``skip_corrupt``; without it, the first
+    skipped image raises its error, as uncached, and an image fixed since the build makes the cache stale."""
+    if not skipped or source.skip_corrupt:
+        return True
+    source[skipped[0]]  # raises the one-line error when the file is still bad
+    return False
