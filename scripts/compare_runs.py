@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @exit_on_user_error
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from faceattr.sweep.summary import build_summary, format_table, tensorboard_command, write_summary
+    from faceattr.sweep.summary import build_summary, format_table, tensorboard_command
+    from faceattr.sweep.summary_files import write_summary
 
     summary = build_summary(args.paths, metric=args.metric, mode=args.mode, title=args.title)
     if all(run.score(summary.metric) is None for run in summary.runs) and args.metric:

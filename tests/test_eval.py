@@ -81,14 +81,14 @@ def test_eval_on_validation_with_calibrated_thresholds(run_copy):
     assert summary["thresholds"].startswith("calibrated (F1-optimal on")
     rows = list(csv.DictReader((run_copy / "eval" / "valid_per_attribute.csv").open()))
     assert len({row["threshold"] for row in rows}) > 1  # per-attribute thresholds, not one 0.5
-    with pytest.raises(UserError, match="split=train: expected one of test, valid"):
+    with pytest.raises(UserError, match="split='train': expected one of test, valid"):
         evaluate(compose("eval", f"ckpt={run_copy}", "split=train"))
     with pytest.raises(UserError, match="thresholds='often': expected a number in"):
         evaluate(compose("eval", f"ckpt={run_copy}", "thresholds=often"))
 
 
 @pytest.mark.slow
-def test_eval_cli_prints_the_table_and_mistakes_are_one_line(run_copy, tmp_path):
+def test_eval_cli_prints_the_table_and_the_mean_figures(run_copy, tmp_path):
     proc = run_cli("eval.py", f"ckpt={run_copy}", "data.num_workers=0", tmp_path=tmp_path)
     assert proc.stdout.splitlines()[0].split() == [
         "attribute",
@@ -100,9 +100,7 @@ def test_eval_cli_prints_the_table_and_mistakes_are_one_line(run_copy, tmp_path)
         "threshold",
     ]
     assert "mean:        acc=" in proc.stdout and "bacc=" in proc.stdout
-    proc = run_cli("eval.py", f"ckpt={tmp_path / 'nowhere'}", tmp_path=tmp_path, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ckpt=")
-    assert len(proc.stderr.strip().splitlines()) == 1
+    # (A bad eval.py command line is one line and status 2: tests/test_schemas.py.)
 
 
 def _fit_tiny(tmp_path: Path, root: Path, callbacks=(), **model_kwargs) -> Path:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY, run_cli
+from conftest import REPO, TINY, run_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -69,20 +69,37 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synt
     assert record["epochs"] == 3 and record["global_step"] > first["global_step"]
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["data=celeba", "data.root=/nowhere"], "data.root /nowhere does not exist"),
-        (["trainer.gpus=1"], "no CUDA device is visible"),
-        (["model.backbone=no_such_net"], "model.backbone=no_such_net is not a timm model name"),
-        (["ckpt_path=/nope.ckpt"], "ckpt_path=/nope.ckpt: no such checkpoint file"),
-        (["data.attributes=[Smilling]"], "unknown attribute(s) Smilling"),
-        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected an integer"),
-        (["data.image_size=abc"], "the data config has a bad value: a size must be a positive int"),
-        (["trainer.precision=17"], "the trainer config has a bad value: Precision 17 is invalid"),
-    ],
-)
-def test_user_errors_end_with_one_clear_line(tmp_path, synthetic_root, overrides, message):
+USER_ERRORS = [
+    (["data=celeba", "data.root=/nowhere"], "data.root /nowhere does not exist"),
+    (["trainer.gpus=1"], "no CUDA device is visible"),
+    (["model.backbone=no_such_net"], "model.backbone=no_such_net is not a timm model name"),
+    (["ckpt_path=/nope.ckpt"], "ckpt_path=/nope.ckpt: no such checkpoint file"),
+    (["data.attributes=[Smilling]"], "unknown attribute(s) Smilling"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected an integer"),
+    (["data.image_size=abc"], "the data config has a bad value: a size must be a positive int"),
+    (["trainer.precision=17"], "the trainer config has a bad value: Precision 17 is invalid"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", USER_ERRORS)
+def test_user_errors_are_one_clear_line(tmp_path, synthetic_root, overrides, message):
+    """In process (fast): train() on the composed config fails with a UserError whose one line says it all."""
+    from hydra import compose, initialize_config_dir
+
+    from faceattr.errors import find_user_error, one_line
+    from faceattr.training import train
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", [*TINY, f"data.root={synthetic_root}", *overrides, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(Exception) as failure:
+        train(cfg)
+    error = find_user_error(failure.value)
+    assert error is not None, failure.value
+    assert message in one_line(error) and "\n" not in one_line(error)
+
+
+@pytest.mark.parametrize("overrides, message", [USER_ERRORS[0], USER_ERRORS[5]])
+def test_user_errors_end_the_cli_with_one_line_and_status_2(tmp_path, synthetic_root, overrides, message):
     proc = run_cli(
         "train.py",
         *TINY,

@@ -53,7 +53,8 @@ class SweepSummaryCallback(Callback):
             if not sweep_dir.is_dir():
                 log.warning("sweep summary: %s does not exist (no job ran)", sweep_dir)
                 return
-            from faceattr.sweep.summary import build_summary, format_table, tensorboard_command, write_summary
+            from faceattr.sweep.summary import build_summary, format_table, tensorboard_command
+            from faceattr.sweep.summary_files import write_summary
 
             metric = OmegaConf.select(config, "monitor.metric", default=None)
             mode = OmegaConf.select(config, "monitor.mode", default=None)

@@ -1,10 +1,10 @@
-"""The ranked table of runs: ``summary.md``, ``summary.csv``, ``summary.png`` and the printed table.
+"""The ranked table of runs: what ``summary.md``, ``summary.csv`` and the printed table show.
 
 One code path for the end-of-sweep Hydra callback and ``scripts/compare_runs.py``::
 
-    summary = build_summary([Path("multirun/2025-01-01/12-00-00")])
+    summary = build_summary([Path("multirun/2025-01-01/12-00-00-ab12")])
     print(format_table(summary))
-    write_summary(summary, out_dir)
+    write_summary(summary, out_dir)  # faceattr/sweep/summary_files.py
 
 Runs whose overrides differ only in ``seed`` form a *seed group*. When some group holds runs with different seeds
 (a sweep over ``seed=1,2,3``, with or without other axes), the summary starts with one row per group: each
@@ -15,87 +15,17 @@ numbers. Without seeds varying there are no groups and the summary is the per-ru
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
 import shlex
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from faceattr.atomic import write_text
 from faceattr.errors import UserError
-from faceattr.sweep.runs import Run, load_runs, natural_key, seed_override
+from faceattr.sweep.runs import Run, load_runs
+from faceattr.sweep.seed_groups import CONFIDENCE, Interval, SeedGroup, seed_groups
 
-SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
-GROUPS_FILE = "summary_groups.csv"  # only when seeds vary
 STATUS_ORDER = {"completed": 0, "pruned": 1, "incomplete": 2, "failed": 3}
-CONFIDENCE = 0.95
-
-
-@dataclass
-class Interval:
-    """Mean, sample standard deviation and the 95% interval of the mean of ``n`` values (std and interval need 2)."""
-
-    n: int
-    mean: float
-    std: float | None = None
-    low: float | None = None
-    high: float | None = None
-
-
-def interval(values: list[float], confidence: float = CONFIDENCE) -> Interval | None:
-    """The mean of ``values`` with its Student-t interval (``mean +- t(n-1) * std / sqrt(n)``); None when empty."""
-    if not values:
-        return None
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return Interval(1, mean)
-    from scipy.stats import t
-
-    std = statistics.stdev(values)
-    half = float(t.ppf(0.5 + confidence / 2, len(values) - 1)) * std / math.sqrt(len(values))
-    return Interval(len(values), mean, std, mean - half, mean + half)
-
-
-@dataclass
-class SeedGroup:
-    """Runs whose overrides are the same but for ``seed``."""
-
-    overrides: list[str]  # the shared overrides (without seed=)
-    runs: list[Run] = field(default_factory=list)
-
-    @property
-    def completed(self) -> list[Run]:
-        return [run for run in self.runs if run.status == "completed"]
-
-    @property
-    def seeds(self) -> list[str]:
-        return [str(run.seed) for run in self.runs]
-
-    def stats(self, value: Callable[[Run], float | None]) -> Interval | None:
-        """``value`` over the completed runs that have it."""
-        return interval([v for v in (value(run) for run in self.completed) if v is not None])
-
-
-def seed_groups(runs: list[Run], metric: str, mode: str) -> list[SeedGroup]:
-    """The runs grouped by their overrides without ``seed=``, best mean ``metric`` first; [] when no group holds
-    runs with different seeds (nothing to average)."""
-    groups: dict[tuple[str, ...], SeedGroup] = {}
-    for run in sorted(runs, key=lambda run: natural_key(run.path)):  # members in job order
-        key = tuple(o for o in run.overrides if seed_override(o) is None)
-        groups.setdefault(key, SeedGroup(list(key))).runs.append(run)
-    if not any(len(set(group.seeds)) > 1 for group in groups.values()):
-        return []
-    sign = -1.0 if mode == "max" else 1.0
-
-    def key(group: SeedGroup) -> tuple:
-        stats = group.stats(lambda run: run.score(metric))
-        return (stats is None, sign * stats.mean if stats is not None else 0.0)
-
-    return sorted(groups.values(), key=key)
 
 
 @dataclass
@@ -406,114 +336,3 @@ def render_markdown(
     if tensorboard:
         out += [f"TensorBoard (curves, HParams tab): `{tensorboard}`", ""]
     return "\n".join(out)
-
-
-CSV_COLUMNS = (
-    "rank",
-    "job",
-    "status",
-    "backbone",
-    "overrides",
-    "varying_overrides",
-    "monitor",
-    "best_score",
-    "val_auroc_best",
-    "test_auroc",
-    "test_acc",
-    "test_bacc",
-    "test_f1",
-    "test_loss",
-    "epochs",
-    "wall_time_s",
-    "num_parameters",
-    "best_checkpoint",
-    "error",
-    "run_dir",
-)
-
-
-def write_csv(summary: Summary, path: Path) -> None:
-    header, rows = table_rows(summary)
-    with io.StringIO(newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for run, row in zip(summary.runs, rows):
-            writer.writerow(
-                {
-                    "rank": row[0] if row[0] != "-" else "",
-                    "job": run.name,
-                    "status": run.status,
-                    "backbone": run.backbone or "",
-                    "overrides": " ".join(run.overrides),
-                    "varying_overrides": " ".join(summary.varying_overrides(run)),
-                    "monitor": summary.metric,
-                    "best_score": run.score(summary.metric),
-                    "val_auroc_best": run.val_auroc_best,
-                    "test_auroc": run.test.get("test/auroc"),
-                    "test_acc": run.test.get("test/acc"),
-                    "test_bacc": run.test.get("test/bacc"),
-                    "test_f1": run.test.get("test/f1"),
-                    "test_loss": run.test.get("test/loss"),
-                    "epochs": run.epochs,
-                    "wall_time_s": run.wall_time_s,
-                    "num_parameters": run.num_parameters,
-                    "best_checkpoint": run.best_checkpoint or "",
-                    "error": run.error or "",
-                    "run_dir": str(run.path.resolve()),
-                }
-            )
-        write_text(path, f.getvalue())
-
-
-def write_groups_csv(summary: Summary, path: Path) -> None:
-    """``summary_groups.csv``: a row per seed group, each metric's n, mean, std and 95% interval, the members."""
-    metrics = group_metrics(summary)
-    header, rows = group_rows(summary)
-    columns = ["rank", "group", "overrides", "seeds", "runs", "completed"]
-    for _, name, _ in metrics:
-        columns += [f"{name}_{part}" for part in ("n", "mean", "std", "ci95_low", "ci95_high")]
-    columns += ["members", "member_dirs"]
-    with io.StringIO(newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for group, row in zip(summary.groups, rows):
-            record = {
-                "rank": row[0] if row[0] != "-" else "",
-                "group": row[1],
-                "overrides": " ".join(group.overrides),
-                "seeds": " ".join(group.seeds),
-                "runs": len(group.runs),
-                "completed": len(group.completed),
-                "members": " ".join(run.name for run in group.runs),
-                "member_dirs": " ".join(str(run.path.resolve()) for run in group.runs),
-            }
-            for _, name, value in metrics:
-                stats = group.stats(value)
-                record.update(
-                    {
-                        f"{name}_n": stats.n if stats else 0,
-                        f"{name}_mean": stats.mean if stats else None,
-                        f"{name}_std": stats.std if stats else None,
-                        f"{name}_ci95_low": stats.low if stats else None,
-                        f"{name}_ci95_high": stats.high if stats else None,
-                    }
-                )
-            writer.writerow(record)
-        write_text(path, f.getvalue())
-
-
-def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = None) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv``, ``summary.png`` (and with seed groups ``summary_groups.csv``) into
-    ``out_dir``; return their paths."""
-    from faceattr.sweep.plot import plot_summary
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in SUMMARY_FILES}
-    plot_summary(summary, paths["summary.png"])
-    write_csv(summary, paths["summary.csv"])
-    if summary.groups:
-        paths[GROUPS_FILE] = out_dir / GROUPS_FILE
-        write_groups_csv(summary, paths[GROUPS_FILE])
-    write_text(paths["summary.md"], render_markdown(summary, "summary.png", tensorboard, link_base=out_dir))
-    return paths
