@@ -46,6 +46,21 @@ def loader(n: int = 64) -> DataLoader:
     return DataLoader(Separable(n), batch_size=16, collate_fn=collate)
 
 
+def fit_one_epoch_and_save(module: FaceAttrModule, path):
+    """One epoch on the separable data, then ``trainer.save_checkpoint(path)``; returns ``path``."""
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=path.parent,
+    )
+    trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
+    trainer.save_checkpoint(path)
+    return path
+
+
 def test_forward_backward_shapes_and_gradients():
     module = make_module()
     images = torch.rand(4, 3, 32, 32, requires_grad=True)
@@ -79,17 +94,7 @@ def test_training_logs_the_agreed_metric_names_and_learns(tmp_path):
 
 def test_checkpoint_rebuilds_the_model_alone(tmp_path):
     module = make_module(crop=178)
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
-    path = tmp_path / "m.ckpt"
-    trainer.save_checkpoint(path)
+    path = fit_one_epoch_and_save(module, tmp_path / "m.ckpt")
     hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
     assert hparams["attributes"] == ATTRS and hparams["image_size"] == [32, 32] and hparams["crop"] == [178, 178]
     assert hparams["backbone"] == "test_resnet" and len(hparams["mean"]) == 3
@@ -243,17 +248,7 @@ def test_pos_weight_is_not_in_the_checkpoint_weights_and_old_checkpoints_still_l
     module.pos_weight = torch.tensor([1.0, 4.0, 9.0])
     assert not any("pos_weight" in key for key in module.state_dict())
     # A checkpoint written before the fix had the loss weights (and the best score) in its state_dict.
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, train_dataloaders=loader(16), val_dataloaders=loader(16))
-    path = tmp_path / "old.ckpt"
-    trainer.save_checkpoint(path)
+    path = fit_one_epoch_and_save(module, tmp_path / "old.ckpt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["state_dict"]["criterion.pos_weight"] = torch.tensor([1.0, 4.0, 9.0])
     checkpoint["state_dict"]["best_val_auroc"] = torch.tensor(0.75)
