@@ -320,7 +320,7 @@ def _parse_error(args: list[str], exc: Exception) -> str:
             reason = lines[0] if lines else ""
             return (
                 f"cannot parse the argument {arg!r} ({reason or 'bad syntax'}): arguments are key=value "
-                "overrides, e.g. ckpt=outputs/<date>/<time>"
+                "overrides, e.g. ckpt=outputs/<date>/<time>-<id>"
             )
     return f"cannot parse the command line: {_first_line(exc)}"
 

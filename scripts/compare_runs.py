@@ -1,6 +1,6 @@
 """Compare any runs: `python scripts/compare_runs.py PATH... [--out DIR] [--metric TAG] [--mode max|min]`.
 
-Each PATH is a run directory (outputs/<date>/<time>), a sweep directory (multirun/<date>/<time>) or any folder
+Each PATH is a run directory (outputs/<date>/<time>-<id>), a sweep directory (multirun/<date>/<time>-<id>) or any folder
 above them; every run found below is read (run.json, configs, TensorBoard events via TensorBoard's own reader),
 ranked, printed, and written as summary.md, summary.csv and summary.png into --out (the same table and plot as the
 end-of-sweep summary). Runs made on different days, by different sweeps, compare side by side. Runs whose overrides
