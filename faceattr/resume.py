@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,9 +76,30 @@ def resumed_config(run_dir: str | Path, overrides: list[str], group_choices: set
             "(only key=value changes such as trainer.max_epochs=20 can be added)"
         )
     checkpoint = resume_checkpoint(run_dir)
-    cfg = OmegaConf.load(saved)
+    cfg = rebased(OmegaConf.load(saved), run_dir)
     cfg.merge_with(OmegaConf.from_dotlist([o.lstrip("+") for o in extra]))
     cfg.ckpt_path = str(checkpoint)
     cfg.resume = str(run_dir)
     cfg.paths.output_dir = str(run_dir)
     return cfg
+
+
+def rebased(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """The saved (resolved) config of a run with every path inside the run's recorded directory moved into
+    ``run_dir``, where the run is now: a run dir moved or copied elsewhere (another disk, another machine) keeps
+    writing its checkpoints and events into itself, not into the directory it was first made in."""
+    recorded = str(OmegaConf.select(cfg, "paths.output_dir", default="") or "").rstrip("/")
+    here = str(Path(run_dir).resolve())
+    if not recorded or recorded == here:
+        return cfg
+
+    def move(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: move(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [move(item) for item in value]
+        if isinstance(value, str) and (value == recorded or value.startswith(recorded + "/")):
+            return here + value[len(recorded) :]
+        return value
+
+    return OmegaConf.create(move(OmegaConf.to_container(cfg, resolve=False)))

@@ -58,3 +58,19 @@ def test_resume_rejects_a_group_change_and_a_missing_run(tmp_path, tiny_run):
     assert proc.returncode == 2 and "takes the run's own config; drop model=resnet18" in proc.stderr
     proc = run_cli("train.py", f"resume={tmp_path / 'nowhere'}", tmp_path=tmp_path, check=False)
     assert proc.returncode == 2 and "missing" in proc.stderr and "config.yaml" in proc.stderr
+
+
+def test_a_moved_run_dir_resumes_into_itself(tmp_path, tiny_run):
+    """config.yaml is saved resolved: its checkpoint and event paths name the dir the run was made in."""
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from faceattr.resume import resumed_config
+
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tiny_run, moved, ignore=shutil.ignore_patterns("export", "eval"))
+    cfg = resumed_config(moved, ["trainer.max_epochs=3"], set())
+    assert cfg.callbacks.model_checkpoint.dirpath == str(moved.resolve() / "checkpoints")
+    assert cfg.logger.tensorboard.save_dir == str(moved.resolve() / "tensorboard")
+    assert str(tiny_run.resolve()) not in OmegaConf.to_yaml(cfg) and cfg.trainer.max_epochs == 3
