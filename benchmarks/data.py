@@ -49,7 +49,7 @@ def _train_augment(data_cfg, augment: bool) -> list:
     return list(instantiate(data_cfg.train_augment)) if augment and data_cfg.get("train_augment") else []
 
 
-def _datamodule(root: Path, data_cfg, train_augment: list, cache: Path | None = None):
+def _datamodule(root: Path, data_cfg, train_augment: list, cache: Path | None = None, jpeg_scaling: bool | None = None):
     from faceattr.data import CelebADataModule
 
     return CelebADataModule(
@@ -61,6 +61,7 @@ def _datamodule(root: Path, data_cfg, train_augment: list, cache: Path | None = 
         num_workers=0,
         persistent_workers=False,
         cache=None if cache is None else str(cache),
+        jpeg_scaling=bool(data_cfg.get("jpeg_scaling", True)) if jpeg_scaling is None else jpeg_scaling,
     )
 
 
@@ -137,9 +138,9 @@ def equivalence(ours, seed, count: int = 8) -> dict[str, float]:
     diffs = []
     ours_transform, seed_transform_ = ours.transform, seed.transform
     try:
-        ours.transform = type(ours_transform)(
-            [t for t in ours_transform.transforms if type(t).__name__ != "RandomHorizontalFlip"]
-        )
+        if ours_transform is not None:
+            kept = [t for t in ours_transform.transforms if type(t).__name__ != "RandomHorizontalFlip"]
+            ours.transform = type(ours_transform)(kept) if kept else None
         seed.transform = type(seed_transform_)(
             [t for t in seed_transform_.transforms if type(t).__name__ != "RandomHorizontalFlip"]
         )
@@ -176,6 +177,15 @@ def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict
         collate_fn=datamodule._loader("train", False).collate_fn,
     )
     seed_loader = DataLoader(Subset(seed, subset), batch_size=batch_size, num_workers=0)
+    # The same pipeline with every JPEG decoded at full size (data.jpeg_scaling=false), for comparison.
+    full = _datamodule(root, data_cfg, _train_augment(data_cfg, True), jpeg_scaling=False)
+    full.setup("fit")
+    full_loader = DataLoader(
+        Subset(full.splits["train"], subset),
+        batch_size=batch_size,
+        num_workers=0,
+        collate_fn=datamodule._loader("train", False).collate_fn,
+    )
     started = time.perf_counter()
     cached = _datamodule(root, data_cfg, _train_augment(data_cfg, True), cache=cache_dir)
     cached.setup("fit")  # builds the cache of all three splits (one worker: this process)
@@ -190,6 +200,7 @@ def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict
         "images": len(ours),
         "image_size": list(datamodule.image_size),
         "crop": list(datamodule.crop) if datamodule.crop else None,
+        "jpeg_scaling": datamodule.jpeg_scaling,
         "batch_size": batch_size,
         "images_per_repetition": count,
         "equivalence": equivalence(ours, seed),
@@ -202,6 +213,7 @@ def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict
             {
                 "seed": (seed_loader, finish_seed),
                 "ours": (ours_loader, finish_ours),
+                "ours_full_decode": (full_loader, finish_ours),
                 "cached": (cached_loader, finish_ours),
             },
             settings.repetitions,
@@ -213,6 +225,8 @@ def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict
         "ours_img_s": median(per_worker["ours"]),
         "seed_reps": [round(v, 2) for v in per_worker["seed"]],
         "ours_reps": [round(v, 2) for v in per_worker["ours"]],
+        "ours_full_decode_img_s": median(per_worker["ours_full_decode"]),
+        "ours_full_decode_reps": [round(v, 2) for v in per_worker["ours_full_decode"]],
         "cached_img_s": median(per_worker["cached"]),
         "cached_reps": [round(v, 2) for v in per_worker["cached"]],
         "cache_build_s": round(cache_build_s, 2),
@@ -220,7 +234,8 @@ def _run(settings: Settings, root: Path, data_cfg, cache_dir: Path, log) -> dict
     }
     log(
         f"  per worker: seed {result['per_worker']['seed_img_s']:.0f} img/s, ours "
-        f"{result['per_worker']['ours_img_s']:.0f} img/s, ours from the cache "
+        f"{result['per_worker']['ours_img_s']:.0f} img/s (JPEG scaling {datamodule.jpeg_scaling}; full decode "
+        f"{result['per_worker']['ours_full_decode_img_s']:.0f}), ours from the cache "
         f"{result['per_worker']['cached_img_s']:.0f} img/s (built in {cache_build_s:.1f} s)"
     )
 

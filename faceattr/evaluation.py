@@ -65,6 +65,7 @@ def _data_config(resolved: Resolved, hparams: dict[str, Any], overrides: DictCon
     data.attributes = list(hparams["attributes"])
     data.image_size = list(hparams["image_size"])
     data.crop = None if hparams.get("crop") is None else list(hparams["crop"])
+    data.jpeg_scaling = bool(hparams.get("jpeg_scaling", False))
     return data
 
 

@@ -98,6 +98,7 @@ def _build(
         attributes=list(datamodule.attribute_names),
         image_size=list(datamodule.image_size),
         crop=None if datamodule.crop is None else list(datamodule.crop),
+        jpeg_scaling=bool(getattr(datamodule, "jpeg_scaling", False)),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         _convert_="all",

@@ -76,16 +76,21 @@ def test_truncated_jpeg_is_refused_on_the_fast_path():
 
 
 @pytest.mark.slow
-def test_preprocessing_of_aligned_images_equals_training(synthetic_root):
+@pytest.mark.parametrize("jpeg_scaling", [True, False])
+def test_preprocessing_of_aligned_images_equals_training(synthetic_root, jpeg_scaling):
     from faceattr.data import CelebADataModule
 
-    datamodule = CelebADataModule(root=str(synthetic_root), image_size=32, crop=178, num_workers=0)
+    datamodule = CelebADataModule(
+        root=str(synthetic_root), image_size=32, crop=178, num_workers=0, jpeg_scaling=jpeg_scaling
+    )
     datamodule.setup()
     split = datamodule.splits["valid"]
     for index in range(4):
         expected, _ = split[index]
         data = Path(split.path(index)).read_bytes()
-        assert torch.equal(load_and_preprocess(data, (32, 32), (178, 178)), expected)
+        assert torch.equal(load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=jpeg_scaling), expected)
+    # The two decodings differ (scale 1/4 here): the service must follow the model's own setting.
+    assert not torch.equal(load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=not jpeg_scaling), expected)
 
 
 def test_crop_box_maps_the_training_crop_into_any_photo():

@@ -68,6 +68,7 @@ def cache_bytes(num_images: int, image_size: Sequence[int]) -> int:
 def cache_key(source: CelebAImages, image_size: Sequence[int], crop: Sequence[int] | None) -> dict:
     """What a cached split depends on; its ``key`` entry is the hash the header records."""
     files = hashlib.sha256(b"\n".join(bytes(name) for name in source.filenames)).hexdigest()
+    decoder = "torchvision.io.decode_image(RGB)" if source.loader is None else repr(source.loader)
     described = {
         "version": CACHE_VERSION,
         "image_dir": os.path.realpath(source.image_dir),
@@ -75,7 +76,7 @@ def cache_key(source: CelebAImages, image_size: Sequence[int], crop: Sequence[in
         "num_images": len(source),
         "image_size": list(image_size),
         "crop": None if crop is None else list(crop),
-        "preprocessing": f"torchvision.io.decode_image(RGB) then {source.transform!r}",
+        "preprocessing": f"{decoder} then {source.transform!r}",
     }
     described["key"] = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
     return described
@@ -90,7 +91,9 @@ class CachedImages(CelebAImages):
     """
 
     def __init__(self, source: CelebAImages, array_path: Path, skipped: np.ndarray, transform=None) -> None:
-        super().__init__(source.image_dir, source.filenames, source.labels, transform, source.skip_corrupt)
+        super().__init__(
+            source.image_dir, source.filenames, source.labels, transform, source.skip_corrupt, source.loader
+        )
         self.array_path = str(array_path)
         self.skipped = skipped
         self._array: np.ndarray | None = None
@@ -223,7 +226,9 @@ def _build(
     source: CelebAImages, split: str, array_path: Path, image_size: Sequence[int], num_workers: int
 ) -> list[int]:
     """Write the array file of ``source``'s pre-augmentation images; returns the skipped (corrupt) indices."""
-    tolerant = CelebAImages(source.image_dir, source.filenames, source.labels, source.transform, skip_corrupt=True)
+    tolerant = CelebAImages(
+        source.image_dir, source.filenames, source.labels, source.transform, skip_corrupt=True, loader=source.loader
+    )
     loader = DataLoader(_Numbered(tolerant), batch_size=BUILD_BATCH, num_workers=num_workers, collate_fn=_keep_list)
     shape = (len(source), 3, *image_size)
     blank = np.zeros(shape[1:], dtype=np.uint8)

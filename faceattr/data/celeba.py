@@ -12,6 +12,7 @@ Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0 train, 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,8 +183,10 @@ def read_celeba(root: str | Path) -> CelebAIndex:
 class CelebAImages(Dataset):
     """Images of one split, decoded with torchvision.io to uint8 CHW RGB and passed through ``transform``.
 
-    Items are ``(image uint8 (3, H, W), labels uint8 (A,))``. With ``skip_corrupt`` an unreadable image yields
-    ``None``, which :func:`collate_skipping_corrupt` drops and counts.
+    Items are ``(image uint8 (3, H, W), labels uint8 (A,))``. ``loader``, when given, replaces torchvision's
+    decoder: a callable from a file path to the uint8 image (e.g. :class:`faceattr.data.scaled_jpeg.ScaledJpegLoader`,
+    which also crops and resizes). With ``skip_corrupt`` an unreadable image yields ``None``, which
+    :func:`collate_skipping_corrupt` drops and counts.
     """
 
     def __init__(
@@ -193,12 +196,14 @@ class CelebAImages(Dataset):
         labels: torch.Tensor,
         transform=None,
         skip_corrupt: bool = False,
+        loader: Callable[[str], torch.Tensor] | None = None,
     ) -> None:
         self.image_dir = str(image_dir)
         self.filenames = filenames
         self.labels = labels
         self.transform = transform
         self.skip_corrupt = skip_corrupt
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.filenames)
@@ -209,7 +214,7 @@ class CelebAImages(Dataset):
     def __getitem__(self, index: int):
         path = self.path(index)
         try:
-            image = decode_image(path, mode=ImageReadMode.RGB)
+            image = decode_image(path, mode=ImageReadMode.RGB) if self.loader is None else self.loader(path)
         except (RuntimeError, OSError, ValueError) as exc:
             if self.skip_corrupt:
                 return None

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.data.cache import cached
 from faceattr.data.celeba import SPLITS, CelebAImages, CelebAIndex, collate_skipping_corrupt, read_celeba
+from faceattr.data.scaled_jpeg import ScaledJpegLoader
 from faceattr.data.transforms import build_augmentation, build_transform, size_pair
 from faceattr.errors import UserError
 
@@ -35,6 +36,9 @@ class CelebADataModule(L.LightningDataModule):
         cache: a folder for the pre-decoded image cache (:mod:`faceattr.data.cache`): ``setup`` decodes, crops
             and resizes each split once into it (or reuses what is there for the same data and preprocessing) and
             the loaders read from it, augmenting per epoch; ``None`` = decode every image every epoch.
+        jpeg_scaling: decode JPEGs at a reduced scale where the crop allows (:mod:`faceattr.jpeg_scaling`), with
+            the service's crop and resize (:mod:`faceattr.data.scaled_jpeg`); recorded with the model, so that
+            the service decodes uploads the same way. ``False``: torchvision's full decode, then the transforms.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class CelebADataModule(L.LightningDataModule):
         seed: int = 0,
         synthetic: dict | None = None,
         cache: str | None = None,
+        jpeg_scaling: bool = True,
     ) -> None:
         super().__init__()
         self.root = Path(root).expanduser()
@@ -76,6 +81,7 @@ class CelebADataModule(L.LightningDataModule):
         self.seed = seed
         self.synthetic = dict(synthetic) if synthetic else None
         self.cache = Path(cache).expanduser() if cache else None
+        self.jpeg_scaling = bool(jpeg_scaling)
         self.splits: dict[str, CelebAImages] = {}
 
     def prepare_data(self) -> None:
@@ -105,7 +111,10 @@ class CelebADataModule(L.LightningDataModule):
         for split in SPLITS:
             chosen = self._indices(index, split).numpy()
             augment = self.train_augment if split == "train" else ()
-            if self.cache is None:
+            loader = ScaledJpegLoader(self.image_size, self.crop) if self.jpeg_scaling else None
+            if loader is not None:  # the loader crops and resizes
+                transform = build_augmentation(augment) if self.cache is None else None
+            elif self.cache is None:
                 transform = build_transform(self.image_size, self.crop, augment)
             else:
                 transform = build_transform(self.image_size, self.crop)  # what the cache holds; augment on read
@@ -115,6 +124,7 @@ class CelebADataModule(L.LightningDataModule):
                 index.labels[chosen],
                 transform=transform,
                 skip_corrupt=self.skip_corrupt,
+                loader=loader,
             )
             if self.cache is not None:
                 images = cached(

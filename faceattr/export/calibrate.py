@@ -38,10 +38,11 @@ class ImageSet:
 class PreprocessedImages(Dataset):
     """Items ``(uint8 (3, h, w) model input, index)`` through the service's preprocessing."""
 
-    def __init__(self, paths: list[str], image_size, crop) -> None:
+    def __init__(self, paths: list[str], image_size, crop, jpeg_scaling: bool = False) -> None:
         self.paths = paths
         self.image_size = list(image_size)
         self.crop = None if crop is None else list(crop)
+        self.jpeg_scaling = jpeg_scaling
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -51,7 +52,7 @@ class PreprocessedImages(Dataset):
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            return load_and_preprocess(data, self.image_size, self.crop, LOCAL_LIMITS), index
+            return load_and_preprocess(data, self.image_size, self.crop, LOCAL_LIMITS, self.jpeg_scaling), index
         except (OSError, ImageError) as exc:
             raise UserError(f"validation image {path} is unreadable ({exc}); fix or remove it") from None
 
@@ -158,15 +159,23 @@ def split_set(
 
 
 def predict(
-    module, paths: list[str], image_size, crop, batch_size: int, num_workers: int, keep: int
+    module,
+    paths: list[str],
+    image_size,
+    crop,
+    batch_size: int,
+    num_workers: int,
+    keep: int,
+    jpeg_scaling: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocess ``paths`` as the service does and run the Lightning model (eager) on them.
+    """Preprocess ``paths`` as the service does (for a model trained with ``jpeg_scaling`` or not) and run the
+    Lightning model (eager) on them.
 
     Returns the first ``keep`` uint8 inputs ``(keep, 3, h, w)`` (for the parity check) and the probabilities of
     all images ``(N, A)``.
     """
     loader = DataLoader(
-        PreprocessedImages(paths, image_size, crop),
+        PreprocessedImages(paths, image_size, crop, jpeg_scaling),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,

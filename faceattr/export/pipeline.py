@@ -32,6 +32,7 @@ from faceattr.export.calibrate import check_run_config, f1_thresholds, predict, 
 from faceattr.export.options import check_options
 from faceattr.export.resolve import Resolved, resolve_checkpoint
 from faceattr.export.store import check_model_name, save_model
+from faceattr.faces import CELEBA_TEMPLATE, estimate_template, find_landmark_file
 from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE
 from faceattr.serve.images import ALIGNED_SIZE
 
@@ -139,6 +140,7 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
         int(calib_cfg.batch_size),
         int(calib_cfg.num_workers),
         keep=num_parity,
+        jpeg_scaling=bool(hparams.get("jpeg_scaling", False)),
     )
     labels = validation.labels[:count]
     log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
@@ -196,6 +198,7 @@ def _test_metrics(
         int(cfg.calibration.batch_size),
         int(cfg.calibration.num_workers),
         keep=0,
+        jpeg_scaling=bool(hparams.get("jpeg_scaling", False)),
     )
     metrics = split_metrics(probs, test.labels, thresholds)
     log.info(
@@ -232,6 +235,8 @@ def _metadata(
         "num_attributes": len(attributes),
         "image_size": image_size,
         "crop": None if hparams.get("crop") is None else list(hparams["crop"]),
+        # data.jpeg_scaling of training: the service decodes JPEGs the same way (faceattr/jpeg_scaling.py).
+        "jpeg_scaling": bool(hparams.get("jpeg_scaling", False)),
         "aligned_size": list(ALIGNED_SIZE),
         "input": {
             "name": build.INPUT_NAME,
@@ -270,6 +275,22 @@ def _metadata(
         },
         "hparams": {k: v for k, v in hparams.items() if k not in ("attributes",)},
     }
+
+
+def _face_template(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
+    """The five-landmark template the service aligns detected faces onto (``face_template`` in the metadata): the
+    mean of the training data's ``list_landmarks_align_celeba`` file when its data root has one, else the built-in
+    CelebA mean."""
+    root = cfg.get("data_root") or (resolved.run_config.get("data") or {}).get("root")
+    path = find_landmark_file(str(root)) if root else None
+    template = CELEBA_TEMPLATE
+    if path is not None:
+        try:
+            template = estimate_template(path)
+        except UserError as exc:
+            log.warning(f"warning:     {exc}; faces are aligned onto the {CELEBA_TEMPLATE.source} instead")
+    log.info(f"faces:       landmark template: {template.source}")
+    return template.as_dict()
 
 
 def _write_artefacts(
@@ -359,6 +380,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     calibration = _calibrate(cfg, module, hparams, resolved)
     test_metrics = _test_metrics(cfg, module, hparams, resolved, calibration.thresholds)
     metadata = _metadata(hparams, module, resolved, calibration, test_metrics)
+    metadata["face_template"] = _face_template(cfg, resolved)
 
     out_dir = _output_dir(cfg, resolved.checkpoint, resolved.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

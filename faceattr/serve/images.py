@@ -11,11 +11,15 @@ input size (``faceattr.data.transforms.build_transform``). A photo sent to the s
 3. resize that crop to the model's input size (bilinear, antialiased, on uint8, as in training).
 
 Steps 2-3 are one centre crop and one resize, so for an aligned 178x218 image they are exactly training's
-CenterCrop(crop) + Resize(image_size). The service does not detect or align faces: a photo should show one face,
-roughly centred and filling most of the frame (a portrait or a selfie), as in CelebA.
+CenterCrop(crop) + Resize(image_size). :func:`load_and_preprocess` does not detect or align faces: a photo should
+show one face, roughly centred and filling most of the frame (a portrait or a selfie), as in CelebA.
+
+:func:`load_faces` with a :class:`faceattr.faces.FaceDetector` does what CelebA did instead of step 2: it finds the
+faces, maps each one's five landmarks onto the aligned frame's template (a similarity transform) to make a 178x218
+aligned image, and gives that image steps 2-3, so an aligned face gets exactly the pixels of an aligned upload.
 
 Nothing here imports bentoml, lightning or timm: the service process and a built Bento only need torch,
-torchvision, numpy and Pillow.
+torchvision, numpy and Pillow (and onnxruntime with the face models' packages for face detection).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
-#: (height, width) of a CelebA aligned image: the frame that ``crop`` refers to.
-ALIGNED_SIZE: tuple[int, int] = (218, 178)
+from faceattr.faces import ALIGNED_SIZE, CELEBA_TEMPLATE, Face, FaceDetector, Template, align_face
+from faceattr.jpeg_scaling import decode_scaled, reduction, scaled_size
+
 #: Pillow format names accepted by default (JPEG includes MPO, the multi-picture JPEG that many phones write).
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
 #: Large JPEGs are decoded at a reduced DCT scale when the face crop stays at least this many times the input
@@ -144,8 +149,10 @@ def preprocess(image: torch.Tensor, image_size: Sequence[int], crop: Sequence[in
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"expected a uint8 (3, H, W) image, got {tuple(image.shape)} {image.dtype}")
     box = crop_box(int(image.shape[1]), int(image.shape[2]), crop)
-    image = F.center_crop(image, list(box))
-    return F.resize(image, list(size_pair(image_size)), antialias=True)
+    # torchvision's image kernels, the ones F.center_crop / F.resize dispatch to for a plain tensor (and training's
+    # CenterCropResize calls): the same pixels, without the dispatch (~20 us an image).
+    image = F.center_crop_image(image, list(box))
+    return F.resize_image(image, list(size_pair(image_size)), antialias=True)
 
 
 def _draft_size(width: int, height: int, image_size: Sequence[int], crop: Sequence[int] | None):
@@ -186,6 +193,15 @@ def _plain_jpeg(image: Image.Image, fmt: str) -> bool:
         return False
 
 
+def _decode_scaled_jpeg(data: bytes, scale: int, size: tuple[int, int]) -> torch.Tensor:
+    """A JPEG at scale 1/``scale`` by the decoder of ``data.jpeg_scaling`` (faceattr.jpeg_scaling): the pixels
+    training saw, for a model trained so (tests/test_jpeg_scaling.py)."""
+    try:
+        return decode_scaled(data, scale, size)
+    except ValueError as exc:
+        raise ImageError(f"the image is truncated or corrupt ({str(exc)[:120] or 'libjpeg error'})") from None
+
+
 def _decode_jpeg(data: bytes) -> torch.Tensor:
     """torchvision's libjpeg-turbo decoder, the one training uses (faceattr.data): half Pillow's time for a 178x218
     face (0.36 against 0.76 ms with Pillow's open/convert/copy) and the same pixels (tests/test_images.py)."""
@@ -202,18 +218,20 @@ def decode_image(
     image_size: Sequence[int] | None = None,
     crop: Sequence[int] | None = None,
     hold: contextlib.ExitStack | None = None,
+    jpeg_scaling: bool = False,
 ) -> torch.Tensor:
     """Encoded bytes -> uint8 RGB tensor ``(3, H, W)``, upright, checked against ``limits``.
 
     Raises :class:`ImageError` (status 400: empty, not an image, unsupported format, truncated or corrupt; 413: too
     many bytes or pixels; 503: ``limits.budget`` had no room in time). The pixel limit is checked from the header,
     before anything is decompressed, which is what stops decompression bombs. With ``image_size`` (and ``crop``) a
-    large JPEG may be decoded at a reduced scale (see ``DRAFT_*``). The pixels to decode are reserved in
-    ``limits.budget`` until the function returns, or until ``hold`` is closed when given (to cover what the caller
-    does next with the image).
+    large JPEG may be decoded at a reduced scale (see ``DRAFT_*``); with ``jpeg_scaling`` as well (the model was
+    trained with ``data.jpeg_scaling``), any JPEG is, by the training's rule (:func:`faceattr.jpeg_scaling.reduction`)
+    and with the training's decoder. The pixels to decode are reserved in ``limits.budget`` until the function
+    returns, or until ``hold`` is closed when given (to cover what the caller does next with the image).
     """
     with contextlib.ExitStack() as own:
-        return _decode(data, limits, image_size, crop, hold if hold is not None else own)
+        return _decode(data, limits, image_size, crop, hold if hold is not None else own, jpeg_scaling)
 
 
 def _decode(
@@ -222,6 +240,7 @@ def _decode(
     image_size: Sequence[int] | None,
     crop: Sequence[int] | None,
     hold: contextlib.ExitStack,
+    jpeg_scaling: bool = False,
 ) -> torch.Tensor:
     if not data:
         raise ImageError("the uploaded file is empty")
@@ -245,15 +264,19 @@ def _decode(
                 status=413,
             )
         try:
-            draft = None
+            draft, scale = None, 1
             if fmt in ("JPEG", "MPO") and image_size is not None:
-                draft = _draft_size(width, height, image_size, crop)
+                if jpeg_scaling:
+                    scale = reduction(crop_box(height, width, crop), size_pair(image_size))
+                    draft = None if scale == 1 else scaled_size(height, width, scale)[::-1]
+                else:
+                    draft = _draft_size(width, height, image_size, crop)
                 if draft is not None:
                     image.draft("RGB", draft)
             if limits.budget is not None:  # the size to decode (after the JPEG draft scale)
                 hold.enter_context(limits.budget.reserve(image.size[0] * image.size[1]))
-            if draft is None and _plain_jpeg(image, fmt):
-                return _decode_jpeg(data)
+            if (draft is None or scale > 1) and _plain_jpeg(image, fmt):
+                return _decode_jpeg(data) if scale == 1 else _decode_scaled_jpeg(data, scale, (height, width))
             image.load()
             try:
                 upright = ImageOps.exif_transpose(image)
@@ -272,9 +295,65 @@ def _decode(
 
 
 def load_and_preprocess(
-    data: bytes, image_size: Sequence[int], crop: Sequence[int] | None, limits: ImageLimits = ImageLimits()
+    data: bytes,
+    image_size: Sequence[int],
+    crop: Sequence[int] | None,
+    limits: ImageLimits = ImageLimits(),
+    jpeg_scaling: bool = False,
 ) -> torch.Tensor:
     """Encoded bytes -> uint8 ``(3, h, w)`` model input: :func:`decode_image` then :func:`preprocess` (within the
-    decoding budget of ``limits``, if any)."""
+    decoding budget of ``limits``, if any). ``jpeg_scaling``: the model's ``data.jpeg_scaling`` (its metadata)."""
     with contextlib.ExitStack() as hold:
-        return preprocess(decode_image(data, limits, image_size, crop, hold), image_size, crop).clone()
+        image = decode_image(data, limits, image_size, crop, hold, jpeg_scaling)
+        return preprocess(image, image_size, crop).clone()
+
+
+@dataclass(frozen=True)
+class PreparedFace:
+    """One model input made from an upload, and the face it shows."""
+
+    pixels: torch.Tensor  # uint8 (3, h, w): the model input, exactly as load_and_preprocess makes it
+    face: Face | None  # None: a centre crop of the whole photo (no detection)
+
+
+def _aligned_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def load_faces(
+    data: bytes,
+    image_size: Sequence[int],
+    crop: Sequence[int] | None,
+    limits: ImageLimits = ImageLimits(),
+    detector: FaceDetector | None = None,
+    template: Template | Sequence[Sequence[float]] = CELEBA_TEMPLATE,
+    all_faces: bool = False,
+    center_when_no_face: bool = False,
+    jpeg_scaling: bool = False,
+) -> list[PreparedFace]:
+    """Encoded bytes -> one model input per face, largest face first.
+
+    Without ``detector``: one centre crop of the whole photo (``face`` None), the pixels of
+    :func:`load_and_preprocess`. With one: the photo is decoded at full size (no JPEG draft: a small face needs
+    every pixel), the detector finds its faces, each is aligned onto ``template`` in CelebA's 178x218 frame
+    (:func:`faceattr.faces.align_face`) and given the training crop and resize (:func:`preprocess`); only the
+    largest face unless ``all_faces``. No face: ``[]``, or one centre crop of the photo (``face`` None) with
+    ``center_when_no_face`` (exactly the pixels of :func:`load_and_preprocess`: the photo is decoded again, as the
+    centre crop decodes it). ``jpeg_scaling`` (the model's ``data.jpeg_scaling``) applies to the centre crops; a
+    face is always aligned from the full-size photo. Decoding and detection hold the photo's pixels in
+    ``limits.budget``. Raises :class:`ImageError` as :func:`decode_image` does.
+    """
+    if detector is None:
+        return [PreparedFace(load_and_preprocess(data, image_size, crop, limits, jpeg_scaling), None)]
+    with contextlib.ExitStack() as hold:
+        image = decode_image(data, limits, hold=hold)
+        photo = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), "RGB")
+        faces = detector(photo)
+        prepared = []
+        for face in faces if all_faces else faces[:1]:
+            aligned = _aligned_tensor(align_face(photo, face.landmarks, template))
+            prepared.append(PreparedFace(preprocess(aligned, image_size, crop).clone(), face))
+        del image, photo  # the full-size copies go before the budget is released
+    if not prepared and center_when_no_face:  # after the budget is released: the centre crop reserves its own
+        return [PreparedFace(load_and_preprocess(data, image_size, crop, limits, jpeg_scaling), None)]
+    return prepared
