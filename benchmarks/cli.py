@@ -3,6 +3,8 @@
 Runs the benchmark families (data, training, inference, serving, memory), prints every figure and the headline
 ratios with their targets, and writes them as JSON (``--json``) and as the BENCHMARKS.md report (``--markdown``).
 ``--from-json PATH --markdown BENCHMARKS.md`` re-renders the report of an earlier run without measuring.
+``--device cuda`` measures instead what a GPU changes (benchmarks/accelerator.py; ``--device cpu``: the same code on
+the CPU); ``scripts/gpu_bench.sh`` runs it in one shot on a lent GPU machine.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 FAMILIES = ("data", "training", "inference", "serving", "memory")
+#: ``--device``: the family measured on an accelerator (benchmarks/accelerator.py), run alone.
+ACCELERATOR = "accelerator"
+DEVICES = ("cpu", "cuda")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +54,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="FACEATTR_SERVE_* setting for the served model, e.g. FACEATTR_SERVE_FORMAT=torchscript",
     )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=None,
+        help="measure, instead of the families above, what a GPU changes (benchmarks/accelerator.py): training "
+        "img/s of resnet18/50 at 128 and 224 with bf16 and channels-last, loader workers per 10,000 img/s, "
+        "TorchScript serving on the device; cpu runs the same code on the CPU",
+    )
     parser.add_argument("--from-json", type=Path, default=None, help="render --markdown from this JSON; no runs")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument(
@@ -70,10 +83,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--only: unknown famil{'ies' if len(unknown) > 1 else 'y'} {', '.join(unknown)}; "
             f"choose from {', '.join(FAMILIES)}"
         )
+    _accelerator_args(parser, args)
     for item in args.serve_env:
         if "=" not in item or not item.startswith("FACEATTR_SERVE_"):
             parser.error(f"--serve-env {item!r}: expected FACEATTR_SERVE_<KEY>=VALUE")
     return args
+
+
+def _accelerator_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--device`` runs the accelerator family alone (``args.only`` becomes it)."""
+    if args.device is None:
+        return
+    if args.only != ",".join(FAMILIES):
+        parser.error("--device measures the accelerator family alone; leave out --only")
+    args.only = ACCELERATOR
+
+
+def _run_accelerator(args: argparse.Namespace, cfg, data_root: Path, log) -> dict[str, Any]:
+    from benchmarks import accelerator, common
+
+    return accelerator.run(args.mode, args.device, data_root, cfg.data, common.serving_images(data_root), log=log)
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -82,7 +111,9 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--quick")
     elif args.mode == "tiny":
         parts.append("--mode tiny")
-    if args.only != ",".join(FAMILIES):
+    if args.device is not None:
+        parts.append(f"--device {args.device}")
+    elif args.only != ",".join(FAMILIES):
         parts.append(f"--only {args.only}")
     if args.omp_wait_policy != "passive":
         parts.append(f"--omp-wait-policy {args.omp_wait_policy}")
@@ -101,16 +132,17 @@ def _fmt(value: Any) -> str:
 
 
 def print_summary(results: dict[str, Any], out=sys.stdout) -> None:
-    from benchmarks.ratios import EXTRA, RATIOS
+    from benchmarks.ratios import EXTRA, RATIOS, goal
 
-    print("\nratios (figure / baseline, same run):", file=out)
-    for name, (target, _) in RATIOS.items():
+    measured = [] if results.get("families") == [ACCELERATOR] else list(RATIOS)  # --device measures no ratio
+    if measured:
+        print("\nratios (figure / baseline, same run):", file=out)
+    for name in measured:
         value = results["ratios"].get(name)
         verdict = results["verdicts"].get(name, "")
-        goal = f">= {target}" if target is not None else "(report)"
-        print(f"  {name:28s} {_fmt(value):>8}  target {goal:9s} {verdict}", file=out)
-    for name in EXTRA:
-        print(f"  {name:28s} {_fmt(results['ratios'].get(name)):>8}", file=out)
+        print(f"  {name:36s} {_fmt(value):>8}  target {goal(name):9s} {verdict}", file=out)
+    for name in EXTRA if measured else ():
+        print(f"  {name:36s} {_fmt(results['ratios'].get(name)):>8}", file=out)
     for family, error in results.get("errors", {}).items():
         lines = [line for line in (error or "").strip().splitlines() if line.strip()]
         print(f"  error in {family}: {lines[-1] if lines else ''}", file=out)
@@ -123,7 +155,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     from benchmarks.timing import machine_info
 
     settings = common.MODES[args.mode]
-    families = [f for f in FAMILIES if f in args.only.split(",")]
+    families = [f for f in (*FAMILIES, ACCELERATOR) if f in args.only.split(",")]
     serve_env = dict(item.split("=", 1) for item in args.serve_env)
     results: dict[str, Any] = {
         "command": command_line(args),
@@ -175,6 +207,8 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                         serve_env,
                         log=log,
                     )
+            elif family == ACCELERATOR:
+                results[ACCELERATOR] = _run_accelerator(args, cfg, data_root, log)
             elif family == "memory":
                 from benchmarks import memory
 
@@ -188,7 +222,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
     results["durations_s"]["total"] = round(time.time() - started, 1)
     results["ratios"] = ratios.compute(results)
     results["ratio_sources"] = {k: [list(p) for p in v] for k, v in ratios.sources(results).items()}
-    results["targets"] = {name: target for name, (target, _) in ratios.RATIOS.items()}
+    results["targets"] = {name: ratios.goal(name) for name in ratios.RATIOS}
     results["verdicts"] = ratios.verdicts(results["ratios"])
     return results
 
@@ -209,6 +243,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     from benchmarks import report
 
+    if args.device is not None and args.from_json is None:
+        from benchmarks.accelerator import check_device
+        from faceattr.errors import UserError
+
+        try:
+            check_device(args.device)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.from_json is not None:
         results = json.loads(args.from_json.read_text())
     else:

@@ -39,6 +39,8 @@ class Settings:
     # A second served model, the size of a production one (config overrides; () = none), and its load levels.
     serve_large: tuple[str, ...] = ("model=resnet50", "data.image_size=128")
     serve_large_requests: dict[int, int] = field(default_factory=lambda: {1: 20, 32: 160})
+    # The plain BentoML peer (benchmarks/plain_bentoml_service.py), loaded beside ours at each of its worker counts.
+    serve_plain_workers: tuple[int, ...] = (1, 2)
     # Memory: the quickstart training run (extra overrides shorten it in quick mode).
     memory_overrides: tuple[str, ...] = ()
     # Overrides of the quickstart config the benchmarks follow (tiny mode: a tiny model).
@@ -110,6 +112,7 @@ TINY = Settings(
     serve_batch_level=False,
     ceiling_calls_b32=2,
     serve_large=(),
+    serve_plain_workers=(1,),
     memory_overrides=(
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",

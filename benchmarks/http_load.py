@@ -45,11 +45,13 @@ def multipart_request(host: str, path: str, files: list[tuple[str, str, bytes, s
     return head + body
 
 
-def encoded_requests(host: str, path: str, images: list[tuple[str, bytes]], per_request: int = 1) -> list[bytes]:
+def encoded_requests(
+    host: str, path: str, images: list[tuple[str, bytes]], per_request: int = 1, field: str | None = None
+) -> list[bytes]:
     """The distinct requests of a load that cycles through ``images`` (file name, encoded bytes), ``per_request``
-    images each: request ``i`` carries images ``i * per_request`` onwards (wrapping around), in the field
-    ``images`` (repeated) for ``/predict_batch``, else ``image``."""
-    field_name = "images" if path.rstrip("/").endswith("predict_batch") else "image"
+    images each: request ``i`` carries images ``i * per_request`` onwards (wrapping around), in the multipart field
+    ``field`` (repeated); by default faceattr's: ``images`` for ``/predict_batch``, else ``image``."""
+    field_name = field or ("images" if path.rstrip("/").endswith("predict_batch") else "image")
     count = len(images) // math.gcd(len(images), per_request)
     requests = []
     for number in range(count):

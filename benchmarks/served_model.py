@@ -1,5 +1,6 @@
 """The server side of the serving benchmark: a randomly initialized quickstart model exported by the project's
-export path into a temporary BentoML store, and ``bentoml serve`` of it on a free loopback port."""
+export path into a temporary BentoML store, and ``bentoml serve`` of it (faceattr's service, or the plain peer of
+``benchmarks/plain_bentoml_service.py``) on a free loopback port."""
 
 from __future__ import annotations
 
@@ -67,15 +68,30 @@ def export_model(checkpoint: Path, tmp: Path, env: dict[str, str]) -> Path:
 
 
 class Server:
-    """``bentoml serve`` in its own process group on a free loopback port."""
+    """``bentoml serve [service] [--arg key=value ...]`` in its own process group on a free loopback port; without
+    ``service``, the one ``bentofile.yaml`` names (faceattr's)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, service: str | None = None, arguments: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.log = log_path.open("w")
+        extra = [part for key, value in (arguments or {}).items() for part in ("--arg", f"{key}={value}")]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                *([service] if service else []),
+                *extra,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=REPO,
             env=env,
             stdout=self.log,

@@ -15,6 +15,11 @@
    service's own ``Predictor`` with every core on uint8 batches of 32 (``max_batch_size``), timed in repetitions
    interleaved with the concurrency-32 load.
 5. Peak RSS of the serving process tree under load, and at rest after start-up.
+6. The plain peer: the same exported model served by a BentoML service written the documented way
+   (``benchmarks/plain_bentoml_service.py``: PIL input, torchvision transforms, TorchScript, one batchable API), one
+   ``bentoml serve`` per worker count (``Settings.serve_plain_workers``), all running beside ours and loaded by the
+   same clients with the same JPEGs: at every level of every repetition ours and each peer run back to back (in
+   reverse order every other repetition), so each pair of figures saw the same background load.
 
 The load generator runs on the same cores as the server: its CPU time is part of what is measured.
 """
@@ -26,6 +31,7 @@ import json
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -43,37 +49,49 @@ from faceattr.layout import METADATA_FILE
 #: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
 BATCH_LEVEL = (4, 8)
 
-METRIC = re.compile(r"^(faceattr_model_batch_size_(?:sum|count))(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$")
+#: The Prometheus histogram of images per model call of faceattr's service (``faceattr/serve/metrics.py``).
+BATCH_METRIC = "faceattr_model_batch_size"
+
+#: The plain peer: its ``bentoml serve`` target, the multipart field of its endpoint, and BentoML's own histogram of
+#: requests per call of a batchable endpoint (one image per request here, so images per model call).
+PLAIN_SERVICE = "benchmarks.plain_bentoml_service:PlainImageClassifier"
+PLAIN_FIELD = "images"
+PLAIN_BATCH_METRIC = "bentoml_service_adaptive_batch_size"
 
 
-def batch_metrics(url: str) -> tuple[float, float]:
-    """(sum, count) of the ``faceattr_model_batch_size`` histogram on ``/metrics``."""
+def batch_metrics(url: str, metric: str = BATCH_METRIC) -> tuple[float, float]:
+    """(sum, count) of the histogram ``metric`` on ``/metrics``."""
     import httpx
 
-    return parse_batch_metrics(httpx.get(f"{url}/metrics", timeout=10).text)
+    return parse_batch_metrics(httpx.get(f"{url}/metrics", timeout=10).text, metric)
 
 
-def parse_batch_metrics(text: str) -> tuple[float, float]:
-    """(sum, count) of ``faceattr_model_batch_size`` in a Prometheus text exposition (summed over label sets)."""
-    values = {"faceattr_model_batch_size_sum": 0.0, "faceattr_model_batch_size_count": 0.0}
+def parse_batch_metrics(text: str, metric: str = BATCH_METRIC) -> tuple[float, float]:
+    """(sum, count) of the histogram ``metric`` in a Prometheus text exposition (summed over label sets)."""
+    pattern = re.compile(rf"^({re.escape(metric)}_(?:sum|count))(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)\s*$")
+    values = {f"{metric}_sum": 0.0, f"{metric}_count": 0.0}
     for line in text.splitlines():
-        match = METRIC.match(line)
+        match = pattern.match(line)
         if match:
             values[match.group(1)] += float(match.group(2))
-    return values["faceattr_model_batch_size_sum"], values["faceattr_model_batch_size_count"]
+    return values[f"{metric}_sum"], values[f"{metric}_count"]
 
 
-def cpu_seconds(server_pid: int | None) -> dict[str, float]:
-    """CPU seconds (user + system) so far of this process (the load generator) and of the server's processes:
+def cpu_seconds(server_pid: int | None, stages: bool = True) -> dict[str, float]:
+    """CPU seconds (user + system) so far of this process (``client``: the load generator) and of the server's
+    process tree (``server``: all of it). With ``stages`` (faceattr's service), the tree split by stage:
     ``model``: the model's compute, i.e. the FaceAttrModel process (runner=service) or the threads named
-    ``faceattr-model`` in the API process (runner=inline: the model thread and the OpenMP team it started);
-    ``api``: the rest of the FaceAttr processes (HTTP, decoding, preprocessing, batching)."""
+    ``faceattr-model`` in the API process (runner=inline: the model thread and the thread pool it started, whose
+    threads inherit its name); ``api``: the rest of the FaceAttr processes (HTTP, decoding, preprocessing,
+    batching); ``other``: the rest of the tree (``bentoml serve``'s supervisor)."""
     import psutil
 
     from faceattr.serve.batching import MODEL_THREAD
 
     me = psutil.Process().cpu_times()
-    out = {"client": me.user + me.system, "api": 0.0, "model": 0.0, "other": 0.0}
+    out = {"client": me.user + me.system, "api": 0.0, "model": 0.0, "other": 0.0, "server": 0.0}
+    if not stages:
+        out = {"client": out["client"], "server": 0.0}
     if server_pid is None:
         return out
     try:
@@ -87,8 +105,11 @@ def cpu_seconds(server_pid: int | None) -> dict[str, float]:
             threads = process.threads()
         except psutil.Error:
             continue
-        key = "model" if "FaceAttrModel" in command else "api" if "FaceAttr" in command else "other"
         total = times.user + times.system
+        out["server"] += total
+        if not stages:
+            continue
+        key = "model" if "FaceAttrModel" in command else "api" if "FaceAttr" in command else "other"
         if key == "api":
             model = 0.0
             for thread in threads:
@@ -112,15 +133,21 @@ def load_level(
     max_seconds: float,
     server_pid: int | None = None,
     per_request: int = 1,
+    *,
+    field: str | None = None,
+    batch_metric: str = BATCH_METRIC,
+    stages: bool = True,
 ) -> dict[str, Any]:
     """One load level: ``requests`` requests of ``per_request`` images (``/predict``, or ``/predict_batch`` above
-    1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image."""
+    1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image.
+    ``field``, ``batch_metric`` and ``stages`` describe another service than faceattr's (the plain peer): its
+    multipart field, its batch-size histogram, and whether its CPU splits into API and model (:func:`cpu_seconds`)."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     path = "/predict" if per_request == 1 else "/predict_batch"
-    encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request)
-    before, cpu_before = batch_metrics(url), cpu_seconds(server_pid)
+    encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request, field)
+    before, cpu_before = batch_metrics(url, batch_metric), cpu_seconds(server_pid, stages)
     load = http_load.run(http_load.run_load(host, int(port), encoded, concurrency, requests, max_seconds))
-    after, cpu_after = batch_metrics(url), cpu_seconds(server_pid)
+    after, cpu_after = batch_metrics(url, batch_metric), cpu_seconds(server_pid, stages)
     outcome: dict[str, Any] = {"latencies": load.latencies, "errors": load.errors, "elapsed": load.elapsed}
     calls = after[1] - before[1]
     answered = len(outcome["latencies"]) * per_request
@@ -159,7 +186,9 @@ class LevelSamples:
             "requests_ok": len(self.latencies),
             "errors": self.errors,
             "reps": [round(v, 2) for v in self.img_s],
-            "cpu_ms_per_image": {k: round(median(c[k] for c in self.cpu), 2) for k in ("client", "api", "model")},
+            "cpu_ms_per_image": {
+                k: round(median(c[k] for c in self.cpu), 2) for k in (self.cpu[0] if self.cpu else ()) if k != "other"
+            },
         }
 
 
@@ -272,49 +301,129 @@ def rss_at_rest(server: Server) -> dict[str, float]:
     return rest.result()
 
 
-def warm_up(server: Server, images: list[tuple[str, bytes]], settings: Settings) -> None:
-    """Connections, thread pools, batch-size estimates: two requests per client at every concurrency level."""
-    for concurrency in settings.serve_requests:
-        load_level(server.url, images, concurrency, 2 * concurrency, settings.serve_max_seconds)
+@dataclass
+class Contender:
+    """One server under load, with what it takes to load it: faceattr's service (the defaults) or a plain peer
+    (``workers``: its worker count; its multipart field, batch-size histogram, and CPU not split by stage); the
+    samples of each concurrency level it was loaded at."""
+
+    server: Server
+    workers: int | None = None
+    upload_field: str | None = None
+    batch_metric: str = BATCH_METRIC
+    stages: bool = True
+    startup_s: float = math.nan
+    levels: dict[int, LevelSamples] = field(default_factory=dict)
+
+    def load(
+        self,
+        images: list[tuple[str, bytes]],
+        concurrency: int,
+        requests: int,
+        max_seconds: float,
+        per_request: int = 1,
+    ) -> dict[str, Any]:
+        return load_level(
+            self.server.url,
+            images,
+            concurrency,
+            requests,
+            max_seconds,
+            self.server.process.pid,
+            per_request,
+            field=self.upload_field,
+            batch_metric=self.batch_metric,
+            stages=self.stages,
+        )
+
+    def measure(self, images: list[tuple[str, bytes]], concurrency: int, settings: Settings) -> None:
+        """One timed repetition of the level ``concurrency``."""
+        outcome = self.load(images, concurrency, settings.serve_requests[concurrency], settings.serve_max_seconds)
+        self.levels.setdefault(concurrency, LevelSamples()).add(outcome)
+
+    def warm_up(self, images: list[tuple[str, bytes]], settings: Settings) -> None:
+        """Connections, thread pools, batch-size estimates: two requests per client at every concurrency level."""
+        for concurrency in settings.serve_requests:
+            self.load(images, concurrency, 2 * concurrency, settings.serve_max_seconds)
+
+    def level_summaries(self) -> dict[str, dict[str, Any]]:
+        return {f"c{concurrency}": samples.summary() for concurrency, samples in self.levels.items()}
+
+
+def start_plain_peers(env: dict[str, str], tmp: Path, settings: Settings) -> list[Contender]:
+    """Step 6: ``bentoml serve`` of the plain peer once per worker count, one after the other (each start-up timed
+    alone), on the model of the store in ``env``. Each has a BENTOML_HOME of its own that shares the store's models:
+    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would erase the
+    metrics of the servers already running. A peer that does not start stops those already started."""
+    peers: list[Contender] = []
+    try:
+        for workers in settings.serve_plain_workers:
+            home = tmp / f"plain-workers{workers}" / "bentoml"
+            home.mkdir(parents=True)
+            (home / "models").symlink_to(Path(env["BENTOML_HOME"]) / "models", target_is_directory=True)
+            server = Server(
+                {**env, "BENTOML_HOME": str(home)},
+                home.parent / "serve.log",
+                PLAIN_SERVICE,
+                {"workers": str(workers)},
+            )
+            peers.append(
+                Contender(
+                    server, workers=workers, upload_field=PLAIN_FIELD, batch_metric=PLAIN_BATCH_METRIC, stages=False
+                )
+            )
+            peers[-1].startup_s = round(server.wait_ready(), 1)
+    except BaseException:
+        for peer in peers:
+            peer.server.stop()
+        raise
+    return peers
 
 
 def measure_levels(
-    server: Server, images: list[tuple[str, bytes]], settings: Settings, ceiling: Ceiling
-) -> tuple[dict[int, LevelSamples], LevelSamples]:
-    """Steps 3 and 4, the timed repetitions: each runs the ``/predict_batch`` level (if asked), then the concurrency
-    levels (in reverse order every other repetition) with the in-process ceiling timed right before the highest."""
-    levels = {concurrency: LevelSamples() for concurrency in settings.serve_requests}
+    ours: Contender,
+    peers: list[Contender],
+    images: list[tuple[str, bytes]],
+    settings: Settings,
+    ceiling: Ceiling,
+) -> LevelSamples:
+    """Steps 3, 4 and 6, the timed repetitions: each runs the ``/predict_batch`` level of ours (if asked), then the
+    concurrency levels, at each level ours and every peer back to back; the levels and the servers in reverse order
+    every other repetition (A B C, C B A, ...), the in-process ceiling timed right before ours at the highest level.
+    Returns the ``/predict_batch`` samples; the levels' samples are in each contender."""
     batch_level = LevelSamples()
     clients, per = BATCH_LEVEL
     top = max(settings.serve_requests)
     for rep in range(settings.serve_repetitions):
+        forward = rep % 2 == 0
         if settings.serve_batch_level:
             batch_level.add(
-                load_level(
-                    server.url,
-                    images,
-                    clients,
-                    settings.serve_requests[top] // per,
-                    settings.serve_max_seconds,
-                    server.process.pid,
-                    per_request=per,
-                )
+                ours.load(images, clients, settings.serve_requests[top] // per, settings.serve_max_seconds, per)
             )
         order = list(settings.serve_requests)
-        for concurrency in order if rep % 2 == 0 else order[::-1]:
-            if concurrency == top:
-                ceiling.measure(settings.ceiling_calls_b32)
-            levels[concurrency].add(
-                load_level(
-                    server.url,
-                    images,
-                    concurrency,
-                    settings.serve_requests[concurrency],
-                    settings.serve_max_seconds,
-                    server.process.pid,
-                )
-            )
-    return levels, batch_level
+        contenders = [ours, *peers]
+        for concurrency in order if forward else order[::-1]:
+            for contender in contenders if forward else contenders[::-1]:
+                if contender is ours and concurrency == top:
+                    ceiling.measure(settings.ceiling_calls_b32)
+                contender.measure(images, concurrency, settings)
+    return batch_level
+
+
+def plain_peer_summary(peers: list[Contender], top: int) -> dict[str, Any]:
+    """The peer's figures at each worker count, and the best worker count: the highest median img/s at ``top``."""
+
+    def img_s(peer: Contender) -> float:
+        value = median(peer.levels[top].img_s)
+        return value if math.isfinite(value) else -math.inf
+
+    best = max(peers, key=img_s)
+    return {
+        "service": PLAIN_SERVICE,
+        "field": PLAIN_FIELD,
+        "workers": {str(peer.workers): {"startup_s": peer.startup_s, **peer.level_summaries()} for peer in peers},
+        "best_workers": best.workers,
+    }
 
 
 def batch_level_summary(samples: LevelSamples) -> dict[str, Any]:
@@ -327,54 +436,71 @@ def cpu_bound_ratio_estimate(result: dict[str, Any], top: int) -> float | None:
     """With every process CPU-bound on the same cores, img/s scales as 1 / CPU time per image: the serve/in-process
     ratio the machine allows at best, given the measured per-image CPU of the load generator, the API and the
     model at concurrency ``top``."""
-    spent = result[f"c{top}"]["cpu_ms_per_image"]
-    if not all(math.isfinite(v) for v in spent.values()):
+    cpu = result[f"c{top}"]["cpu_ms_per_image"]
+    spent = [cpu[stage] for stage in ("client", "api", "model")]
+    if not all(math.isfinite(v) for v in spent):
         return None
-    return round(result["inprocess_b32"]["cpu_ms_per_image"] / sum(spent.values()), 3)
+    return round(result["inprocess_b32"]["cpu_ms_per_image"] / sum(spent), 3)
 
 
 def summary_line(result: dict[str, Any], settings: Settings) -> str:
-    levels = ", ".join(
-        f"c{c} {result[f'c{c}']['img_s']:.0f} img/s (p50 {result[f'c{c}']['p50_ms']:.0f} ms, batch "
-        f"{result[f'c{c}']['mean_batch']:.1f})"
-        for c in settings.serve_requests
-    )
-    return f"  {result['format']}: {levels}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
+    def levels(figures: dict[str, Any]) -> str:
+        return ", ".join(
+            f"c{c} {figures[f'c{c}']['img_s']:.0f} img/s (p50 {figures[f'c{c}']['p50_ms']:.0f} ms, batch "
+            f"{figures[f'c{c}']['mean_batch']:.1f})"
+            for c in settings.serve_requests
+        )
+
+    line = f"  {result['format']}: {levels(result)}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
+    plain = result.get("plain_bentoml")
+    if plain:
+        for workers, figures in plain["workers"].items():
+            line += f"\n  plain BentoML service, {workers} worker(s): {levels(figures)}"
+    return line
 
 
 def run(
     settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None, log=print
 ) -> dict[str, Any]:
-    """Steps 1-5 above for the quickstart model of ``cfg``, loaded with the JPEGs ``image_paths``."""
+    """Steps 1-6 above for the quickstart model of ``cfg``, loaded with the JPEGs ``image_paths``."""
     from faceattr.serve.config import load_serve_config
 
     overrides = dict(overrides or {})
     tmp = Path(tempfile.mkdtemp(prefix="faceattr-bench-serve-"))
-    env = serve_environment(tmp, overrides)
-    serve_cfg = load_serve_config(env).for_device("cpu")  # the served API workers and threads
-    export_dir, export_s = export_random_model(cfg, tmp, env)
-    images = [(Path(p).name, Path(p).read_bytes()) for p in image_paths]
-    result = setup_description(cfg, serve_cfg, overrides, images, export_s)
-    ceiling = Ceiling(export_dir, serve_cfg)
-    result["format"] = ceiling.predictor.format
-
-    server = Server(env, tmp / "serve.log")
     try:
-        result["startup_s"] = round(server.wait_ready(), 1)
-        result["rss_at_rest"] = rss_at_rest(server)
-        warm_up(server, images, settings)
-        with PeakRSS(server.process.pid, interval_s=1.0) as peak:
-            levels, batch_level = measure_levels(server, images, settings, ceiling)
-        result["rss_under_load"] = peak.result()
-    finally:
-        server.stop()
-    result["log_tail"] = server.log_tail()
+        env = serve_environment(tmp, overrides)
+        serve_cfg = load_serve_config(env).for_device("cpu")  # the served API workers and threads
+        export_dir, export_s = export_random_model(cfg, tmp, env)
+        images = [(Path(p).name, Path(p).read_bytes()) for p in image_paths]
+        result = setup_description(cfg, serve_cfg, overrides, images, export_s)
+        ceiling = Ceiling(export_dir, serve_cfg)
+        result["format"] = ceiling.predictor.format
 
-    for concurrency, samples in levels.items():
-        result[f"c{concurrency}"] = samples.summary()
+        ours = Contender(Server(env, tmp / "serve.log"))
+        peers: list[Contender] = []
+        try:
+            result["startup_s"] = round(ours.server.wait_ready(), 1)
+            result["rss_at_rest"] = rss_at_rest(ours.server)
+            peers = start_plain_peers(env, tmp, settings)
+            for contender in (ours, *peers):
+                contender.warm_up(images, settings)
+            with PeakRSS(ours.server.process.pid, interval_s=1.0) as peak:
+                batch_level = measure_levels(ours, peers, images, settings, ceiling)
+            result["rss_under_load"] = peak.result()
+        finally:
+            for contender in (ours, *peers):
+                contender.server.stop()
+        result["log_tail"] = ours.server.log_tail()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint, the export and the store: hundreds of MB
+
+    result.update(ours.level_summaries())
     if batch_level.img_s:
         result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
     result["inprocess_b32"] = ceiling.summary()
-    result["cpu_bound_ratio_estimate"] = cpu_bound_ratio_estimate(result, max(settings.serve_requests))
+    top = max(settings.serve_requests)
+    result["cpu_bound_ratio_estimate"] = cpu_bound_ratio_estimate(result, top)
+    if peers:
+        result["plain_bentoml"] = plain_peer_summary(peers, top)
     log(summary_line(result, settings))
     return result

@@ -20,6 +20,7 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Collection
 from typing import Any
 
 import lightning as L
@@ -31,10 +32,25 @@ from benchmarks.common import Settings
 from benchmarks.timing import interleaved, median
 
 
-class StepTimer(Callback):
-    """Wall-clock time at the end of every training step."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (an accelerator runs asynchronously; the CPU needs no wait)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    def __init__(self) -> None:
+
+def autocast(device: torch.device, precision: str):
+    """What Lightning's ``precision`` does around the forward pass and the loss: ``32-true`` or ``bf16-mixed``."""
+    if precision not in ("32-true", "bf16-mixed"):
+        raise ValueError(f"precision={precision!r}: the hand-written loop does 32-true or bf16-mixed")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+class StepTimer(Callback):
+    """Wall-clock time at the end of every training step; after the steps in ``sync_after`` (indices from 0) the
+    device is synchronized first, so that a window between two of them times the device's work, not its queueing."""
+
+    def __init__(self, sync_after: Collection[int] = ()) -> None:
+        self.sync_after = frozenset(sync_after)
         self.ends: list[float] = []
         self.fit_started = 0.0
         self.first_step_started = 0.0
@@ -47,6 +63,8 @@ class StepTimer(Callback):
             self.first_step_started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx in self.sync_after:
+            synchronize(pl_module.device)
         self.ends.append(time.perf_counter())
 
 
@@ -91,10 +109,21 @@ def _model(cfg, total_steps: int):
     )
 
 
-def raw_loop(model, loader, total_steps: int, log_every: int) -> list[float]:
-    """The hand-written loop; returns the time at the end of every step."""
+def raw_loop(
+    model,
+    loader,
+    total_steps: int,
+    log_every: int,
+    device: torch.device | None = None,
+    precision: str = "32-true",
+    sync_after: Collection[int] = (),
+) -> list[float]:
+    """The hand-written loop; returns the time at the end of every step. On ``device`` (the model already there)
+    each batch is copied to it as Lightning does (``non_blocking``); ``precision`` and ``sync_after`` as in
+    :func:`autocast` and :class:`StepTimer`."""
     from timm.optim import param_groups_weight_decay
 
+    device = device or torch.device("cpu")
     weight_decay = getattr(model.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
     optimizer = model.optimizer_factory(param_groups_weight_decay(model.net, weight_decay))
     scheduler = model.scheduler_factory(optimizer, total_steps=total_steps) if model.scheduler_factory else None
@@ -102,8 +131,10 @@ def raw_loop(model, loader, total_steps: int, log_every: int) -> list[float]:
     ends = []
     logged = []
     for step, (images, labels, _) in enumerate(loader):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         images, labels = images.float().div_(255), labels.float()
-        loss = model.loss(model(images), labels)
+        with autocast(device, precision):
+            loss = model.loss(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -111,20 +142,33 @@ def raw_loop(model, loader, total_steps: int, log_every: int) -> list[float]:
             scheduler.step()
         if (step + 1) % log_every == 0:
             logged.append(loss.item())
+        if step in sync_after:
+            synchronize(device)
         ends.append(time.perf_counter())
     return ends
 
 
-def lightning_fit(model, loader, total_steps: int, log_every: int, log_dir: str, progress_bar: bool):
+def lightning_fit(
+    model,
+    loader,
+    total_steps: int,
+    log_every: int,
+    log_dir: str,
+    progress_bar: bool,
+    accelerator: str = "cpu",
+    precision: str = "32-true",
+    sync_after: Collection[int] = (),
+):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    timer = StepTimer()
+    timer = StepTimer(sync_after)
     callbacks: list[Callback] = [timer, LearningRateMonitor(logging_interval="step")]
     if progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     trainer = L.Trainer(
-        accelerator="cpu",
+        accelerator=accelerator,
         devices=1,
+        precision=precision,
         max_steps=total_steps,
         max_epochs=1,
         logger=TensorBoardLogger(log_dir),

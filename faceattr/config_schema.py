@@ -3,9 +3,10 @@
 The schemas give types and allowed values; the values themselves (defaults) and what they mean are in the YAML files
 (every field is ``MISSING`` here).
 
-* ``ExportConfig`` and ``EvalConfig`` are whole configs: :func:`register_schemas` stores them in Hydra's ConfigStore
-  as ``export_schema`` and ``eval_schema``, the first entry of ``conf/export.yaml``'s and ``conf/eval.yaml``'s
-  defaults lists, so Hydra composes onto them (types converted, a mistyped key refused).
+* ``ExportConfig``, ``EvalConfig`` and ``PredictConfig`` are whole configs: :func:`register_schemas` stores them in
+  Hydra's ConfigStore as ``export_schema``, ``eval_schema`` and ``predict_schema``, the first entry of the defaults
+  lists of ``conf/export.yaml``, ``conf/eval.yaml`` and ``conf/predict.yaml``, so Hydra composes onto them (types
+  converted, a mistyped key refused).
 * ``TrainConfig`` holds only the typed knobs of ``conf/train.yaml``: its groups (data, model, trainer, ...) are
   free-form ``_target_`` configs that take any constructor argument, so the composed (or resumed) config is checked
   against it at run time rather than composed onto it.
@@ -31,6 +32,9 @@ from faceattr.constraints import at_least, between, one_of, problem_text, proble
 from faceattr.errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: The folder of an entry script's config when it is not ``conf/`` itself: predict's settings include ``model``,
+#: which Hydra would take for the training config group ``conf/model/`` if ``conf/`` were its search path.
+CONFIG_DIRS: dict[str, Path] = {"predict": CONFIG_DIR / "predict"}
 
 
 # --- train.py: the typed knobs of the free-form groups --------------------------------------------------------------
@@ -160,12 +164,44 @@ class EvalConfig:
     tensorboard: bool = MISSING
 
 
+# --- predict.py -----------------------------------------------------------------------------------------------------
+
+
+def _not_blank(value: Any) -> bool:
+    return str(value).strip() != ""
+
+
+@dataclass
+class PredictConfig:
+    model: str = setting(
+        MISSING, check=_not_blank, problem="expected a model tag, an export folder, a run dir or .ckpt"
+    )
+    images: str = setting(MISSING, check=_not_blank, problem="expected a folder of photos or a glob pattern")
+    out: str = setting(MISSING, check=_not_blank, problem="expected a CSV file path")
+    face: str = setting(MISSING, check=one_of(("center", "detect")), problem="expected center or detect")
+    all_faces: bool = MISSING
+    no_face: str = setting(MISSING, check=one_of(("skip", "center")), problem="expected skip or center")
+    face_max_side: int = setting(MISSING, check=at_least(32), problem="expected an integer >= 32 (pixels)")
+    face_min_score: float = setting(MISSING, check=lambda v: 0 < v < 1, problem="expected a score in (0, 1)")
+    batch_size: int = setting(MISSING, check=at_least(1), problem="expected an integer >= 1")
+    threads: Optional[int] = setting(MISSING, check=at_least(1), problem="expected null or an integer >= 1")
+    num_threads: Optional[int] = setting(MISSING, check=at_least(1), problem="expected null or an integer >= 1")
+    format: str = setting(
+        MISSING, check=one_of(("auto", "torchscript", "onnx")), problem="expected auto, torchscript or onnx"
+    )
+    device: str = setting(
+        MISSING,
+        check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
+        problem="expected auto, cpu, cuda or cuda:N",
+    )
+
+
 #: The schema of each entry script's config (``conf/<name>.yaml``).
-SCHEMAS: dict[str, type] = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig}
+SCHEMAS: dict[str, type] = {"train": TrainConfig, "export": ExportConfig, "eval": EvalConfig, "predict": PredictConfig}
 #: Schemas Hydra composes onto (the others are checked after composing, see the module doc).
-CLOSED = ("export", "eval")
+CLOSED = ("export", "eval", "predict")
 #: The config groups of each closed config (folders of conf/).
-GROUPS: dict[str, tuple[str, ...]] = {"export": ("export",), "eval": ()}
+GROUPS: dict[str, tuple[str, ...]] = {"export": ("export",), "eval": (), "predict": ()}
 
 
 def register_schemas() -> None:
@@ -362,7 +398,7 @@ def check_command_line(name: str, args: list[str]) -> None:
                 error = _group_of_settings(name, key, value)
                 if error is not None:
                     raise error
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIRS.get(name, CONFIG_DIR)), version_base="1.3"):
             cfg = compose(config_name=name, overrides=list(args))
     except OverrideParseException as exc:
         raise UserError(_parse_error(args, exc)) from None

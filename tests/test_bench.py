@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks import cli, ratios, report
 from benchmarks.served_model import free_port
@@ -67,7 +69,7 @@ def test_serving_levels_pool_their_repetitions():
                 "latencies": latencies,
                 "mean_batch": img_s / 100,
                 "errors": errors,
-                "cpu_ms_per_image": {"client": 1.0, "api": img_s / 100, "model": 3.0, "other": 9.0},
+                "cpu_ms_per_image": {"client": 1.0, "api": img_s / 100, "model": 3.0, "other": 9.0, "server": 14.0},
             }
         )
     level = samples.summary()
@@ -79,8 +81,19 @@ def test_serving_levels_pool_their_repetitions():
         "requests_ok": 4,
         "errors": {"503": 3, "TimeoutError": 1},
         "reps": [100.0, 300.0, 200.0],
-        "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0},
+        "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0, "server": 14.0},
     }
+    peer = LevelSamples()  # a server whose CPU is not split by stage (the plain peer): client and server tree
+    peer.add(
+        {
+            "img_s": 5.0,
+            "latencies": [0.2],
+            "mean_batch": 4.0,
+            "errors": {},
+            "cpu_ms_per_image": {"client": 1.0, "server": 6.0},
+        }
+    )
+    assert peer.summary()["cpu_ms_per_image"] == {"client": 1.0, "server": 6.0}
     batch = batch_level_summary(samples)
     assert list(batch) == [
         "clients",
@@ -94,9 +107,52 @@ def test_serving_levels_pool_their_repetitions():
     ]
     assert (batch["clients"], batch["images_per_request"], batch["img_s"]) == (4, 8, 200.0)
     result = {"c32": level, "inprocess_b32": {"cpu_ms_per_image": 3.0}}
-    assert cpu_bound_ratio_estimate(result, 32) == 0.5  # 3 ms alone / (1 + 2 + 3) ms served
+    assert cpu_bound_ratio_estimate(result, 32) == 0.5  # 3 ms alone / (1 + 2 + 3) ms served (not the tree's 14)
     level["cpu_ms_per_image"]["api"] = math.nan
     assert cpu_bound_ratio_estimate(result, 32) is None
+
+
+def fake_serving(c32_reps: list[float], peer_reps: dict[str, list[float]], best: str) -> dict:
+    """A serving result with made-up figures: ours at c1 and c32 (img/s per repetition at c32), the in-process
+    ceiling, and the plain peer at each worker count (its c32 repetitions)."""
+    level = {
+        "img_s": 0.0,
+        "p50_ms": 10.0,
+        "p99_ms": 20.0,
+        "mean_batch": 1.0,
+        "requests_ok": 10,
+        "errors": {},
+        "reps": [1.0],
+        "cpu_ms_per_image": {"client": 1.0, "api": 2.0, "model": 3.0, "server": 5.5},
+    }
+    peer_level = dict(level, cpu_ms_per_image={"client": 1.0, "server": 9.0})
+    return {
+        "backbone": "resnet10t",
+        "format": "onnx",
+        "max_batch_size": 32,
+        "max_latency_ms": 1000,
+        "num_threads": None,
+        "api_workers": 1,
+        "overrides": {},
+        "image_bytes_mean": 9000,
+        "c1": dict(level, img_s=20.0, reps=[20.0, 10.0]),
+        "c32": dict(level, img_s=c32_reps[0], reps=c32_reps),
+        "inprocess_b32": {"batch": 32, "img_s": 500.0, "p50_ms": 60.0, "cpu_ms_per_image": 2.0, "reps": [500.0, 250.0]},
+        "cpu_bound_ratio_estimate": 0.33,
+        "plain_bentoml": {
+            "service": "benchmarks.plain_bentoml_service:PlainImageClassifier",
+            "field": "images",
+            "workers": {
+                workers: {
+                    "startup_s": 3.0,
+                    "c1": dict(peer_level, img_s=9.0, reps=[9.0, 9.0]),
+                    "c32": dict(peer_level, img_s=reps[0], reps=reps),
+                }
+                for workers, reps in peer_reps.items()
+            },
+            "best_workers": int(best),
+        },
+    }
 
 
 def fake_results() -> dict:
@@ -163,27 +219,10 @@ def fake_results() -> dict:
             "lightning_img_s": 249.6,
         },
         "inference": {"threads": 2, "image_size": [64, 64], "models": {"tiny": entry, "big": slow}},
-        "serving": {
-            "backbone": "resnet10t",
-            "format": "torchscript",
-            "max_batch_size": 32,
-            "max_latency_ms": 1000,
-            "num_threads": None,
-            "api_workers": 1,
-            "overrides": {},
-            "image_bytes_mean": 9000,
-            "c1": dict(level, img_s=20.0, reps=[20.0, 10.0]),
-            "c8": dict(level, img_s=80.0),
-            "c32": dict(level, img_s=140.0, reps=[140.0, 70.0]),
-            "inprocess_b32": {
-                "batch": 32,
-                "img_s": 500.0,
-                "p50_ms": 60.0,
-                "cpu_ms_per_image": 2.0,
-                "reps": [500.0, 250.0],
-            },
-            "cpu_bound_ratio_estimate": 0.33,
-        },
+        "serving": dict(
+            fake_serving([140.0, 70.0], {"1": [50.0, 35.0], "2": [70.0, 20.0]}, best="2"), c8=dict(level, img_s=80.0)
+        ),
+        "serving_large": fake_serving([50.0, 40.0], {"1": [40.0, 40.0], "2": [30.0, 30.0]}, best="1"),
         "memory": {
             "command": "python train.py experiment=quickstart",
             "wall_s": 1.0,
@@ -204,10 +243,26 @@ def test_ratios_divide_figures_of_the_same_run():
     assert values["torchscript_vs_eager_b1"] == 0.9  # the smallest over the backbones: median(0.8, 1.0)
     assert values["onnx_vs_eager_b1"] == 3.0
     assert values["serve_c32_vs_inprocess_b32"] == 0.28 and values["serve_c32_vs_c1"] == 7.0
+    assert values["serve_vs_inprocess_resnet50_128"] == pytest.approx(0.13)  # median(50/500, 40/250)
+    # ours / the peer at its best worker count (2 workers for the quickstart model, 1 for resnet50), paired
+    assert values["served_vs_plain_bentoml_quickstart"] == pytest.approx(2.75)  # median(140/70, 70/20)
+    assert values["served_vs_plain_bentoml_resnet50_128"] == pytest.approx(1.125)  # median(50/40, 40/40)
+    assert values["api_cpu_per_model_cpu_quickstart"] == pytest.approx(2 / 3, abs=1e-4)  # API 2 ms / model 3 ms
     assert values["loader_vs_train_step"] == pytest.approx(4000 / 256)  # two medians, not paired
     verdicts = ratios.verdicts(values)
     assert verdicts["data_speedup_vs_seed"] == "met" and verdicts["torchscript_vs_eager_b1"] == "MISSED"
-    assert verdicts["onnx_vs_eager_b1"] == "report"
+    assert verdicts["onnx_vs_eager_b1"] == "report" and verdicts["serve_c32_vs_inprocess_b32"] == "report"
+    assert (
+        verdicts["served_vs_plain_bentoml_quickstart"] == "met"
+        and verdicts["served_vs_plain_bentoml_resnet50_128"] == "MISSED"
+    )
+    # an upper bound: 0.67 misses "<= 0.5", 0.4 meets it
+    assert (
+        verdicts["api_cpu_per_model_cpu_quickstart"] == "MISSED"
+        and ratios.goal("api_cpu_per_model_cpu_quickstart") == "<= 0.5"
+    )
+    assert ratios.verdicts({"api_cpu_per_model_cpu_quickstart": 0.4})["api_cpu_per_model_cpu_quickstart"] == "met"
+    assert ratios.goal("served_vs_plain_bentoml_quickstart") == ">= 2.0" and ratios.goal("onnx_vs_eager_b1") == "report"
     assert ratios.verdicts(ratios.compute({}))["serve_c32_vs_c1"] == "not measured"
 
 
@@ -221,6 +276,52 @@ def test_report_shows_every_family_and_ratio():
     for heading in ("## Input pipeline", "## Training loop", "## Inference (CPU)", "## Serving", "## Memory"):
         assert heading in text
     assert "python scripts/bench.py --quick" in text
+    assert "| `api_cpu_per_model_cpu_quickstart` | 0.67 | <= 0.5 | MISSED |" in text
+    assert "| `served_vs_plain_bentoml_quickstart` | 2.75 | >= 2.0 | met |" in text
+    # the peer's rows at each worker count, with ours / the peer paired per level: 140/50, 70/35 -> 2.4 (w1)
+    assert text.count("**The plain BentoML peer**") == 2 and "Best worker count at concurrency 32: 2" in text
+    assert "| 1 | 32 | 50 | 10.0 | 20.0 | 1.0 | 10 | 0 | 1.00 | 9.00 | 2.40 |" in text
+    assert "**API CPU / model CPU** (`api_cpu_per_model_cpu_quickstart`, target <= 0.5): 2.00 ms / 3.00 ms" in text
+
+
+class FolderModel:
+    """A model of the BentoML store as a service sees it (``bentoml.models.BentoModel`` resolved): its folder."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def path_of(self, item: str) -> str:
+        return str(Path(self.path) / item)
+
+
+def test_plain_peer_answers_like_the_exported_model_on_faceattrs_preprocessing(tiny_run, synthetic_root, monkeypatch):
+    """The serving benchmark's plain BentoML service (benchmarks/plain_bentoml_service.py), in-process on the tiny
+    run's export: for the same JPEGs it gives the exported model's probabilities on faceattr's own preprocessing
+    (the two services do the same work), and the attributes at or above the exported thresholds."""
+    from PIL import Image
+    from serve_process import exported_model
+
+    from benchmarks import plain_bentoml_service as plain
+    from faceattr.export.build import load_torchscript
+    from faceattr.serve.images import load_and_preprocess
+
+    folder = exported_model(tiny_run)
+    monkeypatch.setattr(plain.PlainImageClassifier.inner, "bento_model", FolderModel(folder))
+    service = plain.PlainImageClassifier()
+    paths = sorted((synthetic_root / "img_align_celeba").glob("*.jpg"))[:3]
+    answers = service.predict([Image.open(path) for path in paths])
+
+    meta = json.loads((folder / "faceattr.json").read_text())
+    model, _ = load_torchscript(folder / "model.pt")
+    pixels = torch.stack([load_and_preprocess(p.read_bytes(), meta["image_size"], meta["crop"]) for p in paths])
+    with torch.inference_mode():
+        expected = model(pixels.float() / 255)
+    assert [list(answer["attributes"]) for answer in answers] == [meta["attributes"]] * 3
+    got = torch.tensor([list(answer["attributes"].values()) for answer in answers])
+    assert torch.allclose(got, expected, atol=1e-5)
+    thresholds = [meta["thresholds"][name] for name in meta["attributes"]]
+    for answer, row in zip(answers, expected.tolist()):
+        assert answer["present"] == [n for n, p, t in zip(meta["attributes"], row, thresholds) if p >= t]
 
 
 def test_bad_arguments_are_refused(capsys):
@@ -264,8 +365,53 @@ def test_tiny_run_of_the_input_pipeline(tmp_path, monkeypatch):
     pytest.importorskip("pandas", reason="the seed-article baseline needs pandas: pip install -e .[bench]")
     _, results, text = tiny_run(tmp_path, monkeypatch, "data")
     assert results["ratios"]["data_speedup_vs_seed"] > 0
-    assert results["data"]["equivalence"]["mean_abs_diff_pixels"] < 1.0  # both pipelines produce the same images
+    # Both pipelines produce the same images, up to resampling and the reduced-scale JPEG decode (tiny mode's 32 px
+    # are decoded at 1/4 scale: tests/test_jpeg_scaling.py states that tolerance).
+    assert results["data"]["equivalence"]["mean_abs_diff_pixels"] < 4.0
+    assert results["data"]["per_worker"]["ours_full_decode_img_s"] > 0
     assert "## Input pipeline" in text
+
+
+def test_tiny_accelerator_run_on_the_cpu(tmp_path, monkeypatch, capsys, synthetic_root):
+    """`--device cpu --mode tiny` runs the GPU measurement's code on the CPU: every figure is in the JSON and in the
+    report's GPU section; `--device cuda` without a GPU stops with one line before measuring anything."""
+    import torch
+
+    from benchmarks import common
+
+    monkeypatch.setenv("FACEATTR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(common, "prepare_data", lambda settings, cfg: synthetic_root)  # the session's generated data
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["--device", "cuda", "--json", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --device cuda: no CUDA device") and "\n" not in err
+    assert not (tmp_path / "none.json").exists()
+
+    out, md = tmp_path / "out.json", tmp_path / "BENCHMARKS.md"
+    assert cli.main(["--device", "cpu", "--mode", "tiny", "--json", str(out), "--markdown", str(md)]) == 0
+    results = json.loads(out.read_text())
+    assert results["families"] == ["accelerator"] and results["errors"] == {}
+    assert "--device cpu" in results["command"]
+    a = results["accelerator"]
+    assert a["device"]["device"] == "cpu" and a["device"]["torch"] == torch.__version__ and a["errors"] == {}
+    (train,) = a["training"]
+    assert (train["backbone"], train["image_size"], train["precision"]) == ("test_resnet", 32, "bf16-mixed")
+    assert train["lightning_img_s"] > 0 and train["raw_img_s"] > 0
+    (loader,) = a["loader"]
+    assert loader["jpeg_img_s"] > 0 and loader["cached_img_s"] > 0
+    assert loader["jpeg_workers_per_10000"] == pytest.approx(10_000 / loader["jpeg_img_s"])
+    serving = a["serving"]
+    assert serving["format"] == "torchscript" and serving["device"] == "cpu"
+    assert set(serving["batches"]) == {"1", "8"} and all(e["img_s"] > 0 for e in serving["batches"].values())
+    assert serving["preprocess"]["cpu_ms_per_image"] > 0 and serving["cores_to_feed"] > 0
+    text = md.read_text()
+    for heading in ("## GPU", "### Training", "### Loader workers per 10,000 img/s", "### Serving: TorchScript"):
+        assert heading in text
+    assert "published by NVIDIA" in text and "not measured | 224x224 | ~2,500 |" in text
+    assert "## Headline ratios" not in text
+    again = tmp_path / "again.md"
+    assert cli.main(["--from-json", str(out), "--markdown", str(again)]) == 0
+    assert again.read_text() == text
 
 
 @pytest.fixture
@@ -407,6 +553,8 @@ def test_encoded_requests_cycle_through_the_images():
         ["1.png", "2.png"],
     ]
     assert {field for r in pairs for field, _, _, _ in parts(r)} == {"images"}
+    other = encoded_requests("h:1", "/predict", images, field="images")  # another service's field (the plain peer)
+    assert [parts(r)[0][0] for r in other] == ["images"] * 3
 
 
 def test_load_test_uses_the_shared_client_and_percentiles(http_server, capsys):
@@ -414,7 +562,6 @@ def test_load_test_uses_the_shared_client_and_percentiles(http_server, capsys):
     benchmarks.timing.percentile (the one definition BENCHMARKS.md uses)."""
     import importlib.util
     import sys
-    from pathlib import Path
 
     from benchmarks import http_load
 

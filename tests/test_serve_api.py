@@ -4,7 +4,8 @@ a model, and `bentoml build`. One real `bentoml serve` subprocess answers every 
 in test_serve_limits.py, load and faults in test_serve_faults.py.
 
 Photos: matplotlib's sample photograph of Grace Hopper (a colour portrait, also sent as grayscale, WebP, rotated by
-EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG without a face).
+EXIF, and tiled into a wide panorama) and its clip-art gift box (an RGBA PNG without a face); for face detection, a
+group photo of three copies of the portrait.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from serve_process import SAMPLES, free_port, install_model, service_workers, se
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.export.build import load_torchscript
-from faceattr.serve.images import load_and_preprocess
+from faceattr.faces import CELEBA_TEMPLATE, FaceDetector
+from faceattr.serve.face_finding import FaceFinder, FaceOptions
+from faceattr.serve.images import ImageLimits, load_and_preprocess, load_faces
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +63,16 @@ def photos() -> dict[str, bytes]:
         "colour.webp": encode(hopper, "WEBP", quality=85),
         "rotated.jpg": encode(hopper.transpose(Image.Transpose.ROTATE_270), "JPEG", exif=exif),
         "panorama.png": encode(Image.fromarray(np.tile(np.asarray(hopper.resize((128, 150))), (1, 5, 1))), "PNG"),
+        "group.jpg": encode(_group(hopper), "JPEG", quality=90),
     }
+
+
+def _group(portrait: Image.Image) -> Image.Image:
+    """Three copies of ``portrait``, of different sizes, side by side on one canvas."""
+    canvas = Image.new("RGB", (780, 400), (200, 200, 200))
+    for i, width in enumerate((250, 200, 160)):
+        canvas.paste(portrait.resize((width, round(width * portrait.height / portrait.width))), (i * 260, 20))
+    return canvas
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +90,14 @@ def reference(served):
     for key in ("attributes", "image_size", "crop", "thresholds"):
         assert embedded[key] == meta[key], key
 
-    def probabilities(data: bytes) -> np.ndarray:
-        image = load_and_preprocess(data, meta["image_size"], meta["crop"])
+    def probabilities(data: bytes, detector: FaceDetector | None = None) -> np.ndarray:
+        """The model's answer for the photo's centre crop, or with ``detector`` for its largest face."""
+        size, crop, scaling = meta["image_size"], meta["crop"], meta["jpeg_scaling"]
+        if detector is None:
+            image = load_and_preprocess(data, size, crop, jpeg_scaling=scaling)
+        else:
+            template = (meta.get("face_template") or {}).get("points") or CELEBA_TEMPLATE
+            image = load_faces(data, size, crop, detector=detector, template=template, jpeg_scaling=scaling)[0].pixels
         with torch.no_grad():
             return module(image[None].float() / 255)[0].numpy()
 
@@ -187,6 +205,90 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
     assert post(served, "/predict", {"image": ("a.jpg", colour)}).status_code == 200
     assert httpx.get(served["url"] + "/readyz").status_code == 200
     assert "Traceback" not in served["log"].read_text()
+
+
+def _metric(metrics: str, name: str) -> float:
+    match = re.search(rf"^{name} ([0-9.e+]+)$", metrics, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_face_detect_per_request_answers_about_the_faces_found(served, photos, reference):
+    probabilities, thresholds = reference
+    metrics = httpx.get(served["url"] + "/metrics").text
+    names = (
+        "faceattr_face_detection_seconds_count",
+        "faceattr_photos_without_face_total",
+        "faceattr_faces_found_total",
+    )
+    before = [_metric(metrics, name) for name in names]
+
+    default = post(served, "/predict", {"image": ("a.jpg", photos["colour.jpg"])}).json()
+    assert default["face"] is None  # face=center, the server's default: the centre crop
+
+    response = post(served, "/predict", {"image": ("a.jpg", photos["colour.jpg"])}, data={"face": "detect"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    face = body["face"]
+    assert len(face["box"]) == 4 and len(face["landmarks"]) == 5 and face["score"] > 0.9
+    x0, y0, x1, y1 = face["box"]
+    assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 600  # inside the 512x600 portrait
+    assert all(x0 <= x <= x1 and y0 <= y <= y1 for x, y in face["landmarks"])
+    check_prediction(body, probabilities(photos["colour.jpg"], FaceDetector()), thresholds)
+
+    response = post(
+        served, "/predict", {"image": ("g.jpg", photos["group.jpg"])}, data={"face": "detect", "faces": "all"}
+    )
+    assert response.status_code == 200, response.text
+    faces = response.json()["faces"]
+    assert len(faces) == 3 and set(response.json()) == {"model", "faces"}
+    widths = [f["face"]["box"][2] - f["face"]["box"][0] for f in faces]
+    assert widths == sorted(widths, reverse=True) and len({round(f["face"]["box"][0]) for f in faces}) == 3
+    assert all(list(f["attributes"]) == list(CELEBA_ATTRIBUTES) for f in faces)
+
+    response = post(served, "/predict", {"image": ("gift.png", photos["no_face.png"])}, data={"face": "detect"})
+    assert response.status_code == 422 and response.json()["error"].startswith("no face found in the photo")
+
+    response = post(
+        served,
+        "/predict_batch",
+        [("images", ("a.jpg", photos["colour.jpg"])), ("images", ("g.jpg", photos["group.jpg"]))],
+        data={"face": "detect"},
+    )
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert len(predictions) == 2 and all(p["face"]["score"] > 0.9 for p in predictions)
+
+    metrics = httpx.get(served["url"] + "/metrics").text
+    # 5 photos searched (1 + 3 + 0 + 1 + 3 faces found), one without a face.
+    assert [_metric(metrics, name) - value for name, value in zip(names, before)] == [5, 1, 8]
+
+
+def test_bad_face_options_get_400_and_the_server_keeps_serving(served, photos):
+    image = {"image": ("a.jpg", photos["colour.jpg"])}
+    cases = [
+        ({"data": {"face": "sideways"}}, "face='sideways': expected center or detect"),
+        ({"data": {"face": "detect", "faces": "some"}}, "faces='some': expected largest or all"),
+        ({"data": {"faces": "all"}}, "faces=all needs face=detect"),
+        ({"params": {"face": "detect"}}, "query parameters are not read (face)"),
+    ]
+    for kwargs, message in cases:
+        response = httpx.post(served["url"] + "/predict", files=image, timeout=60, **kwargs)
+        assert response.status_code == 400 and message in response.json()["error"], (kwargs, response.text)
+    response = post(served, "/predict_batch", [("images", ("a.jpg", photos["colour.jpg"]))], data={"face": "3"})
+    assert response.status_code == 400 and response.json()["error"] == "face=3: expected center or detect"
+    assert post(served, "/predict", image).status_code == 200
+    assert "Traceback" not in served["log"].read_text()
+
+
+def test_no_face_center_answers_from_the_centre_crop():
+    """The service's no_face=center policy, on the module it runs (faceattr/serve/face_finding.py), in-process."""
+    gift = (SAMPLES / "Minduka_Present_Blue_Pack.png").read_bytes()
+    finder = FaceFinder((32, 32), (178, 178), ImageLimits(), no_face="center")
+    (prepared,) = finder.prepare(gift, FaceOptions(detect=True))
+    assert prepared.face is None
+    assert torch.equal(prepared.pixels, load_and_preprocess(gift, (32, 32), (178, 178)))
+    (found,) = finder.prepare((SAMPLES / "grace_hopper.jpg").read_bytes(), FaceOptions(detect=True))
+    assert found.face is not None and found.face.score > 0.9
 
 
 def _batch_histogram(metrics: str) -> tuple[float, float, float]:

@@ -31,6 +31,10 @@ ENV_CONFIG = ENV_PREFIX + "CONFIG"
 FORMATS = ("auto", "torchscript", "onnx")
 THRESHOLD_MODES = ("calibrated", "fixed")
 RUNNERS = ("inline", "service")
+#: Where the model looks in a photo (``face``): its centre (as CelebA's aligned frame), or the face a detector finds.
+FACE_MODES = ("center", "detect")
+#: A photo in which ``face: detect`` finds no face (``no_face``): refused (422), or answered from its centre crop.
+NO_FACE_POLICIES = ("reject", "center")
 #: The most API workers ``api_workers: null`` starts (one per core up to this).
 MAX_AUTO_WORKERS = 4
 
@@ -76,6 +80,10 @@ class ServeConfig:
     timeout_s: float = setting(60.0, check=lambda v: v > 0, problem="must be positive")
     decimals: int = 6
     access_log: bool = False
+    face: str = setting("center", **_one_of(FACE_MODES))
+    no_face: str = setting("reject", **_one_of(NO_FACE_POLICIES))
+    face_max_side: int = setting(320, check=at_least(32), problem="must be at least 32 (pixels)")
+    face_min_score: float = setting(0.5, check=lambda v: 0.0 < v < 1.0, problem="expected a score in (0, 1)")
     source: str = field(default="defaults", compare=False)
 
     @property
@@ -117,6 +125,7 @@ class ServeConfig:
             "threshold_mode",
             "max_batch_size",
             "max_latency_ms",
+            "face",
         )
         return ", ".join(f"{key}={getattr(self, key)}" for key in keys) + f" (from {self.source})"
 

@@ -59,6 +59,19 @@ class ModelInfo:
             raise ModelError(f"model {self.tag} is incomplete: {path} is missing; export it again")
         return path
 
+    @property
+    def face_template(self) -> tuple[tuple[float, float], ...] | None:
+        """Where the model's training faces had their 5 landmarks (``face_template`` of the metadata, written by
+        export), or None for a model exported before export recorded it (then CelebA's template applies)."""
+        points = (self.metadata.get("face_template") or {}).get("points")
+        return None if not points else tuple((float(x), float(y)) for x, y in points)
+
+    @property
+    def jpeg_scaling(self) -> bool:
+        """Whether the model was trained on JPEGs decoded at reduced scale (``data.jpeg_scaling``, recorded by export;
+        faceattr/jpeg_scaling.py): uploads are then decoded the same way."""
+        return bool(self.metadata.get("jpeg_scaling", False))
+
     def thresholds_for(self, config: ServeConfig) -> np.ndarray:
         if config.threshold_mode == "fixed":
             return np.full(len(self.attributes), config.threshold, dtype=np.float32)
@@ -125,18 +138,23 @@ def stored_model(config: ServeConfig) -> bentoml.Model:
 def resolve_model(config: ServeConfig) -> ModelInfo:
     """What the service needs to know about the model to serve (:func:`stored_model`), from its metadata."""
     model = stored_model(config)
-    path = Path(model.path)
+    return read_model_info(Path(model.path), str(model.tag))
+
+
+def read_model_info(path: Path, tag: str) -> ModelInfo:
+    """The :class:`ModelInfo` of the export in folder ``path`` (a model of the store, or an export's output folder:
+    its ``faceattr.json`` beside the artefacts), called ``tag`` in answers and messages."""
     try:
         metadata = json.loads((path / METADATA_FILE).read_text())
     except (OSError, ValueError):
         raise ModelError(
-            f"model {model.tag} has no readable {METADATA_FILE}: it was not written by faceattr's export; {EXPORT_HINT}"
+            f"model {tag} has no readable {METADATA_FILE}: it was not written by faceattr's export; {EXPORT_HINT}"
         ) from None
     attributes = tuple(metadata["attributes"])
     thresholds = metadata.get("thresholds") or {}
     crop = metadata.get("crop")
     return ModelInfo(
-        tag=str(model.tag),
+        tag=tag,
         path=path,
         attributes=attributes,
         image_size=tuple(int(v) for v in metadata["image_size"]),  # type: ignore[arg-type]

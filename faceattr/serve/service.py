@@ -1,8 +1,10 @@
 """The BentoML service: ``bentoml serve`` from the repo root (``bentofile.yaml`` names ``FaceAttr``).
 
 ``FaceAttr`` is the HTTP API: ``POST /predict`` (multipart field ``image``) and ``POST /predict_batch`` (multipart
-field ``images``, repeated). It checks, decodes and preprocesses uploads in a thread pool, concurrently, runs the
-model on uint8 batches and turns probabilities into JSON. Where the model runs is ``runner`` (conf/serve):
+field ``images``, repeated), with the form field ``face`` (and ``faces`` on /predict) choosing where the model looks
+(the centre crop, or the faces a detector finds: ``face_finding.py``). It checks, decodes, finds faces in and
+preprocesses uploads in a thread pool, concurrently, runs the model on uint8 batches and turns probabilities into
+JSON (documented by ``schemas.py``). Where the model runs is ``runner`` (conf/serve):
 
 * ``inline`` (default): in each API worker process, on a dedicated thread, behind adaptive batching
   (``faceattr/serve/batching.py``): the requests waiting when the model becomes free are merged into one call of up
@@ -24,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio.to_thread
@@ -31,17 +34,18 @@ import bentoml
 import numpy as np
 import torch
 from bentoml.exceptions import BentoMLException
-from pydantic import BaseModel, Field
 from starlette.responses import JSONResponse
 
 from faceattr.serve.batching import InlineBatcher, Overloaded
 from faceattr.serve.bentoml_workarounds import KEEP_MODEL_CONNECTION, is_upload
 from faceattr.serve.config import ServeConfig, ServeConfigError, load_serve_config
+from faceattr.serve.face_finding import FaceFinder, FaceOptions, face_json, face_options
 from faceattr.serve.heap import return_freed_memory_after_large_images
-from faceattr.serve.images import ImageError, load_and_preprocess
-from faceattr.serve.metrics import count_answered, observe_model_call
+from faceattr.serve.images import ImageError, PreparedFace
+from faceattr.serve.metrics import count_answered, observe_face_detection, observe_model_call
 from faceattr.serve.rejections import Rejected, rejected
 from faceattr.serve.runtime import ModelError, ModelInfo, Predictor, pick_device, served_model, stored_model
+from faceattr.serve.schemas import FACES_FIELD, BatchPrediction, Prediction, face_field
 from faceattr.serve.upload_guard import UploadGuard
 
 #: Attempts of a call to the model service (``runner: service``) whose connection dropped (inference is idempotent).
@@ -80,22 +84,8 @@ def _served_model() -> tuple[ServeConfig, ModelInfo]:
     return served_model(CONFIG, MODEL_TAG)
 
 
-class Prediction(BaseModel):
-    """One image's result."""
-
-    model: str = Field(description="BentoML tag of the model that answered")
-    attributes: dict[str, float] = Field(description="probability of each attribute, in the model's order")
-    present: list[str] = Field(description="attributes whose probability is >= their threshold")
-
-
-class ImagePrediction(BaseModel):
-    attributes: dict[str, float] = Field(description="probability of each attribute, in the model's order")
-    present: list[str] = Field(description="attributes whose probability is >= their threshold")
-
-
-class BatchPrediction(BaseModel):
-    model: str
-    predictions: list[ImagePrediction] = Field(description="one per image, in the order sent")
+#: The form field `face` of both endpoints, its default the server's setting.
+FACE_FIELD = face_field(CONFIG.face)
 
 
 def _ready_predictor(config: ServeConfig, model: ModelInfo) -> Predictor:
@@ -159,12 +149,23 @@ class FaceAttr:
         config, model = _served_model()
         self.config = config
         self.tag = model.tag
-        self.image_size = model.image_size
-        self.crop = model.crop
         self.attributes = list(model.attributes)
         self.thresholds = model.thresholds_for(config).tolist()
-        self.limits = config.decoding_limits()  # one decoding budget for all requests of this process
-        self.limits.budget.on_release = return_freed_memory_after_large_images
+        limits = config.decoding_limits()  # one decoding budget for all requests of this process
+        limits.budget.on_release = return_freed_memory_after_large_images
+        self.faces = FaceFinder(
+            model.image_size,
+            model.crop,
+            limits,
+            template=model.face_template,
+            jpeg_scaling=model.jpeg_scaling,
+            no_face=config.no_face,
+            max_side=config.face_max_side,
+            min_score=config.face_min_score,
+            observe=observe_face_detection,
+        )
+        if config.face == "detect":  # the default: ready before the first request (else made when first asked for)
+            self.faces.load_detector()
         self._decoders = anyio.CapacityLimiter(config.decode_threads)  # uploads decoded at once
         if config.runner == "inline":
             # The model in this process, on its own thread, behind adaptive batching (faceattr/serve/batching.py).
@@ -179,17 +180,17 @@ class FaceAttr:
             # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
             torch.set_num_threads(1)
 
-    def _load(self, path: Path) -> np.ndarray:
-        """Read, check, decode and preprocess one upload (on a worker thread)."""
-        return load_and_preprocess(Path(path).read_bytes(), self.image_size, self.crop, self.limits).numpy()
+    def _load(self, path: Path, options: FaceOptions) -> list[PreparedFace]:
+        """Read, check, decode, find faces in (face=detect) and preprocess one upload (on a worker thread)."""
+        return self.faces.prepare(Path(path).read_bytes(), options)
 
-    async def _prepare(self, path: Path) -> np.ndarray:
-        """One upload as a model input, prepared in a worker thread (concurrently with other requests and with the
-        model); raises Rejected for a bad upload."""
+    async def _prepare(self, path: Path, options: FaceOptions) -> list[PreparedFace]:
+        """One upload as model inputs (one, or one per face with faces=all), prepared in a worker thread
+        (concurrently with other requests and with the model); raises Rejected for a bad upload."""
         if not is_upload(path):
             raise Rejected(400, "send the image as a multipart file upload")
         try:
-            return await anyio.to_thread.run_sync(self._load, path, limiter=self._decoders)
+            return await anyio.to_thread.run_sync(self._load, path, options, limiter=self._decoders)
         except ImageError as exc:
             raise Rejected(exc.status, str(exc)) from None
 
@@ -216,49 +217,94 @@ class FaceAttr:
                 raise
         raise AssertionError("unreachable")
 
-    def _result(self, probabilities: np.ndarray) -> dict:
-        """``{"attributes": {name: probability}, "present": [names]}`` of one image."""
+    def _result(self, probabilities: np.ndarray, prepared: PreparedFace) -> dict[str, Any]:
+        """``{"attributes": {name: probability}, "present": [names], "face": {...} | None}`` of one model input."""
         rounded = np.round(probabilities.astype(np.float64), self.config.decimals).tolist()
         return {
             "attributes": dict(zip(self.attributes, rounded)),
             "present": [name for name, p, t in zip(self.attributes, probabilities.tolist(), self.thresholds) if p >= t],
+            "face": face_json(prepared.face),
         }
 
     # The endpoints answer with a JSONResponse, which BentoML sends as it is: the documented Prediction written
     # directly (BentoML would validate it field by field again), or a rejection. output_spec documents the success.
     @bentoml.api(route="/predict", output_spec=Prediction)
-    async def predict(self, image: Path) -> JSONResponse:
-        """Attribute probabilities of one photo: multipart field `image` (JPEG, PNG or WebP, any size). A portrait
-        with the face roughly centred works best: it is centre-cropped like CelebA's aligned faces."""
+    async def predict(
+        self, image: Path, ctx: bentoml.Context, face: Any = FACE_FIELD, faces: Any = FACES_FIELD
+    ) -> JSONResponse:
+        """Attribute probabilities of one photo: multipart field `image` (JPEG, PNG or WebP, any size), and the form
+        fields `face` (center | detect) and `faces` (largest | all). With face=center send a portrait with the face
+        roughly centred: it is centre-cropped like CelebA's aligned faces; with face=detect any photo."""
+        return _sent(ctx, await self._predict(image, ctx, face, faces))
+
+    @bentoml.api(route="/predict_batch", output_spec=BatchPrediction)
+    async def predict_batch(self, images: list[Path], ctx: bentoml.Context, face: Any = FACE_FIELD) -> JSONResponse:
+        """Attribute probabilities of several photos in one call: multipart field `images`, repeated (at most
+        max_images_per_request), and the form field `face` (center | detect: the largest face of each photo). One
+        bad image rejects the whole request; the error names its position."""
+        return _sent(ctx, await self._predict_batch(images, ctx, face))
+
+    async def _predict(self, image: Path, ctx: bentoml.Context, face: Any, faces: Any) -> JSONResponse:
         try:
-            probabilities = await self._infer((await self._prepare(image))[None])
+            options = _options(ctx, face, faces)
+            prepared = await self._prepare(image, options)
+            probabilities = await self._infer(np.stack([item.pixels.numpy() for item in prepared]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
         count_answered(1)
-        return JSONResponse({"model": self.tag, **self._result(probabilities[0])})
+        results = [self._result(row, item) for row, item in zip(probabilities, prepared)]
+        if options.all_faces:
+            return JSONResponse({"model": self.tag, "faces": results})
+        return JSONResponse({"model": self.tag, **results[0]})
 
-    @bentoml.api(route="/predict_batch", output_spec=BatchPrediction)
-    async def predict_batch(self, images: list[Path]) -> JSONResponse:
-        """Attribute probabilities of several photos in one call: multipart field `images`, repeated (at most
-        max_images_per_request). One bad image rejects the whole request; the error names its position."""
+    async def _predict_batch(self, images: list[Path], ctx: bentoml.Context, face: Any) -> JSONResponse:
         if len(images) > self.config.max_images_per_request:
             return rejected(
                 413,
                 f"{len(images)} images in one request; the limit is "
                 f"{self.config.max_images_per_request} (max_images_per_request)",
             )
-        prepared = await asyncio.gather(*(self._prepare(path) for path in images), return_exceptions=True)
+        try:
+            options = _options(ctx, face)
+        except Rejected as exc:
+            return rejected(exc.status, str(exc))
+        prepared = await asyncio.gather(*(self._prepare(path, options) for path in images), return_exceptions=True)
         for index, item in enumerate(prepared):
             if isinstance(item, Rejected):
                 return rejected(item.status, f"image {index} (0-based, in the order sent): {item}")
             if isinstance(item, BaseException):
                 raise item
+        firsts = [item[0] for item in prepared]
         try:
-            probabilities = await self._infer(np.stack(prepared))
+            probabilities = await self._infer(np.stack([item.pixels.numpy() for item in firsts]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
-        count_answered(len(prepared))
-        return JSONResponse({"model": self.tag, "predictions": [self._result(row) for row in probabilities]})
+        count_answered(len(firsts))
+        results = [self._result(row, item) for row, item in zip(probabilities, firsts)]
+        return JSONResponse({"model": self.tag, "predictions": results})
+
+
+def _sent(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
+    """``response`` with its status kept: BentoML gives an endpoint that takes a Context the status of
+    ``ctx.response`` (200 unless set)."""
+    ctx.response.status_code = response.status_code
+    return response
+
+
+def _options(ctx: bentoml.Context, face: Any, faces: Any = "largest") -> FaceOptions:
+    """The request's face options (form fields), or Rejected(400) for a bad value or a query parameter (the options
+    are form fields, which the OpenAPI spec documents; a query string would otherwise be silently ignored)."""
+    query = sorted(ctx.request.query_params.keys())
+    if query:
+        raise Rejected(
+            400,
+            f"query parameters are not read ({', '.join(query)}): send options as multipart form fields beside the "
+            "image, e.g. curl -F image=@photo.jpg -F face=detect http://HOST/predict",
+        )
+    try:
+        return face_options(face, faces)
+    except ValueError as exc:
+        raise Rejected(400, str(exc)) from None
 
 
 FaceAttr.add_asgi_middleware(

@@ -1,0 +1,31 @@
+"""Predict a folder of photos: `python predict.py model=<tag | run dir | .ckpt> images=<folder | glob> out=preds.csv`.
+
+Runs the exported model (the one `python export.py` stored) on every photo, preprocessed exactly as the service does
+(`face=detect`: the face found and aligned as CelebA's were), and writes one CSV row per photo (per face with
+`all_faces=true`) and `<out stem>.skipped.csv` (photos not answered, with the reason); see conf/predict/predict.yaml and
+docs/serving.md. A mistake ends with one line `error: ...` and exit status 2 (a mistake on the command line: before
+Hydra or anything slow runs).
+"""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from faceattr.config_schema import check_command_line, register_schemas
+from faceattr.errors import exit_on_user_error
+
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path="conf/predict", config_name="predict")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from faceattr.prediction import predict_images, summary_lines
+
+    print("\n".join(summary_lines(predict_images(cfg))))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(check_command_line)("predict", sys.argv[1:])
+    main()
