@@ -239,7 +239,14 @@ def _serving(
         f"{' (overrides: ' + str(s['overrides']) + ')' if s.get('overrides') else ''}. "
         "Clients: `benchmarks/http_load.py` (pre-encoded HTTP/1.1 requests on keep-alive connections, uvloop) "
         f"on the same machine, one request = one real JPEG ({s['image_bytes_mean']} bytes on average) to "
-        "`/predict`; latency is client-side. Mean batch = images per model call (`faceattr_model_batch_size` on "
+        f"`{s.get('route', '/predict')}`"
+        + (
+            " (the lean route mounted beside the BentoML API, `faceattr/serve/lean_route.py`: the same answers; "
+            "BentoML's own `/predict` on the same server is the row marked so)"
+            if s.get("bentoml_route")
+            else ""
+        )
+        + "; latency is client-side. Mean batch = images per model call (`faceattr_model_batch_size` on "
         "`/metrics`, over all API workers). CPU per image (user + system time of each process, read from the "
         "kernel before and after each level): the load generator; the API processes less their model threads "
         "(HTTP, multipart parsing, decoding, resizing, batching, JSON); the model threads (`faceattr-model` and "
@@ -256,6 +263,26 @@ def _serving(
         rows.append(
             [
                 key[1:],
+                _n(e["img_s"]),
+                _n(e["p50_ms"], 1),
+                _n(e["p99_ms"], 1),
+                _n(e["mean_batch"], 1),
+                e["requests_ok"],
+                errors,
+                _n(cpu.get("client"), 2),
+                _n(cpu.get("api"), 2),
+                _n(cpu.get("model"), 2),
+                _n(cpu.get("server"), 2),
+            ]
+        )
+    for key, e in (s.get("bentoml_route") or {}).items():
+        if not key.startswith("c"):
+            continue
+        cpu = e.get("cpu_ms_per_image") or {}
+        errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
+        rows.append(
+            [
+                f"{key[1:]}, BentoML's `/predict` route",
                 _n(e["img_s"]),
                 _n(e["p50_ms"], 1),
                 _n(e["p99_ms"], 1),

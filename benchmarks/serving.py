@@ -45,6 +45,10 @@ from benchmarks.common import Settings, size_pair
 from benchmarks.served_model import Server, export_model, random_checkpoint
 from benchmarks.timing import PeakRSS, median, percentile
 from faceattr.layout import METADATA_FILE
+from faceattr.serve.lean_route import MOUNT_PATH, ROUTE
+
+#: The route the clients load (``faceattr/serve/lean_route.py``); BentoML's own ``/predict`` is measured beside it.
+LEAN_PATH = MOUNT_PATH + ROUTE
 
 #: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
 BATCH_LEVEL = (4, 8)
@@ -137,13 +141,14 @@ def load_level(
     field: str | None = None,
     batch_metric: str = BATCH_METRIC,
     stages: bool = True,
+    path: str | None = None,
 ) -> dict[str, Any]:
     """One load level: ``requests`` requests of ``per_request`` images (``/predict``, or ``/predict_batch`` above
     1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image.
     ``field``, ``batch_metric`` and ``stages`` describe another service than faceattr's (the plain peer): its
     multipart field, its batch-size histogram, and whether its CPU splits into API and model (:func:`cpu_seconds`)."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
-    path = "/predict" if per_request == 1 else "/predict_batch"
+    path = path or ("/predict" if per_request == 1 else "/predict_batch")
     encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request, field)
     before, cpu_before = batch_metrics(url, batch_metric), cpu_seconds(server_pid, stages)
     load = http_load.run(http_load.run_load(host, int(port), encoded, concurrency, requests, max_seconds))
@@ -312,6 +317,7 @@ class Contender:
     upload_field: str | None = None
     batch_metric: str = BATCH_METRIC
     stages: bool = True
+    path: str | None = None  # its single-image route (None: /predict)
     startup_s: float = math.nan
     levels: dict[int, LevelSamples] = field(default_factory=dict)
 
@@ -334,6 +340,7 @@ class Contender:
             field=self.upload_field,
             batch_metric=self.batch_metric,
             stages=self.stages,
+            path=self.path if per_request == 1 else None,
         )
 
     def measure(self, images: list[tuple[str, bytes]], concurrency: int, settings: Settings) -> None:
@@ -386,11 +393,13 @@ def measure_levels(
     images: list[tuple[str, bytes]],
     settings: Settings,
     ceiling: Ceiling,
+    top_only: tuple[Contender, ...] = (),
 ) -> LevelSamples:
     """Steps 3, 4 and 6, the timed repetitions: each runs the ``/predict_batch`` level of ours (if asked), then the
     concurrency levels, at each level ours and every peer back to back; the levels and the servers in reverse order
     every other repetition (A B C, C B A, ...), the in-process ceiling timed right before ours at the highest level.
-    Returns the ``/predict_batch`` samples; the levels' samples are in each contender."""
+    ``top_only`` are loaded at the highest level only, after ours. Returns the ``/predict_batch`` samples; the
+    levels' samples are in each contender."""
     batch_level = LevelSamples()
     clients, per = BATCH_LEVEL
     top = max(settings.serve_requests)
@@ -401,8 +410,8 @@ def measure_levels(
                 ours.load(images, clients, settings.serve_requests[top] // per, settings.serve_max_seconds, per)
             )
         order = list(settings.serve_requests)
-        contenders = [ours, *peers]
         for concurrency in order if forward else order[::-1]:
+            contenders = [ours, *(top_only if concurrency == top else ()), *peers]
             for contender in contenders if forward else contenders[::-1]:
                 if contender is ours and concurrency == top:
                     ceiling.measure(settings.ceiling_calls_b32)
@@ -476,16 +485,18 @@ def run(
         ceiling = Ceiling(export_dir, serve_cfg)
         result["format"] = ceiling.predictor.format
 
-        ours = Contender(Server(env, tmp / "serve.log"))
+        # Ours on its lean route; the same server's BentoML /predict at the highest level, for comparison.
+        ours = Contender(Server(env, tmp / "serve.log"), path=LEAN_PATH)
+        ours_bentoml_route = Contender(ours.server, path="/predict")
         peers: list[Contender] = []
         try:
             result["startup_s"] = round(ours.server.wait_ready(), 1)
             result["rss_at_rest"] = rss_at_rest(ours.server)
             peers = start_plain_peers(env, tmp, settings)
-            for contender in (ours, *peers):
+            for contender in (ours, ours_bentoml_route, *peers):
                 contender.warm_up(images, settings)
             with PeakRSS(ours.server.process.pid, interval_s=1.0) as peak:
-                batch_level = measure_levels(ours, peers, images, settings, ceiling)
+                batch_level = measure_levels(ours, peers, images, settings, ceiling, (ours_bentoml_route,))
             result["rss_under_load"] = peak.result()
         finally:
             for contender in (ours, *peers):
@@ -494,7 +505,9 @@ def run(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint, the export and the store: hundreds of MB
 
+    result["route"] = LEAN_PATH
     result.update(ours.level_summaries())
+    result["bentoml_route"] = {"route": "/predict", **ours_bentoml_route.level_summaries()}
     if batch_level.img_s:
         result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
     result["inprocess_b32"] = ceiling.summary()

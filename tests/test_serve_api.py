@@ -163,7 +163,8 @@ def _noise_png(width: int, height: int) -> bytes:
     return encode(Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)), "PNG")
 
 
-def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
+def _bad_requests(photos) -> list[tuple[str, dict, int, str]]:
+    """(route, httpx.post arguments, status, part of the message) of requests the service must refuse."""
     colour = photos["colour.jpg"]
     small = encode(Image.new("RGB", (10, 10), (90, 60, 40)), "PNG")
     bomb = encode(Image.new("1", (3000, 3000)), "PNG")  # 9 MP of zeros in a few kB
@@ -198,7 +199,12 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
         ),
         ("/predict_batch", {"files": {"image": ("a.jpg", colour)}}, 400, "missing multipart file field 'images'"),
     ]
-    for route, kwargs, status, message in cases:
+    return cases
+
+
+def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
+    colour = photos["colour.jpg"]
+    for route, kwargs, status, message in _bad_requests(photos):
         response = httpx.post(served["url"] + route, timeout=60, **kwargs)
         assert response.status_code == status, (route, message, response.status_code, response.text)
         assert message in response.json()["error"], (message, response.text)
@@ -210,6 +216,38 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(served, photos):
 def _metric(metrics: str, name: str) -> float:
     match = re.search(rf"^{name} ([0-9.e+]+)$", metrics, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
+
+
+def test_lean_route_answers_and_refuses_as_predict_does(served, photos):
+    """/lean/predict (faceattr/serve/lean_route.py, mounted beside the BentoML API): the same JSON as /predict for
+    the same photo and options, the same 4xx for the same bad requests, counted on /metrics."""
+    for name in ("colour.jpg", "grayscale.jpg", "colour.webp", "rotated.jpg"):
+        files = {"image": (name, photos[name])}
+        lean = post(served, "/lean/predict", files)
+        assert lean.status_code == 200 and lean.json() == post(served, "/predict", files).json(), name
+    group, detect = {"image": ("group.jpg", photos["group.jpg"])}, {"face": "detect", "faces": "all"}
+    lean = post(served, "/lean/predict", group, data=detect).json()
+    assert len(lean["faces"]) == 3 and lean == post(served, "/predict", group, data=detect).json()
+    # /predict's bad requests, sent to the lean route.
+    cases = [("/lean/predict", *case[1:]) for case in _bad_requests(photos) if case[0] == "/predict"]
+    cases += [
+        ("/lean/predict", {"files": group, "data": {"face": "sideways"}}, 400, "face='sideways'"),
+        ("/lean/predict", {"files": group, "data": {"faces": "all"}}, 400, "faces=all needs face=detect"),
+        ("/lean/predict", {"files": group, "params": {"face": "detect"}}, 400, "query parameters are not read"),
+        (
+            "/lean/predict",
+            {"files": {"image": ("box.png", photos["no_face.png"])}, "data": {"face": "detect"}},
+            422,
+            "no face",
+        ),
+    ]
+    for route, kwargs, status, message in cases:
+        response = httpx.post(served["url"] + route, timeout=60, **kwargs)
+        assert response.status_code == status, (message, response.status_code, response.text)
+        assert message in response.json()["error"], (message, response.text)
+    assert post(served, "/lean/predict", {"image": ("a.jpg", photos["colour.jpg"])}).status_code == 200
+    assert "/lean/predict" in httpx.get(served["url"] + "/metrics").text  # BentoML's server counts its requests
+    assert "Traceback" not in served["log"].read_text()
 
 
 def test_face_detect_per_request_answers_about_the_faces_found(served, photos, reference):

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import torch
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
+from faceattr.serve import lean_route
 from faceattr.serve.batching import InlineBatcher, Overloaded
 from faceattr.serve.bentoml_workarounds import KEEP_MODEL_CONNECTION, is_upload
 from faceattr.serve.config import ServeConfig, ServeConfigError, load_serve_config
@@ -125,6 +126,8 @@ class FaceAttrModel:
         return probabilities
 
 
+# The lean route (faceattr/serve/lean_route.py): /predict's answers for less CPU per request, beside the API.
+@bentoml.asgi_app(lean_route.app, path=lean_route.MOUNT_PATH)
 @bentoml.service(
     name="FaceAttr",
     workers=CONFIG.api_workers,
@@ -194,6 +197,13 @@ class FaceAttr:
         except ImageError as exc:
             raise Rejected(exc.status, str(exc)) from None
 
+    async def prepare_bytes(self, data: bytes, options: FaceOptions) -> list[PreparedFace]:
+        """:meth:`_prepare` of an upload already in memory (the lean route, ``lean_route.py``)."""
+        try:
+            return await anyio.to_thread.run_sync(self.faces.prepare, data, options, limiter=self._decoders)
+        except ImageError as exc:
+            raise Rejected(exc.status, str(exc)) from None
+
     async def _infer(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities from the model: in this process (``runner: inline``) or from the model service
         (inference is idempotent: a dropped connection to it is retried)."""
@@ -247,7 +257,16 @@ class FaceAttr:
     async def _predict(self, image: Path, ctx: bentoml.Context, face: Any, faces: Any) -> JSONResponse:
         try:
             options = _options(ctx, face, faces)
-            prepared = await self._prepare(image, options)
+        except Rejected as exc:
+            return rejected(exc.status, str(exc))
+        return await self.answer_photo(lambda: self._prepare(image, options), options)
+
+    async def answer_photo(
+        self, prepare: Callable[[], Awaitable[list[PreparedFace]]], options: FaceOptions
+    ) -> JSONResponse:
+        """The answer to one photo, for ``/predict`` and the lean route: ``prepare()`` it, run the model, answer."""
+        try:
+            prepared = await prepare()
             probabilities = await self._infer(np.stack([item.pixels.numpy() for item in prepared]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
