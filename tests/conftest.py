@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import importlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from omegaconf import DictConfig, open_dict, read_write
 
 from faceattr.config_schema import register_schemas
 from faceattr.resolvers import register_resolvers
@@ -59,6 +64,49 @@ def run_cli(script: str, *args: str, tmp_path: Path, check: bool = True, timeout
             f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+@contextlib.contextmanager
+def hydra_job(config_name: str, *overrides: str, tmp_path: Path) -> Iterator[DictConfig]:
+    """The config that ``@hydra.main`` hands an entry script's ``main`` for the single run ``python
+    <config_name>.py <overrides>``, with Hydra's job state set as Hydra's ``run_job`` sets it (``HydraConfig``: the
+    overrides, group choices and the job's output dir) and the environment of :func:`cli_env` (caches under
+    ``tmp_path``); that state and ``os.environ`` are restored afterwards."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    saved, environ = HydraConfig.instance().cfg, dict(os.environ)
+    try:
+        os.environ.update(cli_env(tmp_path))
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            config = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(config)
+        with read_write(config.hydra.runtime), open_dict(config.hydra.runtime):
+            config.hydra.runtime.output_dir = os.path.abspath(str(config.hydra.run.dir))
+        HydraConfig.instance().set_config(config)
+        task_config = copy.deepcopy(config)
+        with read_write(task_config), open_dict(task_config):
+            del task_config["hydra"]
+        yield task_config
+    finally:
+        HydraConfig.instance().cfg = saved
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
+
+
+def run_main(script: str, *overrides: str, tmp_path: Path) -> int:
+    """``python <script> <overrides>`` in this process (none of a subprocess's seconds of imports): the script's
+    ``main`` body on the config Hydra would compose (:func:`hydra_job`). Returns the exit status: 0, or the code of
+    the ``SystemExit`` it raised (2 after a one-line ``error: ...`` on stderr). Not run: Hydra's command-line parsing,
+    logging setup and ``.hydra/`` files; the tests that run the script itself (``run_cli``) cover those."""
+    main = importlib.import_module(Path(script).stem).main.__wrapped__  # the function under @hydra.main
+    with hydra_job(Path(script).stem, *overrides, tmp_path=tmp_path) as config:
+        try:
+            main(config)
+        except SystemExit as exit_:
+            return exit_.code
+    return 0
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
@@ -186,7 +186,7 @@ def test_the_reference_preset_runs_on_generated_data(tmp_path, synthetic_root):
     config = compose("train", "experiment=celeba_reference")
     assert config.data.limit is None and config.data.val_limit is None and config.data.crop is None
     assert list(config.data.image_size) == [218, 178] and config.model.backbone == "resnet18"
-    run_cli(
+    status = run_main(  # train.py's main in this process
         "train.py",
         "experiment=celeba_reference",
         f"data.root={synthetic_root}",
@@ -198,3 +198,4 @@ def test_the_reference_preset_runs_on_generated_data(tmp_path, synthetic_root):
         f"hydra.run.dir={tmp_path / 'run'}",
         tmp_path=tmp_path,
     )
+    assert status == 0

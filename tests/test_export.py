@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, cli_env, run_cli
+from conftest import REPO, cli_env, run_cli, run_main
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.errors import UserError
@@ -222,7 +223,7 @@ def test_run_dir_without_run_json_falls_back_to_checkpoint_state(tiny_run, tmp_p
 
 
 @pytest.mark.slow
-def test_bad_ckpt_arguments_are_one_line_user_errors(tmp_path, tiny_run):
+def test_bad_ckpt_arguments_are_one_line_user_errors(tmp_path, tiny_run, capsys):
     with pytest.raises(UserError, match="no such file or directory"):
         resolve_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
@@ -233,9 +234,10 @@ def test_bad_ckpt_arguments_are_one_line_user_errors(tmp_path, tiny_run):
     (run / "run.json").write_text(json.dumps({"status": "failed"}))
     with pytest.raises(UserError, match=r"has no checkpoints .*status: failed"):
         resolve_checkpoint(run)
-    proc = run_cli("export.py", f"ckpt={tmp_path / 'nope'}", tmp_path=tmp_path, check=False)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: ckpt={tmp_path / 'nope'}: no such file or directory"]
+    assert run_main("export.py", f"ckpt={tmp_path / 'nope'}", tmp_path=tmp_path) == 2  # export.py's main, in process
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: ckpt={tmp_path / 'nope'}: no such file or directory"
+    ]
 
 
 @pytest.mark.slow
@@ -265,15 +267,23 @@ def _copy_run(tiny_run: Path, destination: Path) -> Path:
     return destination
 
 
-def _one_line_error(proc: subprocess.CompletedProcess) -> str:
-    """The single stderr line of a failed CLI run (exit status 2)."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (proc.returncode, lines)
+def _one_line_error(status: int, stderr: str) -> str:
+    """The single stderr line of a failed run of export.py (exit status 2)."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("error: "), (status, lines)
     return lines[0]
 
 
+def _run_script(script: str, *args: str, monkeypatch) -> int:
+    """``python <script> <args>`` as ``__main__`` in this process; its exit status (it must exit)."""
+    monkeypatch.setattr(sys, "argv", [str(REPO / script), *args])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(REPO / script), run_name="__main__")
+    return exit_.value.code
+
+
 @pytest.mark.slow
-def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_path):
+def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_path, capsys):
     """A checkpoint exported with a run config (attributes, image size, backbone) that is not its own."""
     from faceattr.export.pipeline import export
 
@@ -306,7 +316,8 @@ def test_run_config_that_contradicts_the_checkpoint_is_one_line(tiny_run, tmp_pa
             export(cfg)
         assert "\n" not in str(error.value)
         assert not (run / "export").exists()
-    line = _one_line_error(run_cli("export.py", f"ckpt={tmp_path / 'backbone'}", tmp_path=tmp_path, check=False))
+    status = run_main("export.py", f"ckpt={tmp_path / 'backbone'}", tmp_path=tmp_path)  # export.py's main
+    line = _one_line_error(status, capsys.readouterr().err)
     assert "model.backbone resnet18 vs the checkpoint's test_resnet" in line
 
 
@@ -339,7 +350,7 @@ def test_data_root_without_the_checkpoints_attributes_is_one_line(tiny_run, synt
 
 
 @pytest.mark.slow
-def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
+def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path, monkeypatch, capsys):
     from faceattr.export.options import check_command_line
 
     ckpt = f"ckpt={tiny_run}"
@@ -382,8 +393,9 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path):
         ("export=bogus", "error: export=bogus: no such option"),
         ("parity.atol=abc", "error: parity.atol='abc'"),
     ):
-        proc = run_cli("export.py", "ckpt=/nowhere", argument, tmp_path=tmp_path, check=False)
-        assert _one_line_error(proc).startswith(message), proc.stderr
+        status = _run_script("export.py", "ckpt=/nowhere", argument, monkeypatch=monkeypatch)
+        err = capsys.readouterr().err
+        assert _one_line_error(status, err).startswith(message), err
 
 
 class _Evil:
@@ -397,7 +409,7 @@ class _Evil:
 
 
 @pytest.mark.slow
-def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path):
+def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path, capsys):
     from faceattr.export.build import load_module
 
     state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -419,7 +431,8 @@ def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path
         with pytest.raises(UserError) as error:
             load_module(tmp_path / f"{name}.ckpt")
         assert message in str(error.value) and "\n" not in str(error.value), (name, str(error.value))
-    line = _one_line_error(run_cli("export.py", f"ckpt={tmp_path / 'bare.ckpt'}", tmp_path=tmp_path, check=False))
+    status = run_main("export.py", f"ckpt={tmp_path / 'bare.ckpt'}", tmp_path=tmp_path)  # export.py's main
+    line = _one_line_error(status, capsys.readouterr().err)
     assert "is a bare state_dict" in line
 
 
@@ -452,7 +465,7 @@ def test_malicious_checkpoint_is_refused_without_running_its_code(tiny_run, tmp_
         text=True,
         timeout=300,
     )
-    line = _one_line_error(proc)
+    line = _one_line_error(proc.returncode, proc.stderr)  # export.py itself, in its own process
     assert line == (
         f"error: refusing to load {evil}: it holds a pickled posix.system, which weights_only loading "
         "does not allow (loading it unsafely could run code); faceattr checkpoints hold only tensors and "

@@ -2,11 +2,17 @@
 truncated checkpoint given to resume, ckpt_path=, export and the checkpoint readers (eval's too).
 
 The disk-full scenario runs twice: on a real, small tmpfs (needs root and permission to mount; skipped otherwise) and
-with ENOSPC injected into the write after half of the checkpoint's bytes (runs anywhere)."""
+with ENOSPC injected into the write after half of the checkpoint's bytes (runs anywhere).
+
+Most scenarios run train.py's and export.py's `main` in this process (conftest.run_main: no seconds of imports per
+run); the ones about processes (two launches at once, the run-dir name of each process) start real ones."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, TINY, cli_env, run_cli
+from conftest import REPO, TINY, cli_env, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -26,27 +32,24 @@ NO_SPACE = re.compile(
     r"~(?P<needed>[\d.]+ [kMGT]?B) needed\): free space or set hydra\.run\.dir=\.\.\."
 )
 
-# Runs train.py in a process whose checkpoint writes hit a full disk: the 3rd checkpoint (epoch 1's; epoch 0 saves
-# the best and last.ckpt) fails with ENOSPC after half of its bytes are written, as a real full disk does.
-INJECT_ENOSPC = """
-import errno, os, runpy, sys
-import faceattr.atomic as atomic
 
-write, big_writes = atomic._write, []
+def full_disk_at_the_third_checkpoint(write):
+    """A replacement for ``faceattr.atomic._write`` whose checkpoint writes hit a full disk: the 3rd checkpoint
+    (epoch 1's; epoch 0 saves the best and last.ckpt) fails with ENOSPC after half of its bytes are written, as a
+    real full disk does."""
+    big_writes = []
 
-def full_disk(file, data):
-    if len(data) > 1_000_000:
-        big_writes.append(len(data))
-        if len(big_writes) == 3:
-            write(file, memoryview(data)[: len(data) // 2])
-            file.flush()
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    write(file, data)
+    def full_disk(file, data):
+        if len(data) > 1_000_000:
+            big_writes.append(len(data))
+            if len(big_writes) == 3:
+                write(file, memoryview(data)[: len(data) // 2])
+                file.flush()
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(file, data)
 
-atomic._write = full_disk
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+    return full_disk
+
 
 # Runs train.py with Hydra's ${now:} frozen at one instant: every launch starts "in the same second".
 SAME_SECOND = """
@@ -64,23 +67,13 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def _run_python(code: str, *args: str, tmp_path: Path, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "train.py"), *args],
-        cwd=cwd,
-        env=cli_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    """The `error: ...` line of a run that failed with a user error: exactly one, the last line, no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+def _error_line(status: int, stderr: str) -> str:
+    """The `error: ...` line of a run that failed with a user error: status 2, exactly one such line, the last
+    line, no traceback."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error: ")]
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
-    assert errors == [lines[-1]] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert status == 2, (status, stderr[-3000:])
+    assert errors == [lines[-1]] and "Traceback" not in stderr, stderr[-3000:]
     return errors[0]
 
 
@@ -97,10 +90,11 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _check_disk_full_then_resume(proc: subprocess.CompletedProcess, run_dir: Path, before_resume, tmp_path: Path):
-    """The disk-full outcome: one line, a failed run.json with it, no truncated or temporary file; then, after
-    ``before_resume()`` (which frees space), ``resume=`` finishes the run from its last good checkpoint."""
-    line = _error_line(proc)
+def _check_disk_full_then_resume(status: int, stderr: str, run_dir: Path, before_resume, tmp_path: Path):
+    """The disk-full outcome (train.py's exit status and stderr): one line, a failed run.json with it, no truncated
+    or temporary file; then, after ``before_resume()`` (which frees space), ``resume=`` finishes the run from its
+    last good checkpoint."""
+    line = _error_line(status, stderr)
     match = NO_SPACE.fullmatch(line)
     assert match, line
     assert Path(match["file"]).parent == run_dir / "checkpoints" and match["needed"].endswith("MB")
@@ -114,7 +108,7 @@ def _check_disk_full_then_resume(proc: subprocess.CompletedProcess, run_dir: Pat
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 0
 
     before_resume()
-    run_cli("train.py", f"resume={run_dir}", tmp_path=tmp_path)
+    assert run_main("train.py", f"resume={run_dir}", tmp_path=tmp_path) == 0
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 2
     assert Path(record["best_checkpoint"]).is_file() and all(_loads(p) for p in run_dir.rglob("*.ckpt"))
@@ -123,8 +117,9 @@ def _check_disk_full_then_resume(proc: subprocess.CompletedProcess, run_dir: Pat
 DISK_FULL_ARGS = (*TINY, "trainer.max_epochs=2", "test=false")
 
 
-def test_disk_full_at_checkpoint_time_on_a_small_tmpfs(tmp_path, tiny_run, synthetic_root):
-    """A run dir on a tmpfs with room for epoch 0's two checkpoints but not for a third: epoch 1's save fails."""
+def test_disk_full_at_checkpoint_time_on_a_small_tmpfs(tmp_path, tiny_run, synthetic_root, capfd):
+    """A run dir on a tmpfs with room for epoch 0's two checkpoints but not for a third: epoch 1's save fails (train.py
+    in this process: its exit status and one line; the script's own process is tested in test_train_cli.py)."""
     mount = tmp_path / "small"
     mount.mkdir()
     checkpoint = (tiny_run / "checkpoints" / "last.ckpt").stat().st_size
@@ -139,37 +134,36 @@ def test_disk_full_at_checkpoint_time_on_a_small_tmpfs(tmp_path, tiny_run, synth
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the injected-ENOSPC test covers this")
     try:
         run_dir = mount / "run"
-        proc = run_cli(
-            "train.py",
-            *DISK_FULL_ARGS,
-            f"data.root={synthetic_root}",
-            f"hydra.run.dir={run_dir}",
-            tmp_path=tmp_path,
-            check=False,
+        status = run_main(
+            "train.py", *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path
         )
 
         def free_space():
             subprocess.run(["mount", "-o", f"remount,size={size_kb * 4}k", str(mount)], check=True)
 
-        _check_disk_full_then_resume(proc, run_dir, free_space, tmp_path)
+        _check_disk_full_then_resume(status, capfd.readouterr().err, run_dir, free_space, tmp_path)
     finally:
         if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_disk_full_at_checkpoint_time_injected(tmp_path, synthetic_root):
+def test_disk_full_at_checkpoint_time_injected(tmp_path, synthetic_root, monkeypatch, capfd):
     """ENOSPC raised by the checkpoint write itself, half of the file written; a stale temporary file that a killed
     writer left behind is removed when the run resumes."""
+    import faceattr.atomic as atomic
+
     run_dir = tmp_path / "run"
-    proc = _run_python(
-        INJECT_ENOSPC, *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path
-    )
+    with monkeypatch.context() as full_disk:
+        full_disk.setattr(atomic, "_write", full_disk_at_the_third_checkpoint(atomic._write))
+        status = run_main(
+            "train.py", *DISK_FULL_ARGS, f"data.root={synthetic_root}", f"hydra.run.dir={run_dir}", tmp_path=tmp_path
+        )
     stale = run_dir / "checkpoints" / ".last.ckpt.0badc0de.partial"
 
     def leave_a_stale_temporary():
         stale.write_bytes(b"PK\x03\x04 half a checkpoint of a killed run")
 
-    _check_disk_full_then_resume(proc, run_dir, leave_a_stale_temporary, tmp_path)
+    _check_disk_full_then_resume(status, capfd.readouterr().err, run_dir, leave_a_stale_temporary, tmp_path)
     assert not stale.exists()
 
 
@@ -292,50 +286,42 @@ def test_readers_refuse_a_truncated_checkpoint_and_the_best_falls_back(run_with_
     assert read_checkpoint(resolved.checkpoint)["hyper_parameters"]["backbone"] == "test_resnet"
 
 
-def test_export_of_a_run_whose_best_is_truncated_uses_the_last_good_one(run_with_truncated_best, tmp_path):
+def test_export_of_a_run_whose_best_is_truncated_uses_the_last_good_one(
+    run_with_truncated_best, tmp_path, capsys, caplog
+):
     run_dir = run_with_truncated_best
-    proc = run_cli("export.py", f"ckpt={run_dir}", "export=torchscript", "store=false", tmp_path=tmp_path)
-    assert "is truncated" in proc.stdout and "using last.ckpt instead" in proc.stdout
+    caplog.set_level(logging.INFO)  # as export.py's job logging (conf/export.yaml): INFO to stdout
+    assert run_main("export.py", f"ckpt={run_dir}", "export=torchscript", "store=false", tmp_path=tmp_path) == 0
+    said = capsys.readouterr().out + caplog.text
+    assert "is truncated" in said and "using last.ckpt instead" in said
     metadata = json.loads((run_dir / "export" / "faceattr.json").read_text())
     assert Path(metadata["source"]["checkpoint"]) == (run_dir / "checkpoints" / "last.ckpt").resolve()
     assert (run_dir / "export" / "model.pt").is_file()
     assert not [p for p in (run_dir / "export").iterdir() if p.name.endswith(".partial")]
 
 
-def test_resume_and_ckpt_path_with_a_truncated_checkpoint(tmp_path, synthetic_root):
+def test_resume_and_ckpt_path_with_a_truncated_checkpoint(tmp_path, synthetic_root, capfd, caplog):
     """resume=: a truncated last.ckpt is refused and the run resumes from its newest checkpoint that loads, saying
     so; ckpt_path=<truncated file>: one line naming it."""
     run_dir = tmp_path / "run"
-    run_cli(
-        "train.py",
-        *TINY,
-        f"data.root={synthetic_root}",
-        "trainer.max_epochs=2",
-        "test=false",
-        "callbacks.early_stopping=null",
-        f"hydra.run.dir={run_dir}",
-        tmp_path=tmp_path,
-    )
+    common = (*TINY, f"data.root={synthetic_root}")
+    overrides = ("trainer.max_epochs=2", "test=false", "callbacks.early_stopping=null", f"hydra.run.dir={run_dir}")
+    assert run_main("train.py", *common, *overrides, tmp_path=tmp_path) == 0
     last = run_dir / "checkpoints" / "last.ckpt"
     (best,) = [p for p in (run_dir / "checkpoints").glob("epoch*.ckpt")]
     best_epoch = torch.load(best, map_location="cpu", weights_only=True)["epoch"]
     _truncate(last)
 
-    line = _error_line(
-        run_cli(
-            "train.py",
-            *TINY,
-            f"data.root={synthetic_root}",
-            f"ckpt_path={last}",
-            f"hydra.run.dir={tmp_path / 'other'}",
-            tmp_path=tmp_path,
-            check=False,
-        )
+    capfd.readouterr()
+    status = run_main(
+        "train.py", *common, f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'other'}", tmp_path=tmp_path
     )
+    line = _error_line(status, capfd.readouterr().err)
     assert f"ckpt_path={last} is not a loadable checkpoint: {last} is truncated" in line
 
-    proc = run_cli("train.py", f"resume={run_dir}", "trainer.max_epochs=3", tmp_path=tmp_path)
-    said = proc.stdout + proc.stderr
+    caplog.clear()
+    assert run_main("train.py", f"resume={run_dir}", "trainer.max_epochs=3", tmp_path=tmp_path) == 0
+    said = "".join(capfd.readouterr()) + caplog.text
     assert f"{last} is truncated" in said and f"resuming from {best}" in said, said[-3000:]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 3

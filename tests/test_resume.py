@@ -9,7 +9,7 @@ import sys
 import time
 
 import torch
-from conftest import REPO, TINY, cli_env, run_cli
+from conftest import REPO, TINY, cli_env, run_main
 
 
 def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
@@ -44,7 +44,8 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
     assert killed["epoch"] < 3 and "rng_states" in killed
     events_before = len(list((run_dir / "tensorboard").glob("events.*")))
 
-    run_cli("train.py", f"resume={run_dir}", tmp_path=tmp_path)
+    # The resume in this process (the subprocess was for the kill).
+    assert run_main("train.py", f"resume={run_dir}", tmp_path=tmp_path) == 0
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 4
     assert record["global_step"] > killed["global_step"]
@@ -53,11 +54,12 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
     assert len(list((run_dir / "tensorboard").glob("events.*"))) > events_before
 
 
-def test_resume_rejects_a_group_change_and_a_missing_run(tmp_path, tiny_run):
-    proc = run_cli("train.py", f"resume={tiny_run}", "model=resnet18", tmp_path=tmp_path, check=False)
-    assert proc.returncode == 2 and "takes the run's own config; drop model=resnet18" in proc.stderr
-    proc = run_cli("train.py", f"resume={tmp_path / 'nowhere'}", tmp_path=tmp_path, check=False)
-    assert proc.returncode == 2 and "missing" in proc.stderr and "config.yaml" in proc.stderr
+def test_resume_rejects_a_group_change_and_a_missing_run(tmp_path, tiny_run, capsys):
+    assert run_main("train.py", f"resume={tiny_run}", "model=resnet18", tmp_path=tmp_path) == 2
+    assert "takes the run's own config; drop model=resnet18" in capsys.readouterr().err
+    assert run_main("train.py", f"resume={tmp_path / 'nowhere'}", tmp_path=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "config.yaml" in err
 
 
 def test_a_moved_run_dir_resumes_into_itself(tmp_path, tiny_run):
@@ -74,3 +76,43 @@ def test_a_moved_run_dir_resumes_into_itself(tmp_path, tiny_run):
     assert cfg.callbacks.model_checkpoint.dirpath == str(moved.resolve() / "checkpoints")
     assert cfg.logger.tensorboard.save_dir == str(moved.resolve() / "tensorboard")
     assert str(tiny_run.resolve()) not in OmegaConf.to_yaml(cfg) and cfg.trainer.max_epochs == 3
+
+
+def test_last_ckpt_is_the_latest_epoch_even_when_the_score_stops_improving(tmp_path):
+    """conf/callbacks/default.yaml: last.ckpt is rewritten every epoch (Lightning 2.6's save_last writes it only in
+    epochs that saved a best checkpoint, so it stayed at the last improvement and resume= went back there)."""
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.demos.boring_classes import BoringModel
+    from omegaconf import OmegaConf
+
+    from faceattr.checkpoint_io import AtomicCheckpointIO
+
+    class Flat(BoringModel):
+        def validation_step(self, batch, batch_idx):
+            self.log("val/auroc", 0.5)  # never improves after the first epoch
+
+    config = OmegaConf.load(REPO / "conf" / "callbacks" / "default.yaml")
+    config = OmegaConf.merge(
+        config, {"progress_bar": None, "pictures": None, "early_stopping": None, "lr_monitor": None}
+    )
+    OmegaConf.update(config, "model_checkpoint.monitor", "val/auroc")
+    OmegaConf.update(config, "model_checkpoint.mode", "max")
+    for node in config.values():
+        if node is not None and "dirpath" in node:
+            node.dirpath = str(tmp_path / "checkpoints")
+    callbacks = [instantiate(node) for node in config.values() if node is not None]
+    trainer = L.Trainer(
+        max_epochs=3,
+        limit_train_batches=4,
+        limit_val_batches=2,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Flat())
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert trainer.global_step == 12 and last["global_step"] == 12 and last["epoch"] == 2
+    assert [p.name for p in (tmp_path / "checkpoints").glob("epoch*.ckpt")] == ["epoch000-auroc0.5000.ckpt"]

@@ -128,28 +128,28 @@ def test_summary_plot_is_a_real_image(sweep):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
-def test_compare_runs_rebuilds_the_sweep_table(sweep, tmp_path):
+def compare_runs(*args: str) -> int:
+    """``python scripts/compare_runs.py <args>`` in this process (its ``main``; the script's own process:
+    test_compare_runs_bad_paths_are_one_line_errors)."""
+    from scripts.compare_runs import main
+
+    return main(list(args))
+
+
+def test_compare_runs_rebuilds_the_sweep_table(sweep, tmp_path, capsys):
     sweep_dir, _ = sweep
     out = tmp_path / "cmp"
-    proc = run_cli("scripts/compare_runs.py", str(sweep_dir), "--out", str(out), tmp_path=tmp_path)
+    assert compare_runs(str(sweep_dir), "--out", str(out)) == 0
     assert read_csv(out / "summary.csv") == read_csv(sweep_dir / "summary.csv")
-    assert (out / "summary.png").stat().st_size > 10_000 and "test_vit" in proc.stdout
+    assert (out / "summary.png").stat().st_size > 10_000 and "test_vit" in capsys.readouterr().out
 
 
-def test_compare_runs_across_sweeps(sweep, failing_sweep, tmp_path):
+def test_compare_runs_across_sweeps(sweep, failing_sweep, tmp_path, capsys):
     """Two sweeps (as if from different days) in one table, ranked by test/auroc, failures last."""
     (first, _), (second, _) = sweep, failing_sweep
     out = tmp_path / "cmp"
-    proc = run_cli(
-        "scripts/compare_runs.py",
-        str(first),
-        str(second),
-        "--out",
-        str(out),
-        "--metric",
-        "test/auroc",
-        tmp_path=tmp_path,
-    )
+    assert compare_runs(str(first), str(second), "--out", str(out), "--metric", "test/auroc") == 0
+    stdout = capsys.readouterr().out
     rows = read_csv(out / "summary.csv")
     assert [r["status"] for r in rows] == ["completed"] * 3 + ["failed"]
     tests = [float(r["test_auroc"]) for r in rows[:3]]
@@ -161,7 +161,7 @@ def test_compare_runs_across_sweeps(sweep, failing_sweep, tmp_path):
         f"{second.parent.name}/multirun/0",
         f"{second.parent.name}/multirun/1",
     }
-    assert "best test/auroc" in proc.stdout and "not_a_timm_model" in proc.stdout
+    assert "best test/auroc" in stdout and "not_a_timm_model" in stdout
 
 
 def test_compare_runs_reads_event_files_without_run_records(sweep, tmp_path):
@@ -172,7 +172,7 @@ def test_compare_runs_reads_event_files_without_run_records(sweep, tmp_path):
     copy = tmp_path / "events_only"
     shutil.copytree(sweep_dir / "1" / "tensorboard", copy / "vit_run")
     out = tmp_path / "cmp"
-    run_cli("scripts/compare_runs.py", str(copy), "--out", str(out), tmp_path=tmp_path)
+    assert compare_runs(str(copy), "--out", str(out)) == 0
     (row,) = read_csv(out / "summary.csv")
     record = json.loads((sweep_dir / "1" / "run.json").read_text())
     assert row["backbone"] == "test_vit"  # from the HParams data

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, run_cli, run_main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
@@ -30,32 +32,30 @@ def test_tiny_run_leaves_checkpoints_events_config_and_record(tiny_run):
     assert "backbone: test_resnet" in config and "${" not in config
 
 
-def test_run_prints_where_everything_is(tmp_path, synthetic_root):
-    proc = run_cli(
-        "train.py",
-        *TINY,
-        f"data.root={synthetic_root}",
-        "trainer.max_epochs=1",
-        "test=false",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        tmp_path=tmp_path,
-    )
-    out = proc.stdout
-    assert f"run dir:         {tmp_path / 'run'}" in out
+def test_run_prints_where_everything_is(tmp_path, synthetic_root, capsys):
+    run_dir = tmp_path / "run"
+    overrides = (*TINY, f"data.root={synthetic_root}", "trainer.max_epochs=1", "test=false")
+    assert run_main("train.py", *overrides, f"hydra.run.dir={run_dir}", tmp_path=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert f"run dir:         {run_dir}" in out
     assert "best checkpoint: " in out and "(val/auroc=0." in out
-    assert f"tensorboard --logdir {tmp_path / 'run'}" in out
+    assert f"tensorboard --logdir {run_dir}" in out
 
 
-def test_fast_dev_run_smoke(tmp_path, synthetic_root):
-    proc = run_cli(
-        "train.py", *TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={tmp_path}", tmp_path=tmp_path
-    )
-    assert "fast_dev_run" in proc.stdout + proc.stderr
+def test_fast_dev_run_smoke(tmp_path, synthetic_root, capfd, caplog):
+    run_dir = tmp_path / "run"
+    overrides = (*TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={run_dir}")
+    assert run_main("train.py", *overrides, tmp_path=tmp_path) == 0
+    captured = capfd.readouterr()
+    # Lightning's own line (not just the words: this test's tmp dir name has them too), and one batch trained.
+    assert "Running in `fast_dev_run` mode" in captured.out + captured.err + caplog.text
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["global_step"] == 1
 
 
 def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synthetic_root):
     run_dir = tmp_path / "resumed"
-    run_cli(
+    status = run_main(
         "train.py",
         *TINY,
         f"data.root={synthetic_root}",
@@ -64,9 +64,14 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synt
         f"hydra.run.dir={run_dir}",
         tmp_path=tmp_path,
     )
+    assert status == 0
     record = json.loads((run_dir / "run.json").read_text())
     first = json.loads((tiny_run / "run.json").read_text())
     assert record["epochs"] == 3 and record["global_step"] > first["global_step"]
+    # Continued, not started over (3 epochs from scratch end at the same step): only epoch 2 was trained here.
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert len(events.Scalars("val/auroc")) == 1
 
 
 USER_ERRORS = [
@@ -82,24 +87,18 @@ USER_ERRORS = [
 
 
 @pytest.mark.parametrize("overrides, message", USER_ERRORS)
-def test_user_errors_are_one_clear_line(tmp_path, synthetic_root, overrides, message):
-    """In process (fast): train() on the composed config fails with a UserError whose one line says it all."""
-    from hydra import compose, initialize_config_dir
-
-    from faceattr.errors import find_user_error, one_line
-    from faceattr.training import train
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", [*TINY, f"data.root={synthetic_root}", *overrides, f"paths.output_dir={tmp_path}"])
-    with pytest.raises(Exception) as failure:
-        train(cfg)
-    error = find_user_error(failure.value)
-    assert error is not None, failure.value
-    assert message in one_line(error) and "\n" not in one_line(error)
+def test_user_errors_are_one_clear_line(tmp_path, synthetic_root, overrides, message, capsys):
+    """In process (fast): train.py's main on the composed config ends with status 2 and one line `error: ...`."""
+    status = run_main(
+        "train.py", *TINY, f"data.root={synthetic_root}", *overrides, f"hydra.run.dir={tmp_path}", tmp_path=tmp_path
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and lines == [lines[0]] and lines[0].startswith("error: ") and message in lines[0], lines
 
 
-@pytest.mark.parametrize("overrides, message", [USER_ERRORS[0], USER_ERRORS[5]])
-def test_user_errors_end_the_cli_with_one_line_and_status_2(tmp_path, synthetic_root, overrides, message):
+def test_user_errors_end_the_cli_with_one_line_and_status_2(tmp_path, synthetic_root):
+    """The script itself, in its own process: exit status 2, one line on stderr, no traceback."""
+    overrides, message = USER_ERRORS[0]
     proc = run_cli(
         "train.py",
         *TINY,
@@ -115,31 +114,27 @@ def test_user_errors_end_the_cli_with_one_line_and_status_2(tmp_path, synthetic_
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_override_typo_fails_with_hydras_message(tmp_path):
-    proc = run_cli("train.py", "modell=resnet18", f"hydra.run.dir={tmp_path}", tmp_path=tmp_path, check=False)
-    assert proc.returncode == 1 and "Could not override 'modell'" in proc.stderr
+def test_override_typo_fails_with_hydras_message(tmp_path, monkeypatch, capsys):
+    """`python train.py modell=resnet18` run as __main__ in this process (Hydra's own command-line handling): the
+    typo is Hydra's error, exit status 1."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
+    monkeypatch.setattr(sys, "argv", [str(REPO / "train.py"), "modell=resnet18", f"hydra.run.dir={tmp_path}"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_.value.code == 1 and "Could not override 'modell'" in capsys.readouterr().err
 
 
-def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_run, synthetic_root):
-    proc = run_cli(
-        "train.py",
-        *TINY,
-        f"data.root={synthetic_root}",
-        "model=tiny_vit",
-        f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={tmp_path}",
-        tmp_path=tmp_path,
-        check=False,
+def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_run, synthetic_root, capsys):
+    common = (*TINY, f"data.root={synthetic_root}", f"hydra.run.dir={tmp_path}")
+    status = run_main(
+        "train.py", *common, "model=tiny_vit", f"ckpt_path={tiny_run / 'checkpoints' / 'last.ckpt'}", tmp_path=tmp_path
     )
-    assert proc.returncode == 2
-    assert "was trained with backbone=test_resnet but the config has backbone=test_vit" in proc.stderr
-    proc = run_cli(
-        "train.py",
-        *TINY,
-        f"data.root={synthetic_root}",
-        f"ckpt_path={synthetic_root / 'list_attr_celeba.txt'}",
-        f"hydra.run.dir={tmp_path}",
-        tmp_path=tmp_path,
-        check=False,
-    )
-    assert proc.returncode == 2 and "is not a loadable checkpoint" in proc.stderr
+    assert status == 2
+    assert "was trained with backbone=test_resnet but the config has backbone=test_vit" in capsys.readouterr().err
+    status = run_main("train.py", *common, f"ckpt_path={synthetic_root / 'list_attr_celeba.txt'}", tmp_path=tmp_path)
+    assert status == 2 and "is not a loadable checkpoint" in capsys.readouterr().err
