@@ -42,15 +42,16 @@ def test_run_prints_where_everything_is(tmp_path, synthetic_root, capsys):
     assert f"tensorboard --logdir {run_dir}" in out
 
 
-def test_fast_dev_run_smoke(tmp_path, synthetic_root, capfd, caplog):
+def test_fast_dev_run_smoke(tmp_path, synthetic_root, capfd):
     run_dir = tmp_path / "run"
     overrides = (*TINY, f"data.root={synthetic_root}", "debug=fdr", f"hydra.run.dir={run_dir}")
     assert run_main("train.py", *overrides, tmp_path=tmp_path) == 0
     captured = capfd.readouterr()
-    # Lightning's own line (not just the words: this test's tmp dir name has them too), and one batch trained.
-    assert "Running in `fast_dev_run` mode" in captured.out + captured.err + caplog.text
+    # What fast_dev_run does (Lightning's log line depends on the logging setup earlier tests left): one batch
+    # trained, no checkpoint written, and the summary says so.
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["global_step"] == 1
+    assert not list(run_dir.glob("checkpoints/*.ckpt")) and "best checkpoint: none saved" in captured.out
 
 
 def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synthetic_root):
