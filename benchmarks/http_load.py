@@ -26,10 +26,16 @@ from dataclasses import dataclass, field
 FAILURE_PAUSE_S = 0.05
 
 
-def multipart_request(host: str, path: str, files: list[tuple[str, str, bytes, str]]) -> bytes:
-    """The bytes of one ``POST path`` carrying ``files`` as (field, filename, data, content type) form parts."""
+def multipart_request(
+    host: str, path: str, files: list[tuple[str, str, bytes, str]], fields: dict[str, str] | None = None
+) -> bytes:
+    """The bytes of one ``POST path`` carrying ``files`` as (field, filename, data, content type) form parts, and the
+    text form ``fields``."""
     boundary = uuid.uuid4().hex
-    parts = []
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in (fields or {}).items()
+    ]
     for name, filename, data, content_type in files:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
@@ -46,11 +52,17 @@ def multipart_request(host: str, path: str, files: list[tuple[str, str, bytes, s
 
 
 def encoded_requests(
-    host: str, path: str, images: list[tuple[str, bytes]], per_request: int = 1, field: str | None = None
+    host: str,
+    path: str,
+    images: list[tuple[str, bytes]],
+    per_request: int = 1,
+    field: str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> list[bytes]:
     """The distinct requests of a load that cycles through ``images`` (file name, encoded bytes), ``per_request``
     images each: request ``i`` carries images ``i * per_request`` onwards (wrapping around), in the multipart field
-    ``field`` (repeated); by default faceattr's: ``images`` for ``/predict_batch``, else ``image``."""
+    ``field`` (repeated); by default faceattr's: ``images`` for ``/predict_batch``, else ``image``; with the text form
+    ``fields`` (e.g. ``{"face": "detect"}``)."""
     field_name = field or ("images" if path.rstrip("/").endswith("predict_batch") else "image")
     count = len(images) // math.gcd(len(images), per_request)
     requests = []
@@ -64,6 +76,7 @@ def encoded_requests(
                     (field_name, name, data, mimetypes.guess_type(name)[0] or "application/octet-stream")
                     for name, data in chosen
                 ],
+                fields,
             )
         )
     return requests

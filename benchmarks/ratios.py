@@ -84,6 +84,8 @@ EXTRA: dict[str, str] = {
     "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
     "lean_route_vs_bentoml_route": "img/s at 32 concurrent clients of the lean route (`/lean/predict`, "
     "faceattr/serve/lean_route.py) / BentoML's `/predict` of the same server, quickstart model",
+    "face_detect_vs_center": "img/s at 32 concurrent clients with face=detect (find and align the face) / with "
+    "face=center (the default centre crop), quickstart model, the same server",
 }
 
 
@@ -126,6 +128,7 @@ def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "loader_vs_train_step": [("data/loader/ours_img_s", "training/raw_img_s")],  # not paired: median figures
         "onnx_vs_torchscript_b32": [(fmt.format(b, "onnx_b32"), fmt.format(b, "torchscript_b32")) for b in backbones],
         "lean_route_vs_bentoml_route": [("serving/c32/reps", "serving/bentoml_route/c32/reps")],
+        "face_detect_vs_center": [("serving/face_detect/c32/reps", "serving/c32/reps")],
     }
     return out
 

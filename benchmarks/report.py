@@ -275,14 +275,20 @@ def _serving(
                 _n(cpu.get("server"), 2),
             ]
         )
-    for key, e in (s.get("bentoml_route") or {}).items():
-        if not key.startswith("c"):
+    extra_rows = [
+        (f"{key[1:]}, BentoML's `/predict` route", e) for key, e in (s.get("bentoml_route") or {}).items()
+    ] + [
+        (f"{key[1:]}, face=detect ({s['face_detect'].get('images')} photos with a face found)", e)
+        for key, e in (s.get("face_detect") or {}).items()
+    ]
+    for label, e in extra_rows:
+        if not isinstance(e, dict):
             continue
         cpu = e.get("cpu_ms_per_image") or {}
         errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
         rows.append(
             [
-                f"{key[1:]}, BentoML's `/predict` route",
+                label,
                 _n(e["img_s"]),
                 _n(e["p50_ms"], 1),
                 _n(e["p99_ms"], 1),

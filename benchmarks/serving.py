@@ -129,6 +129,18 @@ def cpu_seconds(server_pid: int | None, stages: bool = True) -> dict[str, float]
     return out
 
 
+def photos_with_a_face(images: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The JPEGs in which the service's face detector (default settings) finds a face."""
+    import io
+
+    from PIL import Image
+
+    from faceattr.faces import FaceDetector
+
+    detector = FaceDetector()
+    return [(name, data) for name, data in images if detector(Image.open(io.BytesIO(data)).convert("RGB"))]
+
+
 def load_level(
     url: str,
     images: list[tuple[str, bytes]],
@@ -142,6 +154,7 @@ def load_level(
     batch_metric: str = BATCH_METRIC,
     stages: bool = True,
     path: str | None = None,
+    fields: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One load level: ``requests`` requests of ``per_request`` images (``/predict``, or ``/predict_batch`` above
     1) from ``concurrency`` clients; img/s, latencies, errors, the mean batch the model saw, CPU per image.
@@ -149,7 +162,7 @@ def load_level(
     multipart field, its batch-size histogram, and whether its CPU splits into API and model (:func:`cpu_seconds`)."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     path = path or ("/predict" if per_request == 1 else "/predict_batch")
-    encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request, field)
+    encoded = http_load.encoded_requests(f"{host}:{port}", path, images, per_request, field, fields)
     before, cpu_before = batch_metrics(url, batch_metric), cpu_seconds(server_pid, stages)
     load = http_load.run(http_load.run_load(host, int(port), encoded, concurrency, requests, max_seconds))
     after, cpu_after = batch_metrics(url, batch_metric), cpu_seconds(server_pid, stages)
@@ -318,6 +331,8 @@ class Contender:
     batch_metric: str = BATCH_METRIC
     stages: bool = True
     path: str | None = None  # its single-image route (None: /predict)
+    fields: dict[str, str] | None = None  # text form fields of each request (e.g. face=detect)
+    images: list[tuple[str, bytes]] | None = None  # its own JPEGs (None: the run's)
     startup_s: float = math.nan
     levels: dict[int, LevelSamples] = field(default_factory=dict)
 
@@ -331,7 +346,7 @@ class Contender:
     ) -> dict[str, Any]:
         return load_level(
             self.server.url,
-            images,
+            self.images or images,
             concurrency,
             requests,
             max_seconds,
@@ -341,6 +356,7 @@ class Contender:
             batch_metric=self.batch_metric,
             stages=self.stages,
             path=self.path if per_request == 1 else None,
+            fields=self.fields,
         )
 
     def measure(self, images: list[tuple[str, bytes]], concurrency: int, settings: Settings) -> None:
@@ -488,15 +504,19 @@ def run(
         # Ours on its lean route; the same server's BentoML /predict at the highest level, for comparison.
         ours = Contender(Server(env, tmp / "serve.log"), path=LEAN_PATH)
         ours_bentoml_route = Contender(ours.server, path="/predict")
+        # face=detect (faceattr/faces) on the photos in which the detector finds a face (most generated faces).
+        detect_images = photos_with_a_face(images)
+        ours_detect = Contender(ours.server, path=LEAN_PATH, fields={"face": "detect"}, images=detect_images)
         peers: list[Contender] = []
         try:
             result["startup_s"] = round(ours.server.wait_ready(), 1)
             result["rss_at_rest"] = rss_at_rest(ours.server)
             peers = start_plain_peers(env, tmp, settings)
-            for contender in (ours, ours_bentoml_route, *peers):
+            for contender in (ours, ours_bentoml_route, ours_detect, *peers):
                 contender.warm_up(images, settings)
             with PeakRSS(ours.server.process.pid, interval_s=1.0) as peak:
-                batch_level = measure_levels(ours, peers, images, settings, ceiling, (ours_bentoml_route,))
+                top_only = (ours_bentoml_route, ours_detect)
+                batch_level = measure_levels(ours, peers, images, settings, ceiling, top_only)
             result["rss_under_load"] = peak.result()
         finally:
             for contender in (ours, *peers):
@@ -508,6 +528,7 @@ def run(
     result["route"] = LEAN_PATH
     result.update(ours.level_summaries())
     result["bentoml_route"] = {"route": "/predict", **ours_bentoml_route.level_summaries()}
+    result["face_detect"] = {"route": LEAN_PATH, "images": len(detect_images), **ours_detect.level_summaries()}
     if batch_level.img_s:
         result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
     result["inprocess_b32"] = ceiling.summary()
