@@ -254,35 +254,16 @@ def _serving(
         "and `bentoml serve`'s supervisor).",
         "",
     ]
-    rows = []
     levels = _levels(s)
-    for key in levels:
-        e = s[key]
-        errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
-        cpu = e.get("cpu_ms_per_image") or {}
-        rows.append(
-            [
-                key[1:],
-                _n(e["img_s"]),
-                _n(e["p50_ms"], 1),
-                _n(e["p99_ms"], 1),
-                _n(e["mean_batch"], 1),
-                e["requests_ok"],
-                errors,
-                _n(cpu.get("client"), 2),
-                _n(cpu.get("api"), 2),
-                _n(cpu.get("model"), 2),
-                _n(cpu.get("server"), 2),
-            ]
-        )
-    extra_rows = [
-        (f"{key[1:]}, BentoML's `/predict` route", e) for key, e in (s.get("bentoml_route") or {}).items()
-    ] + [
+    labelled = [(key[1:], s[key]) for key in levels]
+    labelled += [(f"{key[1:]}, BentoML's `/predict` route", e) for key, e in (s.get("bentoml_route") or {}).items()]
+    labelled += [
         (f"{key[1:]}, face=detect ({s['face_detect'].get('images')} photos with a face found)", e)
         for key, e in (s.get("face_detect") or {}).items()
     ]
-    for label, e in extra_rows:
-        if not isinstance(e, dict):
+    rows = []
+    for label, e in labelled:
+        if not isinstance(e, dict):  # the route and photo count beside the levels
             continue
         cpu = e.get("cpu_ms_per_image") or {}
         errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
