@@ -25,7 +25,6 @@ Three questions, each answered with the project's own code:
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import subprocess
@@ -425,29 +424,9 @@ def export_torchscript(settings: AcceleratorSettings, out: Path) -> tuple[Path, 
     return out / "export", time.perf_counter() - started
 
 
-def exported_model_info(folder: Path):
-    """The service's ``ModelInfo`` of an export folder (what ``runtime.resolve_model`` reads from the store)."""
-    from faceattr.layout import METADATA_FILE
-    from faceattr.serve.runtime import ModelInfo
-
-    metadata = json.loads((folder / METADATA_FILE).read_text())
-    attributes = tuple(metadata["attributes"])
-    thresholds = metadata.get("thresholds") or {}
-    crop = metadata.get("crop")
-    return ModelInfo(
-        tag=f"export:{folder.name}",
-        path=folder,
-        attributes=attributes,
-        image_size=tuple(int(v) for v in metadata["image_size"]),
-        crop=None if crop is None else tuple(int(v) for v in crop),
-        thresholds=tuple(float(thresholds.get(name, 0.5)) for name in attributes),
-        formats=dict(metadata.get("formats") or {}),
-        metadata=metadata,
-    )
-
-
-def preprocess_ms(images: list[Path], image_size, crop, repetitions: int) -> dict[str, Any]:
-    """Host CPU ms per image of the service's preprocessing (decode, crop, resize) on one thread."""
+def preprocess_ms(images: list[Path], info, repetitions: int) -> dict[str, Any]:
+    """Host CPU ms per image of the service's preprocessing (decode, crop, resize) on one thread, for the model
+    ``info`` (its input size, crop and JPEG decoding)."""
     from faceattr.serve.images import load_and_preprocess
 
     encoded = [path.read_bytes() for path in images]
@@ -455,12 +434,12 @@ def preprocess_ms(images: list[Path], image_size, crop, repetitions: int) -> dic
     torch.set_num_threads(1)
     try:
         for data in encoded[:4]:  # warm-up
-            load_and_preprocess(data, image_size, crop)
+            load_and_preprocess(data, info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling)
         per_image = []
         for _ in range(repetitions):
             started = time.process_time()
             for data in encoded:
-                load_and_preprocess(data, image_size, crop)
+                load_and_preprocess(data, info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling)
             per_image.append((time.process_time() - started) * 1e3 / len(encoded))
     finally:
         torch.set_num_threads(threads)
@@ -479,7 +458,9 @@ def serving(settings: AcceleratorSettings, device: torch.device, images: list[Pa
     from faceattr.serve.runtime import Predictor
 
     folder, export_s = export_torchscript(settings, tmp)
-    info = exported_model_info(folder)
+    from faceattr.serve.runtime import read_model_info
+
+    info = read_model_info(folder, f"export:{folder.name}")
     predictor = Predictor(info, ServeConfig(format="torchscript", device=device.type))
     result: dict[str, Any] = {
         "backbone": info.metadata["backbone"],
@@ -495,7 +476,7 @@ def serving(settings: AcceleratorSettings, device: torch.device, images: list[Pa
         seconds = timed_calls(lambda x=x: predictor(x), settings.serve_calls, warmup=5)
         summary = latency_summary(seconds, batch)
         result["batches"][str(batch)] = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
-    pre = preprocess_ms(images[: settings.preprocess_images], info.image_size, info.crop, 3)
+    pre = preprocess_ms(images[: settings.preprocess_images], info, 3)
     result["preprocess"] = pre
     top = result["batches"][str(max(settings.serve_batches))]["img_s"]
     result["cores_to_feed"] = round(top * pre["cpu_ms_per_image"] / 1e3, 2)

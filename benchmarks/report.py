@@ -340,9 +340,13 @@ def _cpu_paragraphs(s: dict[str, Any], family: str, top_key: str) -> list[str]:
         "middleware, multipart parsing, decoding, resizing, batching, JSON; BentoML's `/predict` route adds a "
         "second multipart parse, a temporary file per upload and pydantic validation) and "
         f"{_n(top['model'], 1)} ms in the model, against {_n(model_alone, 1)} ms for the model alone in-process at "
-        f"batch {s['inprocess_b32']['batch']}: a CPU-bound estimate of {_n(estimate, 2)} for serve/in-process "
-        "(above 1 when the served model, one thread per API worker at the batches it sees, spends less CPU per image "
-        "than the in-process one running one batch of 32 on every core). "
+        f"batch {s['inprocess_b32']['batch']}: a CPU-bound estimate of {_n(estimate, 2)} for serve/in-process"
+        + (
+            " (above 1: the served model, one thread per API worker at the batches it sees, spends less CPU per "
+            "image than the in-process one running one batch of 32 on every core). "
+            if estimate is not None and estimate > 1
+            else ". "
+        )
         + (
             f"The per-request work is {_n(top['api'] / top['model'] if top.get('model') else math.nan, 1)} x this "
             "small model's compute, so it bounds the ratio: for the quickstart model serve/in-process is "

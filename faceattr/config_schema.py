@@ -57,6 +57,8 @@ class DataKnobs:
     skip_corrupt: Optional[bool] = MISSING
     # A folder for the pre-decoded image cache (faceattr/data/cache.py), or null.
     cache: Optional[str] = MISSING
+    # Decode JPEGs at a reduced DCT scale (faceattr/jpeg_scaling.py).
+    jpeg_scaling: Optional[bool] = MISSING
 
 
 @dataclass

@@ -124,3 +124,16 @@ def assert_still_serving(server: dict) -> None:
     response = httpx.post(server["url"] + "/predict", files={"image": ("a.jpg", photo)}, timeout=60)
     assert response.status_code == 200, response.text
     assert "Traceback" not in server["log"].read_text()
+
+
+def refused_start(env: dict[str, str]) -> tuple[int, list[str]]:
+    """`bentoml serve` from the repo root with ``env``, expected to refuse: (exit status, non-empty output lines)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc.returncode, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]

@@ -27,7 +27,7 @@ import torch
 import yaml
 from conftest import REPO, cli_env
 from PIL import Image
-from serve_process import SAMPLES, free_port, install_model, service_workers, serving
+from serve_process import SAMPLES, install_model, refused_start, service_workers, serving
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.export.build import load_torchscript
@@ -405,16 +405,8 @@ def test_inline_runner_has_one_api_worker_per_core_and_no_model_service(served):
 
 def test_service_refuses_to_start_without_a_model(tmp_path):
     env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    returncode, lines = refused_start(env)
+    assert returncode == 2 and len(lines) == 1, (returncode, lines)
     assert lines[0].startswith("error: no model 'faceattr' in the BentoML model store") and "export.py" in lines[0]
 
 
@@ -422,16 +414,8 @@ def test_service_refuses_to_start_without_the_artefact_to_run(tiny_run, tmp_path
     """A TorchScript-only model asked to run ONNX: checked once by `bentoml serve` before any worker starts."""
     model_dir = install_model(tiny_run, tmp_path, ("export=torchscript",))
     env = {**cli_env(tmp_path), "BENTOML_DO_NOT_TRACK": "True", "FACEATTR_SERVE_FORMAT": "onnx"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1, (proc.returncode, lines)
+    returncode, lines = refused_start(env)
+    assert returncode == 2 and len(lines) == 1, (returncode, lines)
     assert lines[0] == (
         f"error: model faceattr:{model_dir.name} has no onnx artefact (it has: torchscript); export it "
         "with `python export.py ckpt=... export=onnx` or set FACEATTR_SERVE_FORMAT to one it has"

@@ -27,9 +27,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import REPO
 from PIL import Image
-from serve_process import SAMPLES, assert_still_serving, free_port, service_workers, serving
+from serve_process import SAMPLES, assert_still_serving, free_port, refused_start, service_workers, serving
 
 from faceattr.export.build import load_torchscript
 from faceattr.serve.config import ServeConfigError, load_serve_config
@@ -311,16 +310,8 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
 def test_service_loads_models_only_from_the_store(server, tmp_path):
     model_pt = server["model_dir"] / "model.pt"
     env = {**server["env"], "FACEATTR_SERVE_MODEL": str(model_pt)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "--port", str(free_port())],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert proc.returncode != 0 and len(lines) == 1, lines
+    returncode, lines = refused_start(env)
+    assert returncode != 0 and len(lines) == 1, lines
     assert lines[0].startswith(
         f"error: FACEATTR_SERVE_MODEL='{model_pt}' is a path: the service loads models only "
         "from the BentoML model store"

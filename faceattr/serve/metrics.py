@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bentoml
 
+#: Histogram buckets of the seconds metrics.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 MODEL_BATCH_SIZE = bentoml.metrics.Histogram(
     name="faceattr_model_batch_size",
     documentation="Images per model call (after adaptive batching)",
@@ -16,7 +18,7 @@ MODEL_BATCH_SIZE = bentoml.metrics.Histogram(
 MODEL_SECONDS = bentoml.metrics.Histogram(
     name="faceattr_model_seconds",
     documentation="Seconds per model call",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    buckets=SECONDS_BUCKETS,
 )
 IMAGES = bentoml.metrics.Counter(
     name="faceattr_images",
@@ -27,7 +29,7 @@ IMAGES = bentoml.metrics.Counter(
 FACE_SECONDS = bentoml.metrics.Histogram(
     name="faceattr_face_detection_seconds",
     documentation="Seconds per photo finding and aligning faces (face=detect; decoding excluded)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    buckets=SECONDS_BUCKETS,
 )
 FACES_FOUND = bentoml.metrics.Counter(
     name="faceattr_faces_found",
