@@ -6,12 +6,11 @@ accuracy and the mean figures papers report; writes <run dir>/eval/<split>.json 
 before Hydra or anything slow runs).
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from faceattr.config_schema import check_command_line, register_schemas
+from faceattr.config.command_line import check_or_exit
+from faceattr.config.schemas import register_schemas
 from faceattr.errors import exit_on_user_error
 
 register_schemas()
@@ -37,5 +36,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(check_command_line)("eval", sys.argv[1:])
+    check_or_exit("eval")
     main()

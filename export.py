@@ -7,12 +7,11 @@ A mistake on the command line (an unknown key, a bad value, an unknown `export=`
 `error: ...` and exit status 2, before Hydra or anything slow runs.
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from faceattr.config_schema import check_command_line, register_schemas
+from faceattr.config.command_line import check_or_exit
+from faceattr.config.schemas import register_schemas
 from faceattr.errors import exit_on_user_error
 
 register_schemas()
@@ -28,5 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(check_command_line)("export", sys.argv[1:])
+    check_or_exit("export")
     main()

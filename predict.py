@@ -7,12 +7,11 @@ docs/serving.md. A mistake ends with one line `error: ...` and exit status 2 (a 
 Hydra or anything slow runs).
 """
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from faceattr.config_schema import check_command_line, register_schemas
+from faceattr.config.command_line import check_or_exit
+from faceattr.config.schemas import register_schemas
 from faceattr.errors import exit_on_user_error
 
 register_schemas()
@@ -27,5 +26,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_user_error(check_command_line)("predict", sys.argv[1:])
+    check_or_exit("predict")
     main()

@@ -395,7 +395,7 @@ def export_torchscript(settings: AcceleratorSettings, out: Path) -> tuple[Path, 
 
     from benchmarks.common import quickstart_config
     from benchmarks.served_model import random_checkpoint
-    from faceattr.config_schema import register_schemas
+    from faceattr.config.schemas import register_schemas
     from faceattr.export.pipeline import export
 
     checkpoint = random_checkpoint(quickstart_config(*settings.serve_model), out / "random.ckpt")
@@ -454,16 +454,16 @@ def preprocess_ms(images: list[Path], info, repetitions: int) -> dict[str, Any]:
 def serving(settings: AcceleratorSettings, device: torch.device, images: list[Path], tmp: Path) -> dict[str, Any]:
     """The exported TorchScript run by the service's Predictor on ``device`` at each batch size, and the host CPU
     cost of preprocessing one image; ``cores_to_feed`` = the largest batch's img/s x that cost."""
-    from faceattr.serve.config import ServeConfig
+    from faceattr.serve.config import default_serve_config
     from faceattr.serve.runtime import Predictor
 
     folder, export_s = export_torchscript(settings, tmp)
     from faceattr.serve.runtime import read_model_info
 
     info = read_model_info(folder, f"export:{folder.name}")
-    predictor = Predictor(info, ServeConfig(format="torchscript", device=device.type))
+    predictor = Predictor(info, default_serve_config(format="torchscript", device=device.type))
     result: dict[str, Any] = {
-        "backbone": info.metadata["backbone"],
+        "backbone": info.contract.backbone,
         "image_size": list(info.image_size),
         "format": "torchscript",
         "device": predictor.device,

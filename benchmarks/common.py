@@ -129,6 +129,9 @@ def quickstart_config(*overrides: str):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from faceattr.config.schemas import register_schemas
+
+    register_schemas()  # conf/train.yaml composes onto train_schema
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose("train", overrides=["experiment=quickstart", *overrides])
@@ -146,7 +149,7 @@ def bench_data(num_images: int, seed: int = 0) -> Path:
 
 
 def size_pair(size) -> tuple[int, int]:
-    from faceattr.data.transforms import size_pair as pair
+    from faceattr.preprocess import size_pair as pair
 
     return pair(size if isinstance(size, int) else list(size))
 

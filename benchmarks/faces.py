@@ -193,10 +193,9 @@ def nme_percent(found, reference) -> float:
 
 def centre_frame(image: Image.Image) -> np.ndarray:
     """The largest centred 178:218 region resized to 178x218: the centre crop's aligned frame (as the service)."""
-    from faceattr.serve.images import ALIGNED_SIZE, preprocess
+    from faceattr.preprocess import ALIGNED_SIZE, preprocess
 
-    tensor = __import__("torch").from_numpy(np.array(image)).permute(2, 0, 1)
-    return preprocess(tensor, ALIGNED_SIZE, None).permute(1, 2, 0).numpy().astype(float)
+    return preprocess(np.asarray(image.convert("RGB")), ALIGNED_SIZE, None).astype(float)
 
 
 def measure_landmarks(detector: FaceDetector, photos: dict[str, Image.Image]) -> dict[str, Any]:
@@ -244,8 +243,8 @@ def load_predictor(tag: str):
     config = dataclasses.replace(load_serve_config({}), model=tag, num_threads=1)
     exact = str(stored_model(config).tag)
     config, info = served_model(config, exact)
-    points = info.metadata.get("face_template")
-    template = Template.from_dict(points) if points else CELEBA_TEMPLATE
+    points = info.face_template
+    template = Template(points, info.contract.face_template_source or "model contract") if points else CELEBA_TEMPLATE
     return Predictor(info, config), info, template
 
 

@@ -31,12 +31,12 @@ def onnx_spinning() -> bool:
 
 
 def onnx_session(path: Path):
-    """``build.onnx_session`` (CPU, default threads); with ``OMP_WAIT_POLICY=PASSIVE`` (the benchmark's default on
-    a shared machine) ONNX Runtime's own thread pool gets the same treatment: no spinning while idle."""
-    from faceattr.export import build
+    """``faceattr.artefacts.onnx_session`` (CPU, default threads); with ``OMP_WAIT_POLICY=PASSIVE`` (the benchmark's
+    default on a shared machine) ONNX Runtime's own thread pool gets the same treatment: no spinning while idle."""
+    from faceattr.artefacts import onnx_session as session_of
 
     if onnx_spinning():
-        return build.onnx_session(path)
+        return session_of(path)
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -46,7 +46,9 @@ def onnx_session(path: Path):
 
 def build_runtimes(backbone: str, image_size, out_dir: Path) -> dict[str, Any]:
     """``{runtime: callable(float tensor) -> probabilities}`` for one randomly initialized backbone."""
+    from faceattr.artefacts import load_torchscript
     from faceattr.attributes import CELEBA_ATTRIBUTES
+    from faceattr.contract import INPUT_NAME, OUTPUT_NAME
     from faceattr.export import build
     from faceattr.model import FaceAttrModule
 
@@ -56,7 +58,7 @@ def build_runtimes(backbone: str, image_size, out_dir: Path) -> dict[str, Any]:
     example = torch.rand(2, 3, *image_size)
     ts_path = build.export_torchscript(model, example, out_dir / f"{backbone}.pt", {"bench": True})
     onnx_path = build.export_onnx(model, example, out_dir / f"{backbone}.onnx", {"bench": True})
-    scripted, _ = build.load_torchscript(ts_path)
+    scripted, _ = load_torchscript(ts_path)
     session = onnx_session(onnx_path)
 
     def eager(x: torch.Tensor):
@@ -68,7 +70,7 @@ def build_runtimes(backbone: str, image_size, out_dir: Path) -> dict[str, Any]:
             return scripted(x)
 
     def onnx(x: torch.Tensor):
-        return session.run([build.OUTPUT_NAME], {build.INPUT_NAME: x.numpy()})[0]
+        return session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
 
     with torch.inference_mode():
         reference = model(example).numpy()

@@ -46,14 +46,15 @@ class PlainImageClassifier:
 
     def __init__(self) -> None:
         metadata = json.loads(Path(self.bento_model.path_of("faceattr.json")).read_text())
-        self.attributes = metadata["attributes"]
-        self.thresholds = [metadata["thresholds"][name] for name in self.attributes]
+        contract = metadata["contract"]
+        self.attributes = contract["attributes"]
+        self.thresholds = [contract["thresholds"][name] for name in self.attributes]
         self.model = torch.jit.load(self.bento_model.path_of(metadata["formats"]["torchscript"])).eval()
         self.transform = v2.Compose(
             [
                 v2.ToImage(),
-                v2.CenterCrop(metadata["crop"]),
-                v2.Resize(metadata["image_size"], antialias=True),
+                v2.CenterCrop(contract["crop"]),
+                v2.Resize(contract["image_size"], antialias=True),
                 v2.ToDtype(torch.float32, scale=True),
             ]
         )

@@ -82,8 +82,6 @@ EXTRA: dict[str, str] = {
     "loader_vs_train_step": "images/s of faceattr's 2-worker DataLoader / images/s of the quickstart training step "
     "on this CPU (above 1: the loader keeps the model fed)",
     "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
-    "lean_route_vs_bentoml_route": "img/s at 32 concurrent clients of the lean route (`/lean/predict`, "
-    "faceattr/serve/lean_route.py) / BentoML's `/predict` of the same server, quickstart model",
     "face_detect_vs_center": "img/s at 32 concurrent clients with face=detect (find and align the face) / with "
     "face=center (the default centre crop), quickstart model, the same server",
 }
@@ -127,7 +125,6 @@ def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "loader_speedup_vs_seed": [("data/loader/ours_reps", "data/loader/seed_reps")],
         "loader_vs_train_step": [("data/loader/ours_img_s", "training/raw_img_s")],  # not paired: median figures
         "onnx_vs_torchscript_b32": [(fmt.format(b, "onnx_b32"), fmt.format(b, "torchscript_b32")) for b in backbones],
-        "lean_route_vs_bentoml_route": [("serving/c32/reps", "serving/bentoml_route/c32/reps")],
         "face_detect_vs_center": [("serving/face_detect/c32/reps", "serving/c32/reps")],
     }
     return out

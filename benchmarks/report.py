@@ -66,8 +66,8 @@ def _data(results: dict[str, Any]) -> list[str]:
         f"{d.get('image_size')} -> random horizontal flip -> batch of {d.get('batch_size')} -> normalized float32. "
         "**faceattr**: `CelebAImages` with `data.jpeg_scaling` "
         f"({'on' if d.get('jpeg_scaling', False) else 'off'}: JPEGs decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT "
-        "scaling where the crop stays at least the input size, `faceattr/jpeg_scaling.py`; off: torchvision.io's "
-        "full decode), transforms.v2 on uint8, `collate_skipping_corrupt` + the model's `float()/255` and "
+        "scaling where the crop stays at least the input size; off: decoded whole; then `faceattr/preprocess.py`'s "
+        "crop and Pillow resize), transforms.v2 on uint8, `collate_skipping_corrupt` + the model's `float()/255` and "
         "normalization (counted here). **Seed article**: one pandas row per item, "
         "PIL open/convert, torchvision v1 `CenterCrop`/`Resize`/`RandomHorizontalFlip`/`ToTensor`/`Normalize` "
         "(`benchmarks/seed_baseline.py`). Outputs agree up to resampling differences (PIL vs torch, and the "
@@ -240,13 +240,7 @@ def _serving(
         "Clients: `benchmarks/http_load.py` (pre-encoded HTTP/1.1 requests on keep-alive connections, uvloop) "
         f"on the same machine, one request = one real JPEG ({s['image_bytes_mean']} bytes on average) to "
         f"`{s.get('route', '/predict')}`"
-        + (
-            " (the lean route mounted beside the BentoML API, `faceattr/serve/lean_route.py`: the same answers; "
-            "BentoML's own `/predict` on the same server is the row marked so)"
-            if s.get("bentoml_route")
-            else ""
-        )
-        + "; latency is client-side. Mean batch = images per model call (`faceattr_model_batch_size` on "
+        "; latency is client-side. Mean batch = images per model call (`faceattr_model_batch_size` on "
         "`/metrics`, over all API workers). CPU per image (user + system time of each process, read from the "
         "kernel before and after each level): the load generator; the API processes less their model threads "
         "(HTTP, multipart parsing, decoding, resizing, batching, JSON); the model threads (`faceattr-model` and "
@@ -256,7 +250,6 @@ def _serving(
     ]
     levels = _levels(s)
     labelled = [(key[1:], s[key]) for key in levels]
-    labelled += [(f"{key[1:]}, BentoML's `/predict` route", e) for key, e in (s.get("bentoml_route") or {}).items()]
     labelled += [
         (f"{key[1:]}, face=detect ({s['face_detect'].get('images')} photos with a face found)", e)
         for key, e in (s.get("face_detect") or {}).items()
@@ -337,8 +330,7 @@ def _cpu_paragraphs(s: dict[str, Any], family: str, top_key: str) -> list[str]:
         "at saturation img/s is inversely proportional to the CPU time spent per image. At concurrency "
         f"{top_key[1:]} one image costs {_n(spent, 1)} ms of CPU: {_n(top['client'], 1)} ms in the load "
         f"generator, {_n(top['api'], 1)} ms of per-request work in the API processes (BentoML's HTTP stack and "
-        "middleware, multipart parsing, decoding, resizing, batching, JSON; BentoML's `/predict` route adds a "
-        "second multipart parse, a temporary file per upload and pydantic validation) and "
+        "middleware, the upload reader's one multipart parse, decoding, resizing, batching, JSON) and "
         f"{_n(top['model'], 1)} ms in the model, against {_n(model_alone, 1)} ms for the model alone in-process at "
         f"batch {s['inprocess_b32']['batch']}: a CPU-bound estimate of {_n(estimate, 2)} for serve/in-process"
         + (

@@ -27,7 +27,6 @@ The load generator runs on the same cores as the server: its CPU time is part of
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -44,11 +43,6 @@ from benchmarks import http_load
 from benchmarks.common import Settings, size_pair
 from benchmarks.served_model import Server, export_model, random_checkpoint
 from benchmarks.timing import PeakRSS, median, percentile
-from faceattr.layout import METADATA_FILE
-from faceattr.serve.lean_route import MOUNT_PATH, ROUTE
-
-#: The route the clients load (``faceattr/serve/lean_route.py``); BentoML's own ``/predict`` is measured beside it.
-LEAN_PATH = MOUNT_PATH + ROUTE
 
 #: The extra load of ``/predict_batch``: (clients, images per request), as many images in flight as concurrency 32.
 BATCH_LEVEL = (4, 8)
@@ -213,19 +207,9 @@ class LevelSamples:
 def ceiling_runner(export_dir: Path, serve_cfg, num_threads: int | None):
     """The service's ``Predictor`` on the exported artefact, in this process: the artefact the service runs with
     ``serve_cfg`` (its ``format``, ``auto`` resolved as the service does, on the CPU)."""
-    from faceattr.serve.runtime import ModelInfo, Predictor, served_format
+    from faceattr.serve.runtime import Predictor, read_model_info, served_format
 
-    meta = json.loads((export_dir / METADATA_FILE).read_text())
-    info = ModelInfo(
-        tag="bench",
-        path=export_dir,
-        attributes=tuple(meta["attributes"]),
-        image_size=tuple(meta["image_size"]),
-        crop=tuple(meta["crop"]) if meta.get("crop") else None,
-        thresholds=tuple(meta["thresholds"].values()),
-        formats=dict(meta["formats"]),
-        metadata=meta,
-    )
+    info = read_model_info(export_dir, "bench")
     config = dataclasses.replace(
         serve_cfg, format=served_format(serve_cfg, info, "cpu"), device="cpu", num_threads=num_threads
     )
@@ -501,22 +485,19 @@ def run(
         ceiling = Ceiling(export_dir, serve_cfg)
         result["format"] = ceiling.predictor.format
 
-        # Ours on its lean route; the same server's BentoML /predict at the highest level, for comparison.
-        ours = Contender(Server(env, tmp / "serve.log"), path=LEAN_PATH)
-        ours_bentoml_route = Contender(ours.server, path="/predict")
+        ours = Contender(Server(env, tmp / "serve.log"))
         # face=detect (faceattr/faces) on the photos in which the detector finds a face (most generated faces).
         detect_images = photos_with_a_face(images)
-        ours_detect = Contender(ours.server, path=LEAN_PATH, fields={"face": "detect"}, images=detect_images)
+        ours_detect = Contender(ours.server, fields={"face": "detect"}, images=detect_images)
         peers: list[Contender] = []
         try:
             result["startup_s"] = round(ours.server.wait_ready(), 1)
             result["rss_at_rest"] = rss_at_rest(ours.server)
             peers = start_plain_peers(env, tmp, settings)
-            for contender in (ours, ours_bentoml_route, ours_detect, *peers):
+            for contender in (ours, ours_detect, *peers):
                 contender.warm_up(images, settings)
             with PeakRSS(ours.server.process.pid, interval_s=1.0) as peak:
-                top_only = (ours_bentoml_route, ours_detect)
-                batch_level = measure_levels(ours, peers, images, settings, ceiling, top_only)
+                batch_level = measure_levels(ours, peers, images, settings, ceiling, (ours_detect,))
             result["rss_under_load"] = peak.result()
         finally:
             for contender in (ours, *peers):
@@ -525,10 +506,8 @@ def run(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint, the export and the store: hundreds of MB
 
-    result["route"] = LEAN_PATH
     result.update(ours.level_summaries())
-    result["bentoml_route"] = {"route": "/predict", **ours_bentoml_route.level_summaries()}
-    result["face_detect"] = {"route": LEAN_PATH, "images": len(detect_images), **ours_detect.level_summaries()}
+    result["face_detect"] = {"images": len(detect_images), **ours_detect.level_summaries()}
     if batch_level.img_s:
         result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
     result["inprocess_b32"] = ceiling.summary()

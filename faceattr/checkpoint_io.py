@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from faceattr.atomic import translated, write_bytes
+
+#: A path that names a protocol (``s3://bucket/x.ckpt``, ``file://...``, ``simplecache::s3://...``), in fsspec's
+#: URL syntax, which Lightning's own save goes through.
+PROTOCOL = re.compile(r"::|://")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -22,7 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     leaves a truncated checkpoint under its final name. Here the bytes go through :func:`faceattr.atomic.write_bytes`
     (a temporary file beside the checkpoint, fsync, rename), and a full disk is the one-line
     ``error: no space left on device writing ...``. Loading and removal (ModelCheckpoint's old top-k files, after the
-    new one is saved) stay Lightning's; remote paths (``s3://...``) keep Lightning's save.
+    new one is saved) stay Lightning's; a path with a protocol (``s3://...``) keeps Lightning's save.
 
     Args:
         hint: the setting that writes elsewhere, for the disk-full message (default: ``hydra.run.dir=...`` in a run,
@@ -33,8 +36,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         super().__init__()
         self.hint = hint
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
-        if storage_options is not None or not _is_local_file_protocol(path):
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Optional[Any] = None
+    ) -> None:
+        if storage_options is not None or PROTOCOL.search(str(path)):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         path = Path(path)

@@ -1,15 +1,17 @@
 """What a setting's value must be, beside its type: declared on the dataclass field that defines the setting.
 
 ``setting(default, check=..., problem=...)`` is a dataclass ``field`` carrying a predicate and the words that say what
-was expected; :func:`problem_with` applies them. The config schemas (faceattr/config_schema.py, with Hydra) and the
-service's settings (faceattr/serve/config.py, without Hydra) declare their fields this way, so there is one place
-that says what each value must be. Plain Python: the service imports it.
+was expected; :func:`problem_with` applies them, :func:`expected` says in words what a field takes. The entry
+scripts' schemas (faceattr/config/, with Hydra) and the service's settings (faceattr/serve/config.py, without Hydra)
+declare their fields this way, so there is one place that says what each value must be. Plain Python: the service
+imports it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +39,24 @@ def setting(
 def problem_text(field: dataclasses.Field) -> str | None:
     """What ``field``'s value is expected to be, in words, if the field says."""
     return field.metadata.get(PROBLEM)
+
+
+#: What a value of each type is, in words (:func:`type_words`).
+TYPE_WORDS = (("int", "an integer"), ("float", "a number"), ("bool", "true or false"), ("str", "a string"))
+
+
+def type_words(field: dataclasses.Field) -> str:
+    """``expected an integer``: what the field's type takes, in words."""
+    kind = str(field.type)
+    for name, words in TYPE_WORDS:
+        if re.search(rf"\b{name}\b", kind):
+            return f"expected {words}"
+    return "expected a valid value"
+
+
+def expected(field: dataclasses.Field) -> str:
+    """What ``field``'s value must be, in words: its ``problem`` text, else what its type takes."""
+    return problem_text(field) or type_words(field)
 
 
 def problem_with(field: dataclasses.Field, value: Any) -> str | None:

@@ -29,14 +29,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.atomic import write_json, write_text
+from faceattr.config.check import check_config
 from faceattr.config_checks import build
-from faceattr.config_schema import check_config
+from faceattr.contract import ModelContract
 from faceattr.errors import UserError
-from faceattr.export import build as artefacts
-from faceattr.export.calibrate import check_run_config, f1_thresholds
-from faceattr.export.resolve import Resolved, resolve_checkpoint
 from faceattr.layout import EVAL_DIR, TENSORBOARD_DIR, eval_files
-from faceattr.model.metrics import PER_ATTRIBUTE
+from faceattr.model.loading import load_module
+from faceattr.model.metrics import PER_ATTRIBUTE, f1_thresholds
+from faceattr.run_finder import Resolved, check_run_config, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def _thresholds_setting(value: Any) -> float | str:
     return "calibrated" if str(value).strip().lower() == "calibrated" else float(value)
 
 
-def _data_config(resolved: Resolved, hparams: dict[str, Any], overrides: DictConfig) -> DictConfig:
-    """The run's data config with eval's non-null ``data.*`` overrides; the model fixes attributes, size and crop."""
+def _data_config(resolved: Resolved, contract: ModelContract, overrides: DictConfig) -> DictConfig:
+    """The run's data config with eval's non-null ``data.*`` overrides; the model's contract fixes the attributes,
+    the input size, the crop and the decode rule."""
     data = OmegaConf.create((resolved.run_config or {}).get("data") or {})
     given = {k: v for k, v in OmegaConf.to_container(overrides, resolve=True).items() if v is not None}
     if not data or "_target_" not in data:
@@ -62,10 +63,10 @@ def _data_config(resolved: Resolved, hparams: dict[str, Any], overrides: DictCon
     data.merge_with(given)
     if "root" in given:
         data.synthetic = None  # a given folder is used as it is, never generated into
-    data.attributes = list(hparams["attributes"])
-    data.image_size = list(hparams["image_size"])
-    data.crop = None if hparams.get("crop") is None else list(hparams["crop"])
-    data.jpeg_scaling = bool(hparams.get("jpeg_scaling", False))
+    data.attributes = list(contract.attributes)
+    data.image_size = list(contract.image_size)
+    data.crop = None if contract.crop is None else list(contract.crop)
+    data.jpeg_scaling = contract.jpeg_scaling
     return data
 
 
@@ -166,19 +167,18 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.split)
     thresholds = _thresholds_setting(cfg.thresholds)
     resolved = resolve_checkpoint(cfg.ckpt)
-    module = artefacts.load_module(resolved.checkpoint)
-    hparams = dict(module.hparams)
+    module = load_module(resolved.checkpoint)
     if resolved.run_config:
-        check_run_config(hparams, resolved.run_config, f"{resolved.run_dir}/config.yaml")
+        check_run_config(dict(module.hparams), resolved.run_config, f"{resolved.run_dir}/config.yaml")
 
-    datamodule = build(_data_config(resolved, hparams, cfg.data), "data", _convert_="all")
+    datamodule = build(_data_config(resolved, module.contract, cfg.data), "data", _convert_="all")
     datamodule.prepare_data()
     datamodule.setup("test")
     if thresholds == "calibrated":
         values, count = _calibrated_thresholds(module, datamodule)
         method = f"calibrated (F1-optimal on {count} validation images)"
     else:
-        values, method = torch.full((len(hparams["attributes"]),), float(thresholds)), f"{thresholds:g}"
+        values, method = torch.full((len(module.contract.attributes),), float(thresholds)), f"{thresholds:g}"
     stage = "test" if split == "test" else "val"
     module.metrics[stage].set_thresholds(values)
 

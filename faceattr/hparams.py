@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams as hparams_summary
+from torch.utils.tensorboard.writer import FileWriter
 
 HPARAM_KEYS = (
     "model.backbone",
@@ -66,8 +67,10 @@ def log_hparams_with_metrics(loggers: list[Logger], params: dict[str, Any]) -> N
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             experiment, start, end = hparams_summary(params, {name: 0.0 for name in HPARAM_METRICS})
-            writer = logger.experiment._get_file_writer()
+            # A writer of its own, in the logger's folder (a new event file, read by TensorBoard as the same run):
+            # the logger's writer was closed when it was finalized after testing. Closed at once, as the next job
+            # of a sweep may run in this process.
+            writer = FileWriter(logger.log_dir)
             for summary in (experiment, start, end):
                 writer.add_summary(summary)
-            # Close: the logger was finalized after testing, and the next job of a sweep may run in this process.
-            logger.experiment.close()
+            writer.close()

@@ -10,9 +10,9 @@ A run dir (``outputs/<date>/<time>-<id>/``, or one job of a sweep ``multirun/<da
     metric_history.json METRIC_HISTORY: a sweep job's per-epoch monitored metric (median pruning)
     export/             EXPORT_DIR: model.pt / model.onnx, faceattr.json, config.yaml
 
-The exported artefacts take float32 images named INPUT_NAME and return OUTPUT_NAME; their metadata travels as
-METADATA_FILE inside each artefact and beside them. The YAML configs spell ``checkpoints`` and ``tensorboard`` too
-(conf/callbacks/default.yaml, conf/logger/tensorboard.yaml); a test checks that they agree with this module.
+The export's metadata (with the model's contract, faceattr/contract.py, which also names the artefacts' tensors)
+travels as METADATA_FILE inside each artefact and beside them. The YAML configs spell ``checkpoints`` and
+``tensorboard`` too (conf/callbacks/default.yaml, conf/logger/tensorboard.yaml); a test checks that they agree.
 """
 
 from __future__ import annotations
@@ -33,9 +33,6 @@ METRIC_HISTORY = "metric_history.json"
 ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 METADATA_FILE = "faceattr.json"
 EXPORT_CONFIG = "config.yaml"
-# The exported model's input and output tensor names (ONNX graph names; the TorchScript forward's argument).
-INPUT_NAME = "images"
-OUTPUT_NAME = "probabilities"
 
 
 def eval_files(split: str) -> tuple[str, str]:

@@ -23,7 +23,6 @@ import dataclasses
 import glob
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,10 +34,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from faceattr.atomic import atomic_path
-from faceattr.config_schema import check_config
+from faceattr.config.check import check_config
 from faceattr.errors import UserError
 from faceattr.layout import EXPORT_DIR, METADATA_FILE
-from faceattr.serve.config import ServeConfig
+from faceattr.progress import Progress
+from faceattr.serve.config import default_serve_config
 from faceattr.serve.face_finding import FaceFinder, FaceOptions
 from faceattr.serve.images import ImageError, PreparedFace
 from faceattr.serve.runtime import (
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 FACE_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1", "face_score")
 #: Characters that make ``images=`` a glob pattern rather than a folder.
 GLOB_CHARS = "*?["
-#: Progress lines off a terminal: one each time another tenth of the photos is done.
-LOG_STEPS = 10
 
 
 # --- 1. the exported artefact ---------------------------------------------------------------------------------------
@@ -94,7 +92,7 @@ def _export_folder(checkpoint: Path, run_dir: Path | None) -> Path:
 
 def _exported_from(folder: Path, checkpoint: Path) -> bool:
     """Whether the export in ``folder`` (its ``faceattr.json``) was made from ``checkpoint``."""
-    from faceattr.export.resolve import read_json
+    from faceattr.run_finder import read_json
 
     source = (read_json(folder / METADATA_FILE).get("source") or {}).get("checkpoint")
     return bool(source) and Path(source) == checkpoint.resolve()
@@ -109,19 +107,19 @@ def find_export(model: str) -> ModelInfo:
             return read_model_info(path, str(path))
         if "/" not in model and not model.endswith(".ckpt"):  # a store tag (or a folder of the working dir)
             try:
-                return resolve_model(ServeConfig(model=model))
+                return resolve_model(default_serve_config(model=model))
             except ModelError:
                 if not path.exists():
                     raise
         if not path.exists():
             raise UserError(f"model={model}: no such file or folder")
-        from faceattr.export.resolve import resolve_checkpoint
+        from faceattr.run_finder import resolve_checkpoint
 
         resolved = resolve_checkpoint(path)
         stored = _stored_exports_of(resolved.checkpoint)
         if stored:
             log.info("model:       %s, exported from %s", stored[0], resolved.checkpoint)
-            return resolve_model(ServeConfig(model=stored[0]))
+            return resolve_model(default_serve_config(model=stored[0]))
         folder = _export_folder(resolved.checkpoint, resolved.run_dir)
         if not _exported_from(folder, resolved.checkpoint):
             raise _no_export(model, resolved.checkpoint, folder)
@@ -189,50 +187,6 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, ImageError):
         return str(exc)
     return f"cannot read the file ({exc.strerror or type(exc).__name__})"
-
-
-class _Progress:
-    """A tqdm bar on a terminal (stderr), else a log line each time another tenth of the photos is done."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.done = 0
-        self.started = time.perf_counter()
-        self._bar = None
-        if _is_terminal(sys.stderr):
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="img", dynamic_ncols=True)
-        self._next_line = 1
-
-    def advance(self, count: int) -> None:
-        self.done += count
-        if self._bar is not None:
-            self._bar.update(count)
-            return
-        if self._next_line > LOG_STEPS or self.done * LOG_STEPS < self._next_line * self.total:
-            return
-        seconds = time.perf_counter() - self.started
-        log.info(
-            "predicted %d/%d photos (%d%%), %.1f s, %.1f img/s",
-            self.done,
-            self.total,
-            100 * self.done // self.total,
-            seconds,
-            self.done / max(seconds, 1e-9),
-        )
-        self._next_line = self.done * LOG_STEPS // self.total + 1  # the next tenth not reached yet
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _is_terminal(stream: Any) -> bool:
-    try:
-        return stream is not None and stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 def _prepared_in_order(
@@ -304,7 +258,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     photos = list_photos(str(cfg.images))
     info = find_export(str(cfg.model))
 
-    serve = ServeConfig(device=str(cfg.device), format=str(cfg.format), num_threads=cfg.num_threads)
+    serve = default_serve_config(device=str(cfg.device), format=str(cfg.format), num_threads=cfg.num_threads)
     serve = dataclasses.replace(serve, format=served_format(serve, info, pick_device(serve.device)))
     try:
         predictor = Predictor(info, serve)
@@ -337,7 +291,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     )
 
     tally = Tally()
-    progress = _Progress(len(photos.paths))
+    progress = Progress(len(photos.paths), "predicting", unit="photos")
     started = time.perf_counter()
     try:
         with atomic_path(out) as temp, open(temp, "w", newline="") as file:

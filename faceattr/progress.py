@@ -1,12 +1,16 @@
-"""Training progress for terminals and for log files.
+"""Progress for terminals and for log files: a bar redrawn in place on a terminal, a few log lines otherwise.
 
-On a terminal, Lightning's TQDM bar redraws itself in place with carriage returns. Redirected to a file (CI,
-``nohup``, SLURM, ``> log.txt``) every redraw stays in the file, so there ``EpochLines`` logs one line per training
-epoch and one per test (or stand-alone validation) run instead, through ``logging`` (Hydra sends it to the console
-and to ``<run dir>/train.log``), on global rank zero only. ``progress_bar()`` picks one of the two;
-conf/callbacks/default.yaml uses it.
+On a terminal a bar redraws itself in place with carriage returns. Redirected to a file (CI, ``nohup``, SLURM,
+``> log.txt``) every redraw would stay in the file, so there progress goes through ``logging`` instead (Hydra sends
+it to the console and to the run's log file), a line at a time. The rule is :func:`is_terminal`, for:
 
-Both are ``ProgressBar`` callbacks: Lightning allows one per Trainer and adds its own TQDM bar only when there is none.
+- counted work (:class:`Progress`: batch prediction's photos, the image cache's build): a tqdm bar on stderr, else a
+  log line each time another tenth is done;
+- training (``faceattr/training_progress.py``, Lightning's side of the same rule): Lightning's TQDM bar, else one
+  line per training epoch and one per test run, through this module's logger and :func:`format_metrics`.
+
+This module imports neither torch nor Lightning, so ``predict.py`` and the cache builder report progress without
+loading the training stack.
 """
 
 from __future__ import annotations
@@ -16,15 +20,10 @@ import sys
 import time
 from typing import Any, TextIO
 
-import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
-from lightning.pytorch.trainer.states import TrainerFn
-
-from faceattr.errors import UserError
-
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "bar", "lines")
+#: Off a terminal, counted work logs a line each time another 1/LOG_STEPS of it is done.
+LOG_STEPS = 10
 
 
 def is_terminal(stream: TextIO | None) -> bool:
@@ -35,19 +34,51 @@ def is_terminal(stream: TextIO | None) -> bool:
         return False
 
 
-def progress_bar(mode: str = "auto", refresh_rate: int = 10) -> ProgressBar:
-    """The progress callback for ``mode``: ``bar`` (Lightning's TQDM bar redrawn every ``refresh_rate`` batches),
-    ``lines`` (one log line per epoch, ``EpochLines``) or ``auto``: the bar when its output stream is a terminal.
+class Progress:
+    """``total`` items of work called ``what`` (``"predicting"``, ``"caching train"``), counted in ``unit``: a tqdm bar
+    on stderr when it is a terminal, else a log line each time another tenth is done (the last one included)."""
 
-    Lightning's TQDM bar writes to ``sys.stdout`` (lightning/pytorch/callbacks/progress/tqdm_progress.py), so
-    ``auto`` asks whether stdout is a terminal: ``python train.py > log.txt`` gets lines even when stderr is not
-    redirected.
-    """
-    if mode not in MODES:
-        raise UserError(f"callbacks.progress_bar.mode={mode!r}: choose one of {', '.join(MODES)}")
-    if mode == "bar" or (mode == "auto" and is_terminal(sys.stdout)):
-        return TQDMProgressBar(refresh_rate=refresh_rate)
-    return EpochLines()
+    def __init__(self, total: int, what: str, unit: str = "images") -> None:
+        self.total, self.what, self.unit = total, what, unit
+        self.done = 0
+        self.started = time.perf_counter()
+        self._next_line = 1  # the next tenth to log
+        self._bar = None
+        if is_terminal(sys.stderr):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+    def advance(self, count: int = 1) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
+            return
+        if self.total <= 0 or self._next_line > LOG_STEPS or self.done * LOG_STEPS < self._next_line * self.total:
+            return
+        seconds = time.perf_counter() - self.started
+        log.info(
+            "%s: %d/%d %s (%d%%), %.1f s, %.1f %s/s",
+            self.what,
+            self.done,
+            self.total,
+            self.unit,
+            100 * self.done // self.total,
+            seconds,
+            self.done / max(seconds, 1e-9),
+            self.unit,
+        )
+        self._next_line = self.done * LOG_STEPS // self.total + 1  # the next tenth not reached yet
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
@@ -68,81 +99,3 @@ def format_value(value: Any) -> str:
         return f"{float(value):.4f}"
     except (TypeError, ValueError):
         return str(value)
-
-
-class EpochLines(ProgressBar):
-    """Log one line per training epoch (and per test run), never per batch; on global rank zero only.
-
-    The epoch line shows the metrics logged with ``prog_bar=True`` (``trainer.progress_bar_metrics``). Validation
-    runs inside the training epoch, before ``on_train_epoch_end``, so the line carries that epoch's validation
-    figures; in an epoch without validation (``check_val_every_n_epoch`` > 1) it leaves out the validation metrics,
-    which ``progress_bar_metrics`` would still hold from an earlier epoch.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._enabled = True
-        self._fit_started = 0.0
-        self._epoch_started = 0.0
-        self._eval_started = 0.0
-        # Names the validation loop logs (learned from the first validation), and whether one ran since the last line.
-        self._validation_keys: set[str] = set()
-        self._keys_before_validation: set[str] = set()
-        self._validated = False
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
-    def _active(self, trainer: L.Trainer) -> bool:
-        return self._enabled and trainer.is_global_zero
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_started = time.monotonic()
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_started = time.monotonic()
-        self._validated = False
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_started = time.monotonic()
-        if not trainer.sanity_checking:  # the sanity check's metrics are discarded before training starts
-            self._keys_before_validation = set(trainer.progress_bar_metrics)
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(): a run of its own
-            self._log_evaluation(trainer, "validation", trainer.num_val_batches)
-            return
-        self._validation_keys |= set(trainer.progress_bar_metrics) - self._keys_before_validation
-        self._validated = True
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._active(trainer):
-            return
-        metrics = dict(trainer.progress_bar_metrics)
-        if not self._validated:
-            metrics = {name: value for name, value in metrics.items() if name not in self._validation_keys}
-        now = time.monotonic()
-        epochs = trainer.max_epochs
-        epoch = f"epoch {trainer.current_epoch + 1}" + (f"/{epochs}" if epochs is not None and epochs > 0 else "")
-        summary = f"{epoch}: step {trainer.global_step}, {now - self._epoch_started:.1f} s"
-        summary += f" ({now - self._fit_started:.1f} s in all)"
-        log.info("%s%s", summary, f" | {format_metrics(metrics)}" if metrics else "")
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._eval_started = time.monotonic()
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_evaluation(trainer, "test", trainer.num_test_batches)
-
-    def _log_evaluation(self, trainer: L.Trainer, name: str, batches: list[int | float]) -> None:
-        if not self._active(trainer):
-            return
-        metrics = trainer.progress_bar_metrics
-        count = sum(batches)
-        summary = f"{name}: {count:g} batch{'' if count == 1 else 'es'}, {time.monotonic() - self._eval_started:.1f} s"
-        log.info("%s%s", summary, f" | {format_metrics(metrics)}" if metrics else "")

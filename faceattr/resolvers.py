@@ -5,22 +5,29 @@ The entry scripts call it before Hydra composes (``conf/hydra/default.yaml`` use
 
 - ``${coalesce:a,b}``: the first value that is not null/empty (``resume=<run dir>`` or a new run dir);
 - ``${run_id:}``: a short id that tells apart runs started in the same second;
-- ``${multirun_job_name:}``: a sweep job's TensorBoard run name (``faceattr/sweep/naming.py``).
+- ``${multirun_job_name:}``: a multirun job's overrides as one safe path component ("" outside multiruns).
+  ``conf/logger/tensorboard.yaml`` uses it as the TensorBoard logger's ``version``, so each job of a sweep writes
+  its events to ``<job dir>/tensorboard/<overrides>/`` and ``tensorboard --logdir <sweep dir>`` lists the jobs as
+  ``0/tensorboard/model=resnet34,optimizer.lr=0.001``, ``1/tensorboard/...``; single runs keep their events
+  directly in ``<run dir>/tensorboard/``.
+
+They name run folders, below everything else: this module imports nothing of the product.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from faceattr.sweep.naming import multirun_job_name
-
 RUN_ID_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 RUN_ID_CHARS = 4
 _run_id: str | None = None
+#: Longest job name produced (bytes): file names are limited to 255 bytes on common file systems.
+MAX_NAME_BYTES = 200
 
 
 def coalesce(*values: Any) -> Any:
@@ -49,6 +56,32 @@ def run_id() -> str:
             slurm += f".{step}"
         _run_id = slurm or "".join(secrets.choice(RUN_ID_ALPHABET) for _ in range(RUN_ID_CHARS))
     return _run_id
+
+
+def safe_path_component(name: str, max_bytes: int = MAX_NAME_BYTES) -> str:
+    """``name`` usable as one directory name: no path separators, at most ``max_bytes`` (then a hash suffix)."""
+    name = name.replace("/", "_").replace("\\", "_").replace("\0", "")
+    if name in (".", ".."):
+        name = name.replace(".", "_")
+    encoded = name.encode()
+    if len(encoded) <= max_bytes:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:10]
+    return encoded[: max_bytes - 11].decode(errors="ignore") + "~" + digest
+
+
+def multirun_job_name() -> str:
+    """The ``${multirun_job_name:}`` resolver: the current job's ``hydra.job.override_dirname`` in a multirun, made
+    path-safe; "" otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return ""
+    return safe_path_component(str(hydra_cfg.job.override_dirname or ""))
 
 
 def register_resolvers() -> None:

@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from faceattr.checkpoint import checkpoint_problem, read_checkpoint
 from faceattr.errors import UserError
-from faceattr.export.build import checkpoint_problem, read_checkpoint
 from faceattr.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG
 
 log = logging.getLogger(__name__)

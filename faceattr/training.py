@@ -2,8 +2,8 @@
 
 ``train(cfg)`` is what ``python train.py`` runs (see ``train.py``, which prints its summary and returns the best
 monitored score to Hydra's sweepers). It leaves in the run directory (``faceattr/layout.py``): ``checkpoints/``,
-``tensorboard/``, ``config.yaml`` (resolved) and ``run.json`` (status, scores, best and tested checkpoints, the
-per-attribute test table, timings) that sweep summaries, eval and export read.
+``tensorboard/``, ``config.yaml`` (resolved) and ``run.json`` (``faceattr/run_record.py``: status, best score, best
+and tested checkpoints, the per-attribute test table, timings) that sweep summaries, eval and export read.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from faceattr.atomic import write_text
 from faceattr.best_metric import BestMetric
-from faceattr.config_checks import build, check_checkpoint_fits, check_types
+from faceattr.checkpoint import check_checkpoint_fits
+from faceattr.config_checks import build, check_types
 from faceattr.errors import UserError
 from faceattr.hparams import flat_hparams, log_hparams_with_metrics
-from faceattr.layout import RUN_CONFIG, RUN_RECORD
+from faceattr.layout import RUN_CONFIG
 from faceattr.numbers import finite_or_none
 from faceattr.resolvers import register_resolvers
 from faceattr.resume import resumed_config
-from faceattr.run_record import record_run
+from faceattr.run_record import RunRecord, Status
 
 
 def resolve_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
@@ -104,7 +105,8 @@ def _build(
         _convert_="all",
     )
     best_metric = BestMetric(cfg.monitor.metric, cfg.monitor.mode)
-    callbacks = [*instantiate_group(cfg.get("callbacks")), best_metric]
+    # First: the progress callbacks' epoch line and bar show the <metric>_best it logs at the end of the epoch.
+    callbacks = [best_metric, *instantiate_group(cfg.get("callbacks"))]
     loggers = instantiate_group(cfg.get("logger"))
     if cfg.get("ckpt_path"):
         check_checkpoint_fits(cfg.ckpt_path, model)
@@ -127,25 +129,22 @@ def _completed_record(
     best_score: float | None,
     test_metrics: dict[str, float],
     started: float,
-) -> dict[str, Any]:
-    return {
-        "status": "completed",
-        "backbone": cfg.model.backbone,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
-        "monitor": cfg.monitor.metric,
-        "best_score": best_score,
-        "best_checkpoint": best_path or None,
-        "val_auroc_best": finite_or_none(model.best_val_auroc),
-        # Which weights test/* come from: the best checkpoint, or null for the final in-memory weights.
-        "tested_checkpoint": (best_path or None) if test_metrics else None,
-        "test": {k: finite_or_none(v) for k, v in test_metrics.items()},
-        # Per attribute on the test split: positive rate, accuracy, balanced accuracy, AUROC, F1, threshold.
-        "test_per_attribute": model.results.get("test", {}).get("per_attribute", {}) if test_metrics else {},
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "num_parameters": model.num_parameters,
-        "wall_time_s": round(time.time() - started, 1),
-    }
+) -> RunRecord:
+    return RunRecord(
+        status=Status.COMPLETED,
+        backbone=cfg.model.backbone,
+        overrides=list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        monitor=cfg.monitor.metric,
+        best_score=best_score,
+        best_checkpoint=best_path or None,
+        tested_checkpoint=(best_path or None) if test_metrics else None,
+        test={k: finite_or_none(v) for k, v in test_metrics.items()},
+        test_per_attribute=model.results.get("test", {}).get("per_attribute", {}) if test_metrics else {},
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        num_parameters=model.num_parameters,
+        wall_time_s=round(time.time() - started, 1),
+    )
 
 
 def train(cfg: DictConfig) -> TrainResult:
@@ -169,9 +168,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
-    best_score = finite_or_none(checkpoint.best_model_score) if checkpoint is not None and best_path else None
-    if best_score is None:
-        best_score = best_metric.best  # the best epoch's value, also without a ModelCheckpoint
+    best_score = best_metric.best  # the best epoch's value, also without a ModelCheckpoint
     test_metrics: dict[str, float] = {}
     if cfg.get("test"):
         # The best checkpoint when there is one; else the weights at the end of training.
@@ -180,10 +177,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     if trainer.is_global_zero:
         log_hparams_with_metrics(trainer.loggers, flat_hparams(cfg))
-        record_run(
-            output_dir / RUN_RECORD,
-            _completed_record(cfg, trainer, model, best_path, best_score, test_metrics, started),
-        )
+        _completed_record(cfg, trainer, model, best_path, best_score, test_metrics, started).write(output_dir)
     tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers)
     return TrainResult(
         output_dir, best_path or None, best_score, cfg.monitor.metric, tensorboard, trainer.is_global_zero

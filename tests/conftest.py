@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, open_dict, read_write
 
-from faceattr.config_schema import register_schemas
+from faceattr.config.schemas import register_schemas
 from faceattr.resolvers import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +59,102 @@ def run_cli(script: str, *args: str, tmp_path: Path, check: bool = True, timeout
         text=True,
         timeout=timeout,
     )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return proc
+
+
+@contextlib.contextmanager
+def captured_fds() -> Iterator[list[str]]:
+    """Capture file descriptors 1 and 2 (this process's ``sys.stdout``/``sys.stderr`` and the processes it starts);
+    the list it yields holds their text, [stdout, stderr], once the block ends."""
+    import tempfile
+
+    files = [tempfile.TemporaryFile() for _ in range(2)]
+    streams, fds = (sys.stdout, sys.stderr), [os.dup(1), os.dup(2)]
+    output: list[str] = []
+    for stream in streams:
+        stream.flush()
+    try:
+        for fd, file in zip((1, 2), files, strict=True):
+            os.dup2(file.fileno(), fd)
+        sys.stdout, sys.stderr = (open(fd, "w", buffering=1, closefd=False) for fd in (1, 2))  # noqa: SIM115
+        yield output
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = streams
+        for fd, saved in zip((1, 2), fds, strict=True):
+            os.dup2(saved, fd)
+            os.close(saved)
+        for file in files:
+            file.seek(0)
+            output.append(file.read().decode(errors="replace"))
+            file.close()
+
+
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Put the loggers that exist now back as they were: level, handlers and flags (Hydra's logging setup gives the
+    root logger its own handlers, one writing to the job's log file); the handlers added to them meanwhile are
+    closed. Loggers made meanwhile (a library imported for the first time) keep what they set up."""
+    import logging
+
+    known = logging.Logger.manager.loggerDict.values()
+    loggers = [logging.getLogger(), *(logger for logger in known if isinstance(logger, logging.Logger))]
+    saved = [(logger, logger.level, list(logger.handlers), logger.propagate, logger.disabled) for logger in loggers]
+    try:
+        yield
+    finally:
+        for logger, level, handlers, propagate, disabled in saved:
+            for handler in set(logger.handlers) - set(handlers):
+                handler.close()
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+
+
+def run_script(script: str, *args: str, tmp_path: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """:func:`run_cli` without a new interpreter: ``python <script> args...`` run as ``__main__`` in this process
+    (``runpy``), with that ``sys.argv``, :func:`cli_env`'s environment and the repo root as working dir, so Hydra
+    parses the command line, sets up logging, writes ``.hydra/`` and runs the sweep (launcher, sweeper, callbacks)
+    as in the script's own process, minus its seconds of imports. Returns a CompletedProcess: the exit status
+    (``SystemExit``'s code; 1 after an uncaught exception, its traceback on stderr) and what was written to file
+    descriptors 1 and 2 meanwhile. What the script changes in the process (argv, environment, working dir, logging,
+    Hydra's singletons) is restored afterwards. Not covered: interpreter start-up and import-time output, which the
+    tests calling :func:`run_cli` cover."""
+    import runpy
+    import traceback
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    path = REPO / script
+    saved = sys.argv, list(sys.path), dict(os.environ), os.getcwd(), HydraConfig.instance().cfg
+    status: int | str | None = 0
+    with restored_logging(), captured_fds() as output:
+        try:
+            sys.argv, sys.path[0:0] = [str(path), *args], [str(path.parent)]  # as `python <script>` sets them
+            os.environ.update(cli_env(tmp_path))
+            os.chdir(REPO)
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            status = exit_.code
+        except Exception:  # the interpreter's way: the traceback on stderr, status 1
+            traceback.print_exc()
+            status = 1
+        finally:
+            GlobalHydra.instance().clear()
+            sys.argv, sys.path[:], environ, cwd, HydraConfig.instance().cfg = saved
+            os.environ.clear()
+            os.environ.update(environ)
+            os.chdir(cwd)
+        if isinstance(status, str):  # sys.exit("message"): the message on stderr, status 1
+            print(status, file=sys.stderr)
+            status = 1
+    proc = subprocess.CompletedProcess([script, *args], status or 0, *output)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{script} {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -119,10 +215,11 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, synthetic_root) -> Path:
-    """The run dir of a 2-epoch tiny training run through the CLI (checkpoints, TensorBoard events, run.json)."""
+    """The run dir of a 2-epoch tiny training run through the CLI, in this process (checkpoints, TensorBoard events,
+    run.json)."""
     tmp = tmp_path_factory.mktemp("tiny_run")
     run_dir = tmp / "run"
-    run_cli(
+    run_script(
         "train.py",
         *TINY,
         f"data.root={synthetic_root}",
@@ -131,3 +228,13 @@ def tiny_run(tmp_path_factory, synthetic_root) -> Path:
         tmp_path=tmp,
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def shared_server(tiny_run, tmp_path_factory) -> Iterator[dict]:
+    """One `bentoml serve` of the tiny run's model with small limits, shared by test_serve_api.py and
+    test_serve_limits.py (``serve_process.serving``, ``serve_process.SHARED_LIMITS``)."""
+    from serve_process import SHARED_LIMITS, serving
+
+    with serving(tiny_run, tmp_path_factory.mktemp("serve"), SHARED_LIMITS) as server:
+        yield server

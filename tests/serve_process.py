@@ -1,5 +1,6 @@
 """A real `bentoml serve` of the tiny run's model, for the serving tests (test_serve_api.py, test_serve_limits.py,
-test_serve_faults.py): start it, find its worker processes, check that it still serves."""
+test_serve_faults.py): start it, find its worker processes, check that it still serves. test_serve_api.py and
+test_serve_limits.py share one (``shared_server`` in conftest.py, with :data:`SHARED_LIMITS`)."""
 
 from __future__ import annotations
 
@@ -137,3 +138,14 @@ def refused_start(env: dict[str, str]) -> tuple[int, list[str]]:
         timeout=120,
     )
     return proc.returncode, [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+
+
+#: The settings of the server that test_serve_api.py and test_serve_limits.py share (conftest.py, ``shared_server``):
+#: small limits, so that the too-large requests and the decompression bombs are cheap to send and to refuse.
+SHARED_LIMITS = {
+    "FACEATTR_SERVE_MAX_IMAGE_BYTES": "200000",
+    "FACEATTR_SERVE_MAX_REQUEST_BYTES": "400000",
+    "FACEATTR_SERVE_MAX_IMAGE_PIXELS": "4000000",
+    "FACEATTR_SERVE_MAX_DECODE_PIXELS": "8000000",
+    "FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST": "8",
+}

@@ -297,12 +297,14 @@ class FolderModel:
 def test_plain_peer_answers_like_the_exported_model_on_faceattrs_preprocessing(tiny_run, synthetic_root, monkeypatch):
     """The serving benchmark's plain BentoML service (benchmarks/plain_bentoml_service.py), in-process on the tiny
     run's export: for the same JPEGs it gives the exported model's probabilities on faceattr's own preprocessing
-    (the two services do the same work), and the attributes at or above the exported thresholds."""
+    (the two services do the same work; the peer resizes with torchvision, faceattr's image rule with Pillow, at most
+    one level of 255 apart), and the attributes at or above the exported thresholds."""
     from PIL import Image
     from serve_process import exported_model
 
     from benchmarks import plain_bentoml_service as plain
-    from faceattr.export.build import load_torchscript
+    from faceattr.artefacts import load_torchscript
+    from faceattr.contract import read_contract
     from faceattr.serve.images import load_and_preprocess
 
     folder = exported_model(tiny_run)
@@ -311,17 +313,17 @@ def test_plain_peer_answers_like_the_exported_model_on_faceattrs_preprocessing(t
     paths = sorted((synthetic_root / "img_align_celeba").glob("*.jpg"))[:3]
     answers = service.predict([Image.open(path) for path in paths])
 
-    meta = json.loads((folder / "faceattr.json").read_text())
+    contract = read_contract(json.loads((folder / "faceattr.json").read_text()), str(folder))
     model, _ = load_torchscript(folder / "model.pt")
-    pixels = torch.stack([load_and_preprocess(p.read_bytes(), meta["image_size"], meta["crop"]) for p in paths])
+    pixels = torch.stack([load_and_preprocess(p.read_bytes(), contract.image_size, contract.crop) for p in paths])
     with torch.inference_mode():
         expected = model(pixels.float() / 255)
-    assert [list(answer["attributes"]) for answer in answers] == [meta["attributes"]] * 3
+    assert [list(answer["attributes"]) for answer in answers] == [list(contract.attributes)] * 3
     got = torch.tensor([list(answer["attributes"].values()) for answer in answers])
-    assert torch.allclose(got, expected, atol=1e-5)
-    thresholds = [meta["thresholds"][name] for name in meta["attributes"]]
-    for answer, row in zip(answers, expected.tolist()):
-        assert answer["present"] == [n for n, p, t in zip(meta["attributes"], row, thresholds) if p >= t]
+    assert torch.allclose(got, expected, atol=5e-3), (got - expected).abs().max()
+    for answer, row in zip(answers, got.tolist()):
+        present = [n for n, p, t in zip(contract.attributes, row, contract.thresholds) if p >= t]
+        assert answer["present"] == present
 
 
 def test_bad_arguments_are_refused(capsys):
@@ -343,7 +345,7 @@ def tiny_run(tmp_path, monkeypatch, families: str) -> tuple[int, dict, str]:
         measured = [ratios.value(results, a, b) for a, b in pairs]
         measured = [m for m in measured if math.isfinite(m)]
         if measured:
-            assert results["ratios"][name] == pytest.approx(min(measured), rel=1e-3), name
+            assert results["ratios"][name] == pytest.approx(min(measured), rel=1e-3, abs=5e-5), name  # 4 decimals
         else:
             assert results["ratios"][name] is None, name
     assert results["ratios"]["serve_c32_vs_c1"] is None and results["verdicts"]["serve_c32_vs_c1"] == "not measured"

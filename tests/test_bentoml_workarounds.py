@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import io
-from pathlib import Path
+import json
+from typing import Any
 
 import bentoml
 import pytest
 from conftest import REPO
-from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from openapi_spec_validator import validate
+from starlette.responses import JSONResponse
+from starlette.testclient import TestClient
 
-from faceattr.serve.bentoml_workarounds import BENTOML_VERSION, KEEP_MODEL_CONNECTION, is_upload
+from faceattr.serve.bentoml_workarounds import BENTOML_VERSION, KEEP_MODEL_CONNECTION, OpenAPI3Document, openapi3
+from faceattr.serve.schemas import BatchPrediction, Prediction, upload_inputs, upload_route
+from faceattr.serve.upload_guard import UploadGuard
 
 
 def test_bentoml_is_the_pinned_version():
@@ -70,21 +73,69 @@ def test_the_model_client_keeps_its_session_with_keep_model_connection(bentoml_c
     assert _sessions_of_model_client("Kept", 1000, runner_connection=KEEP_MODEL_CONNECTION) == 1
 
 
-def test_uploads_are_files_in_the_request_temp_dir(tmp_path):
-    """is_upload relies on BentoML writing each uploaded file of a ``Path`` parameter into the request's temporary
-    directory, whatever the client's file name; a path given as the value itself is passed on as it is."""
-    from _bentoml_sdk.io_models import IODescriptor
-    from bentoml._internal.context import ServiceContext
+def _served_in_process(service) -> TestClient:
+    """``service`` behind BentoML's own ASGI app (what each ``bentoml serve`` worker runs), in this process, without
+    its metrics (registered once per process)."""
+    from _bentoml_impl.server.app import ServiceAppFactory
 
-    def predict(self, image: Path) -> None: ...
+    service.inject_config()
+    return TestClient(ServiceAppFactory(service, is_main=True, enable_metrics=False)())
 
-    inputs = IODescriptor.from_input(predict, skip_self=True)
-    elsewhere = tmp_path / "photo.jpg"
-    elsewhere.write_bytes(b"not uploaded")
-    request = Request({"type": "http", "method": "POST", "path": "/predict", "headers": []})
-    with ServiceContext().in_request(request):
-        upload = inputs.model_validate({"image": UploadFile(io.BytesIO(b"jpeg bytes"), filename="../../x.jpg")}).image
-        assert upload.read_bytes() == b"jpeg bytes" and is_upload(upload)
-        passed_on = inputs.model_validate({"image": elsewhere}).image
-        assert passed_on == elsewhere and not is_upload(passed_on)
-    assert not is_upload(upload)  # outside a request: nothing is an upload
+
+def _probe_service(name: str):
+    """A service with faceattr's request and answer specs (schemas.py) behind the upload reader and the OpenAPI 3
+    document, whose endpoints echo what they were given."""
+    predict_input, batch_input = upload_inputs("center")
+
+    @bentoml.service(name=name)
+    class Probe:
+        @bentoml.api(route="/predict", input_spec=predict_input, output_spec=Prediction)
+        async def predict(self, image: bytes, face: Any, faces: Any) -> JSONResponse:
+            return JSONResponse({"image": image.decode(), "face": face, "faces": faces}, status_code=201)
+
+        @bentoml.api(route="/predict_batch", input_spec=batch_input, output_spec=BatchPrediction)
+        async def predict_batch(self, images: list[bytes], face: Any) -> JSONResponse:
+            return JSONResponse({"images": [data.decode() for data in images], "face": face})
+
+    routes = {"/predict": upload_route(predict_input), "/predict_batch": upload_route(batch_input, 3)}
+    Probe.add_asgi_middleware(UploadGuard, max_bytes=10_000, routes=routes)
+    Probe.add_asgi_middleware(OpenAPI3Document)
+    return Probe
+
+
+def test_endpoints_get_the_upload_the_reader_read(bentoml_config):
+    """ReadUpload relies on BentoML building an endpoint's arguments with its input spec's from_http_request: the
+    endpoint gets the reader's bytes (BentoML's own parsing would give a Path to a temporary file), the options as
+    the reader decoded them or the spec's defaults, and its answer's status."""
+    with _served_in_process(_probe_service("ReadUploadProbe")) as client:
+        answer = client.post("/predict", files={"image": ("a.jpg", b"jpeg bytes")}, data={"face": '"detect"'})
+        assert (answer.status_code, answer.json()) == (
+            201,
+            {"image": "jpeg bytes", "face": "detect", "faces": "largest"},
+        )
+        files = [("images", (f"{i}.jpg", f"photo {i}".encode())) for i in range(3)]
+        answer = client.post("/predict_batch", files=files, data={"face": "1"})
+        assert answer.json() == {"images": ["photo 0", "photo 1", "photo 2"], "face": 1}
+        answer = client.post("/predict_batch", files=[*files, ("images", ("3.jpg", b"x"))])
+        assert answer.status_code == 413 and "4 images in one request; the limit is 3" in answer.json()["error"]
+
+
+def test_the_openapi_document_is_rewritten_as_valid_openapi_3(bentoml_config):
+    """BentoML writes an upload as ``"type": "file"`` and an optional field with ``{"type": "null"}`` in its
+    OpenAPI 3.0 document (openapi-spec-validator refuses it); OpenAPI3Document serves it valid, with the upload as
+    ``type: string, format: binary``; /schema.json, which BentoML's clients read, keeps BentoML's spelling."""
+    probe = _probe_service("OpenAPIProbe")
+    written = json.loads(json.dumps(probe.openapi_spec.asdict()))
+    with pytest.raises(Exception):  # noqa: B017 - the validator raises several kinds of errors
+        validate(written)
+    assert written["components"]["schemas"]["PredictInput"]["properties"]["image"]["type"] == "file"
+    with _served_in_process(probe) as client:
+        served = client.get("/docs.json").json()
+        validate(served)
+        assert served == openapi3(written)
+        image = served["components"]["schemas"]["PredictInput"]["properties"]["image"]
+        assert (image["type"], image["format"]) == ("string", "binary")
+        images = served["components"]["schemas"]["PredictBatchInput"]["properties"]["images"]["items"]
+        assert images == {"type": "string", "format": "binary"}
+        predict = next(api for api in client.get("/schema.json").json()["routes"] if api["route"] == "/predict")
+        assert predict["input"]["properties"]["image"]["type"] == "file"

@@ -67,7 +67,7 @@ GROUPS = (
 
 @pytest.mark.parametrize("group, option", [(group, option) for group in GROUPS for option in options(group)])
 def test_every_option_passes_the_schema_check(tmp_path, group, option):
-    """Every shipped option types its keys as faceattr/config_schema.py's TrainConfig says."""
+    """Every shipped option types its keys as faceattr/config/train.py's TrainConfig says."""
     check_types(compose_train(tmp_path, f"{group}={option}"))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, run_main, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
@@ -89,7 +89,7 @@ def test_eval_on_validation_with_calibrated_thresholds(run_copy):
 
 @pytest.mark.slow
 def test_eval_cli_prints_the_table_and_the_mean_figures(run_copy, tmp_path):
-    proc = run_cli("eval.py", f"ckpt={run_copy}", "data.num_workers=0", tmp_path=tmp_path)
+    proc = run_script("eval.py", f"ckpt={run_copy}", "data.num_workers=0", tmp_path=tmp_path)
     assert proc.stdout.splitlines()[0].split() == [
         "attribute",
         "positive_rate",
@@ -100,7 +100,7 @@ def test_eval_cli_prints_the_table_and_the_mean_figures(run_copy, tmp_path):
         "threshold",
     ]
     assert "mean:        acc=" in proc.stdout and "bacc=" in proc.stdout
-    # (A bad eval.py command line is one line and status 2: tests/test_schemas.py.)
+    # (A bad eval.py command line, in eval.py's own process, is one line and status 2: tests/test_schemas.py.)
 
 
 def _fit_tiny(tmp_path: Path, root: Path, callbacks=(), **model_kwargs) -> Path:
@@ -165,7 +165,7 @@ def test_a_pos_weight_run_exports_parity_checks_and_serves(tmp_path, synthetic_r
 def test_ema_checkpoints_hold_the_averaged_weights_that_export_loads(tmp_path, synthetic_root):
     from hydra.utils import instantiate
 
-    from faceattr.export.build import load_module
+    from faceattr.model.loading import load_module
 
     ema = instantiate(compose("train", "callbacks=ema").callbacks.ema)
     _fit_tiny(tmp_path, synthetic_root, callbacks=[ema])

@@ -18,9 +18,10 @@ import yaml
 from conftest import REPO, cli_env, run_cli, run_main
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
+from faceattr.contract import FORMAT_VERSION, read_contract
 from faceattr.errors import UserError
-from faceattr.export.calibrate import check_run_config, f1_thresholds
-from faceattr.export.resolve import resolve_checkpoint
+from faceattr.model.metrics import f1_thresholds
+from faceattr.run_finder import check_run_config, resolve_checkpoint
 
 
 def compose_export(*overrides: str):
@@ -58,18 +59,26 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     model_dir = _stored_model(store)
     assert (model_dir / "model.pt").read_bytes() == (run_dir / "export" / "model.pt").read_bytes()
     meta = json.loads((model_dir / "faceattr.json").read_text())
-    assert meta["attributes"] == list(CELEBA_ATTRIBUTES)
-    assert meta["image_size"] == [32, 32] and meta["crop"] == [178, 178]
-    assert meta["backbone"] == "test_resnet"
+    # The model's contract, read back through the one reader every consumer uses.
+    contract = read_contract(meta, "the stored model")
+    assert contract.format_version == FORMAT_VERSION
+    assert contract.attributes == tuple(CELEBA_ATTRIBUTES)
+    assert contract.image_size == (32, 32) and contract.crop == (178, 178)
+    assert contract.backbone == "test_resnet" and contract.jpeg_scaling is True  # data.jpeg_scaling: on by default
+    assert (contract.input_name, contract.output_name) == ("images", "probabilities")
+    assert len(contract.mean) == 3 and len(contract.std) == 3
+    assert contract.face_template is not None and len(contract.face_template) == 5
     assert meta["source"]["checkpoint"] == str(Path(record["best_checkpoint"]).resolve())
     assert set(meta["formats"]) == {"torchscript", "onnx"}
     for fmt in ("torchscript", "onnx"):
         parity = meta["parity"][fmt]
         assert parity["max_abs_diff"] <= 1e-4 and "validation images" in parity["images"], parity
-    thresholds = meta["thresholds"]
+    thresholds = contract.threshold_of()
     assert list(thresholds) == list(CELEBA_ATTRIBUTES)
     assert all(0.0 < t < 1.0 for t in thresholds.values())
-    assert "F1-optimal" in meta["threshold_method"]
+    assert "F1-optimal" in contract.threshold_method
+    # The contract is written once: none of its fields is repeated outside it.
+    assert not set(meta) & (set(meta["contract"]) - {"format_version"}), sorted(meta)
     validation, test = meta["metrics"]["validation"], meta["metrics"]["test"]
     assert validation["num_images"] > 0 and "auroc" in validation
     # The calibrated figures on validation are labelled as tuned there; the service's rule is measured on test.
@@ -91,8 +100,8 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     ).stdout
     assert f"faceattr:{model_dir.name}" in listing
     info = yaml.safe_load((model_dir / "model.yaml").read_text())
-    assert info["metadata"]["thresholds"] == thresholds
-    assert info["metadata"]["backbone"] == "test_resnet" and "config" in info["metadata"]
+    assert read_contract(info["metadata"], "the store's metadata") == contract
+    assert "config" in info["metadata"]
     assert info["labels"]["formats"] == "torchscript+onnx"
 
 
@@ -100,7 +109,7 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
 def test_torchscript_runs_in_a_process_that_cannot_import_faceattr(exported, tmp_path):
     """The artefact alone, torch alone: faceattr imports are blocked in the child; outputs match the checkpoint."""
     run_dir, _, _, store = exported
-    from faceattr.export.build import load_module
+    from faceattr.model.loading import load_module
 
     model_pt = _stored_model(store) / "model.pt"
     images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -119,7 +128,7 @@ def test_torchscript_runs_in_a_process_that_cannot_import_faceattr(exported, tmp
         out = model(torch.load({str(tmp_path / "in.pt")!r}))
         torch.save(out, {str(tmp_path / "out.pt")!r})
         meta = json.loads(extra["faceattr.json"])
-        print(json.dumps({{"shape": list(out.shape), "attributes": len(meta["attributes"]),
+        print(json.dumps({{"shape": list(out.shape), "attributes": len(meta["contract"]["attributes"]),
                           "faceattr_loaded": any(m.startswith("faceattr") for m in sys.modules)}}))
         """
     )
@@ -140,7 +149,7 @@ def test_torchscript_runs_in_a_process_that_cannot_import_faceattr(exported, tmp
 def test_onnx_matches_the_checkpoint_with_onnxruntime(exported):
     import onnxruntime as ort
 
-    from faceattr.export.build import load_module
+    from faceattr.model.loading import load_module
 
     run_dir, _, _, store = exported
     model_dir = _stored_model(store)
@@ -156,7 +165,7 @@ def test_onnx_matches_the_checkpoint_with_onnxruntime(exported):
             expected = torch.sigmoid(module(torch.from_numpy(images))).numpy()
         assert np.abs(out - expected).max() <= 1e-4
     meta = json.loads(session.get_modelmeta().custom_metadata_map["faceattr.json"])
-    assert meta["attributes"] == list(CELEBA_ATTRIBUTES)
+    assert read_contract(meta, "model.onnx").attributes == tuple(CELEBA_ATTRIBUTES)
 
 
 @pytest.mark.slow
@@ -410,7 +419,7 @@ class _Evil:
 
 @pytest.mark.slow
 def test_files_that_are_not_faceattr_checkpoints_are_one_line(tiny_run, tmp_path, capsys):
-    from faceattr.export.build import load_module
+    from faceattr.model.loading import load_module
 
     state = torch.load(tiny_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     (tmp_path / "text.ckpt").write_text("not a checkpoint")

@@ -343,14 +343,23 @@ def test_load_faces_holds_the_decoding_budget_during_detection(detector, portrai
 def test_export_writes_the_training_datas_template_or_the_built_in_one(synthetic_root, tmp_path):
     from omegaconf import OmegaConf
 
+    from faceattr.attributes import CELEBA_ATTRIBUTES
+    from faceattr.contract import ModelContract
     from faceattr.export.pipeline import _face_template
-    from faceattr.export.resolve import Resolved
+    from faceattr.run_finder import Resolved
+
+    hparams = {"backbone": "test_resnet", "attributes": CELEBA_ATTRIBUTES, "image_size": [32, 32]}
+    contract = ModelContract.from_hparams({**hparams, "mean": [0.5] * 3, "std": [0.5] * 3, "preprocess_rule": 2})
+
+    def template(cfg: dict, resolved: Resolved) -> dict:
+        """The face template export writes into the model's contract."""
+        return _face_template(OmegaConf.create(cfg), resolved, contract).to_json()["face_template"]
 
     run = Resolved(tmp_path / "x.ckpt", None, "test", run_config={"data": {"root": str(synthetic_root)}})
-    written = _face_template(OmegaConf.create({"data_root": None}), run)
+    written = template({"data_root": None}, run)
     assert written == estimate_template(synthetic_root / "list_landmarks_align_celeba.txt").as_dict()
     assert written["source"].startswith("list_landmarks_align_celeba.txt (")
-    elsewhere = _face_template(OmegaConf.create({"data_root": str(tmp_path)}), run)  # data_root= wins; no file
+    elsewhere = template({"data_root": str(tmp_path)}, run)  # data_root= wins; no file
     assert (
         elsewhere
         == CELEBA_TEMPLATE.as_dict()
@@ -359,4 +368,4 @@ def test_export_writes_the_training_datas_template_or_the_built_in_one(synthetic
             "source": "built-in CelebA mean",
         }
     )
-    assert _face_template(OmegaConf.create({}), Resolved(tmp_path / "x.ckpt", None, "test")) == elsewhere
+    assert template({}, Resolved(tmp_path / "x.ckpt", None, "test")) == elsewhere

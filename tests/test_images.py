@@ -1,7 +1,7 @@
-"""faceattr.serve.images, the preprocessing shared by the service and export: training-equal preprocessing, the
-crop box, decoding (modes, orientation, bad input), and the JPEG fast path (torchvision's decoder) against Pillow's
-path: the same pixels, and the same answers for the cases it leaves to Pillow (EXIF rotation, CMYK) or refuses
-(truncated files); the pixel budget that bounds decoding memory."""
+"""The image rule (faceattr.preprocess) and the service's upload reading around it (faceattr.serve.images): the same
+pixels as training for an aligned CelebA JPEG, the crop box and centre crop, the resize, the decode scale; decoding
+(the training decoder for JPEGs, Pillow for the rest: modes, every EXIF orientation, CMYK, bad input); the pixel
+budget that bounds decoding memory."""
 
 from __future__ import annotations
 
@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-from faceattr.serve import images
+from faceattr import preprocess as rule
+from faceattr.preprocess import center_crop, crop_box, decode_scale, preprocess, size_pair
 from faceattr.serve.images import (
+    EXIF_ORIENTATION,
     ImageError,
     ImageLimits,
     PixelBudget,
-    crop_box,
     decode_image,
     load_and_preprocess,
-    preprocess,
 )
 
 
@@ -39,45 +39,18 @@ def face(width: int = 178, height: int = 218) -> Image.Image:
     return Image.fromarray((base + rng.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8))
 
 
-def pillow_only(monkeypatch) -> None:
-    monkeypatch.setattr(images, "_plain_jpeg", lambda image, fmt: False)
+def pillows(data: bytes) -> np.ndarray:
+    """What Pillow decodes, upright: the reference for the service's JPEG decoding."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_fast_path_gives_pillows_pixels(mode, monkeypatch):
-    data = jpeg(face().convert(mode))
-    calls = []
-    real = images._decode_jpeg
-    monkeypatch.setattr(images, "_decode_jpeg", lambda d: calls.append(1) or real(d))
-    fast = load_and_preprocess(data, (64, 64), (178, 178))
-    assert calls == [1]  # the fast path decoded it
-    pillow_only(monkeypatch)
-    slow = load_and_preprocess(data, (64, 64), (178, 178))
-    assert fast.shape == slow.shape == (3, 64, 64) and fast.dtype == slow.dtype
-    assert np.array_equal(fast.numpy(), slow.numpy())
-
-
-def test_rotated_and_cmyk_jpegs_take_pillows_path(monkeypatch):
-    monkeypatch.setattr(images, "_decode_jpeg", lambda d: pytest.fail("not a plain JPEG"))
-    exif = Image.Exif()
-    exif[images.EXIF_ORIENTATION] = 6
-    assert load_and_preprocess(jpeg(face(), exif=exif), (64, 64), (178, 178)).shape == (3, 64, 64)
-    assert load_and_preprocess(jpeg(face().convert("CMYK")), (64, 64), (178, 178)).shape == (3, 64, 64)
-
-
-def test_truncated_jpeg_is_refused_on_the_fast_path():
-    data = jpeg(face())
-    with pytest.raises(ImageError, match="truncated or corrupt") as refused:
-        load_and_preprocess(data[: len(data) // 2], (64, 64), (178, 178))
-    assert refused.value.status == 400 and "/" not in str(refused.value)  # no source paths in the message
-
-
-# --- preprocessing and decoding -------------------------------------------------------------------------------------
+# --- the rule: the same pixels as training -----------------------------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("jpeg_scaling", [True, False])
-def test_preprocessing_of_aligned_images_equals_training(synthetic_root, jpeg_scaling):
+def test_the_service_gives_an_aligned_celeba_jpeg_the_pixels_training_computed(synthetic_root, jpeg_scaling):
     from faceattr.data import CelebADataModule
 
     datamodule = CelebADataModule(
@@ -99,24 +72,114 @@ def test_crop_box_maps_the_training_crop_into_any_photo():
     assert crop_box(200, 400, (178, 178)) == (163, 163)  # wide: frame = full height
     assert crop_box(1000, 300, (178, 178)) == (300, 300)  # tall: frame = full width
     assert crop_box(218, 178, None) == (218, 178)
-    out = preprocess(torch.zeros(3, 123, 457, dtype=torch.uint8), (32, 32), (178, 178))
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+    out = preprocess(np.zeros((123, 457, 3), dtype=np.uint8), (32, 32), (178, 178))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"uint8 \(H, W, 3\)"):
+        preprocess(np.zeros((3, 32, 32), dtype=np.uint8), (32, 32), None)
+
+
+@pytest.mark.parametrize(("height", "width", "size"), [(218, 178, (178, 178)), (9, 8, (4, 5)), (7, 6, (10, 9))])
+def test_center_crop_takes_torchvisions_region_and_padding(height, width, size):
+    from torchvision.transforms.v2 import functional as F
+
+    image = np.random.default_rng(1).integers(1, 255, (height, width, 3), dtype=np.uint8)
+    expected = F.center_crop_image(torch.from_numpy(image).permute(2, 0, 1), list(size)).permute(1, 2, 0).numpy()
+    assert np.array_equal(center_crop(image, size), expected)
+
+
+def test_the_resize_is_pillows_antialiased_bilinear_within_one_level_of_torchvisions():
+    """The resize of the image rule (the model contract's preprocessing): Pillow's BILINEAR, which reduces with
+    an antialiasing support like torchvision's ``antialias=True``; the two differ by at most one level."""
+    from torchvision.transforms.v2 import functional as F
+
+    image = np.array(face())
+    ours = preprocess(image, (64, 64), (178, 178))
+    pillow = np.asarray(Image.fromarray(image[20:198]).resize((64, 64), Image.BILINEAR))
+    assert np.array_equal(ours, pillow)
+    tensor = F.center_crop_image(torch.from_numpy(image).permute(2, 0, 1), [178, 178])
+    torchvision = F.resize_image(tensor, [64, 64], antialias=True).permute(1, 2, 0).numpy()
+    difference = np.abs(ours.astype(int) - torchvision)
+    assert difference.max() <= 1 and difference.mean() < 0.05
+    assert np.array_equal(preprocess(image, (218, 178), None), image)  # the whole frame at its size: untouched
+
+
+def test_size_pair_has_one_validation():
+    assert size_pair(64) == (64, 64) and size_pair([218, 178]) == (218, 178) and size_pair((3, 4)) == (3, 4)
+    for bad in (0, -1, True, [64], [64, 0], "64", [1.5, 2], None):
+        with pytest.raises(ValueError, match="positive int or"):
+            size_pair(bad)
+
+
+def test_decode_scale_is_one_rule_for_both_kinds_of_model():
+    # jpeg_scaling: the largest reduction that keeps the crop at least the input size.
+    assert decode_scale(218, 178, (64, 64), (178, 178), True) == 2
+    assert decode_scale(218, 178, (32, 32), (178, 178), True) == 4
+    # Without: CelebA's images are decoded whole, whatever the size...
+    assert decode_scale(218, 178, (16, 16), (178, 178), False) == 1
+    assert decode_scale(900, 1000, (16, 16), (178, 178), False) == 1  # below LARGE_PHOTO_PIXELS
+    # ... and a large photo only as far as the crop stays OVERSAMPLING times the input size.
+    assert decode_scale(3000, 4000, (64, 64), (178, 178), False) == 8  # crop 2450 / 8 = 306 >= 256
+    assert decode_scale(3000, 4000, (128, 128), (178, 178), False) == 4
+    assert decode_scale(3000, 4000, (64, 64), (178, 178), True) == 8
+
+
+def test_a_large_photo_decoded_reduced_stays_close_to_the_full_decode(monkeypatch):
+    photo = face(1200, 1000)  # 1.2 MP: a crop of 1000 photo pixels for a 64 px model decodes at 1/2 (500 >= 256)
+    data = jpeg(photo, 95)
+    assert decode_image(data, image_size=(64, 64), crop=(178, 178)).shape == (500, 600, 3)
+    reduced = load_and_preprocess(data, (64, 64), (178, 178)).numpy().astype(int)
+    monkeypatch.setattr(rule, "LARGE_PHOTO_PIXELS", 10**9)
+    full = load_and_preprocess(data, (64, 64), (178, 178)).numpy().astype(int)
+    assert 0 < np.abs(reduced - full).max() <= 8 and np.abs(reduced - full).mean() < 1.0
+
+
+# --- decoding ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpegs_decode_to_pillows_pixels(mode):
+    data = jpeg(face().convert(mode))
+    decoded = decode_image(data)
+    assert decoded.shape == (218, 178, 3) and decoded.dtype == np.uint8
+    assert np.array_equal(decoded, pillows(data))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_upright_as_pillow_turns_it(orientation):
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    data = jpeg(face(60, 40), 95, exif=exif)
+    assert np.array_equal(decode_image(data), pillows(data))
+
+
+def test_cmyk_jpegs_take_pillows_path_at_the_same_scale():
+    data = jpeg(face().convert("CMYK"))
+    assert np.array_equal(decode_image(data), pillows(data))
+    assert load_and_preprocess(data, (64, 64), (178, 178)).shape == (3, 64, 64)
+    assert decode_image(data, image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape == (109, 89, 3)
+
+
+def test_truncated_jpeg_is_refused_in_one_line():
+    data = jpeg(face())
+    with pytest.raises(ImageError, match="truncated or corrupt") as refused:
+        load_and_preprocess(data[: len(data) // 2], (64, 64), (178, 178))
+    assert refused.value.status == 400 and "/" not in str(refused.value)  # no source paths in the message
 
 
 def test_decoding_handles_modes_orientation_and_bad_input():
     photo = Image.new("RGB", (60, 40), (200, 30, 30))
     gray = decode_image(jpeg(photo.convert("L"), quality=95))
-    assert gray.shape == (3, 40, 60) and torch.equal(gray[0], gray[1])
+    assert gray.shape == (40, 60, 3) and np.array_equal(gray[..., 0], gray[..., 1])
     rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     png = io.BytesIO()
     rgba.save(png, "PNG")
     assert decode_image(png.getvalue()).min() == 255  # transparent -> white
     exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees on display
-    assert decode_image(jpeg(photo, quality=95, exif=exif)).shape == (3, 60, 40)
+    exif[EXIF_ORIENTATION] = 6  # rotate 90 degrees on display
+    assert decode_image(jpeg(photo, quality=95, exif=exif)).shape == (60, 40, 3)
     palette = io.BytesIO()
     photo.convert("P").save(palette, "PNG")
-    assert decode_image(palette.getvalue()).shape == (3, 40, 60)
+    assert decode_image(palette.getvalue()).shape == (40, 60, 3)
     deep = io.BytesIO()
     Image.fromarray(np.full((5, 5), 65535, dtype=np.uint16)).save(deep, "PNG")
     assert decode_image(deep.getvalue()).max() == 255
@@ -178,4 +241,4 @@ def test_pixel_budget_bounds_the_pixels_decoded_at_once():
     with full.reserve(1200), pytest.raises(ImageError) as busy:
         decode_image(png.getvalue(), ImageLimits(budget=full))
     assert busy.value.status == 503
-    assert decode_image(png.getvalue(), ImageLimits(budget=full)).shape == (3, 30, 40) and full.in_use == 0
+    assert decode_image(png.getvalue(), ImageLimits(budget=full)).shape == (30, 40, 3) and full.in_use == 0

@@ -1,5 +1,7 @@
 """The import structure, read from the source: no import circles among the project's modules, the product package
-imports no benchmark, script or test code, and the Bento ships exactly the code its service imports.
+imports no benchmark, script or test code, dependencies point one way (a small core below; data/, model/, export/,
+serve/, sweep/ above it; the entries on top: docs/architecture.md), no module is over 400 lines, and the Bento ships
+exactly the code its service imports.
 
 Every ``import`` statement counts, at module level or inside a function (a function's import runs later, but it
 runs), except those under ``if TYPE_CHECKING:``, which never run.
@@ -21,8 +23,46 @@ PACKAGES = ("faceattr", "benchmarks")
 SERVICE = "faceattr.serve.service"
 #: The serving package: every function of its modules may run in the service.
 SERVING_PACKAGE = "faceattr.serve"
-#: Circles other changes of issue 12 remove; each entry is the set of modules of one circle (strongly connected
-#: component). A circle made of modules of one of these sets counts as known; any other fails the test.
+#: The core: what everything else stands on. It imports nothing of the layers above it (:data:`ABOVE_THE_CORE`).
+CORE = (
+    "faceattr.artefacts",
+    "faceattr.atomic",
+    "faceattr.attributes",
+    "faceattr.checkpoint",
+    "faceattr.contract",
+    "faceattr.errors",
+    "faceattr.layout",
+    "faceattr.numbers",
+    "faceattr.preprocess",
+    "faceattr.resolvers",
+    "faceattr.run_finder",
+    "faceattr.run_record",
+)
+#: The packages and entry modules above the core.
+ABOVE_THE_CORE = (
+    "faceattr.data",
+    "faceattr.model",
+    "faceattr.export",
+    "faceattr.serve",
+    "faceattr.sweep",
+    "faceattr.training",
+    "faceattr.evaluation",
+    "faceattr.prediction",
+)
+#: (importer, what it must never import): each a package or module with everything under it.
+DIRECTIONS = (
+    # The service stands on the core (and faceattr.faces: detection is part of serving), never on training code.
+    *(
+        ("faceattr.serve", forbidden)
+        for forbidden in ("faceattr.export", "faceattr.data", "faceattr.model", "faceattr.training", "faceattr.sweep")
+    ),
+    ("faceattr.export", "faceattr.serve"),  # the contract it shares with the service is the core's
+    ("faceattr.data", "faceattr.serve"),  # the image rule it shares with the service is the core's
+    ("faceattr.evaluation", "faceattr.export"),  # checkpoints are the core's
+    *((core, above) for core in CORE for above in ABOVE_THE_CORE),
+)
+#: The most lines a module of faceattr/ may have (docs/architecture.md).
+MAX_LINES = 400
 
 
 def module_files(root: Path = REPO, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
@@ -237,6 +277,117 @@ def test_the_reading_of_imports_on_a_small_package(tmp_path):
 def test_no_import_cycles(graph):
     cycles = import_cycles(graph)
     assert not cycles, "import circles:\n" + "\n".join(describe(cycle, graph) for cycle in cycles)
+
+
+def within(module: str, package: str) -> bool:
+    """Whether ``module`` is ``package`` or under it."""
+    return module == package or module.startswith(package + ".")
+
+
+def wrong_way(graph: dict[str, set[str]], directions=DIRECTIONS) -> list[str]:
+    """``importer -> imported`` for every import that goes against ``directions``."""
+    return sorted(
+        f"{name} -> {target}"
+        for importer, forbidden in directions
+        for name in graph
+        if within(name, importer)
+        for target in graph[name]
+        if within(target, forbidden)
+    )
+
+
+def test_the_reading_of_directions_on_a_small_graph():
+    graph = {
+        "p.core": {"p.lib"},
+        "p.lib": set(),
+        "p.serve.app": {"p.core", "p.export.build"},
+        "p.export.build": {"p.core"},
+        "p.exported": {"p.serve.app"},  # another module whose name starts like p.export: not under it
+    }
+    rules = (("p.serve", "p.export"), ("p.export", "p.serve"), ("p.core", "p.serve"))
+    assert wrong_way(graph, rules) == ["p.serve.app -> p.export.build"]
+
+
+def test_every_core_module_exists(modules):
+    assert not [name for name in CORE if name not in modules]
+
+
+def test_dependencies_point_one_way(graph):
+    """serve/ imports the core (and faces/), never export/, data/, model/, training or sweep/; export/ and data/
+    import no serve/ module; evaluation no export/ module; the core none of the layers above it."""
+    offending = wrong_way(graph)
+    assert not offending, "imports against the directions of docs/architecture.md:\n" + "\n".join(offending)
+
+
+def test_the_image_rule_needs_numpy_pillow_and_simplejpeg_only(imports):
+    """faceattr/preprocess.py runs without torch, so that a CPU service can run without it."""
+    import sys
+
+    used = {name.split(".")[0] for name in imports["faceattr.preprocess"].everything()}
+    outside = {name for name in used if name not in sys.stdlib_module_names and name != "__future__"}
+    assert outside == {"numpy", "PIL", "simplejpeg"}
+
+
+def test_no_module_of_the_package_is_over_400_lines(modules):
+    long = {
+        path.relative_to(REPO).as_posix(): count
+        for name, path in modules.items()
+        if name.split(".")[0] == "faceattr" and (count := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+#: The one pinned module per framework allowed to use that framework's private API (docs/architecture.md).
+PINNED = {
+    "bentoml": "faceattr.serve.bentoml_workarounds",
+    "_bentoml_impl": "faceattr.serve.bentoml_workarounds",
+    "_bentoml_sdk": "faceattr.serve.bentoml_workarounds",
+    "lightning": "faceattr.lightning_workarounds",
+    "hydra": "faceattr.hydra_workarounds",
+    "omegaconf": "faceattr.hydra_workarounds",
+}
+#: Private attributes of framework objects the product must not touch outside the pinned modules.
+PRIVATE_ATTRIBUTES = ("_child_processes", "_get_node", "_is_missing", "_is_none", "_get_file_writer")
+
+
+def private_uses(name: str, path: Path, statements: Imports) -> list[str]:
+    """A framework's private names that module ``name`` imports (a dotted part or imported name starting with ``_``,
+    or a private package such as ``_bentoml_impl``) or reads (:data:`PRIVATE_ATTRIBUTES`)."""
+    found = []
+    for imported in statements.everything():
+        parts = imported.split(".")
+        if parts[0] in PINNED and any(part.startswith("_") and not part.startswith("__") for part in parts):
+            found.append(f"{name} imports {imported}")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+            found.append(f"{name} reads .{node.attr}")
+    return found
+
+
+def test_private_framework_api_only_in_its_pinned_module(modules, imports):
+    offending = [
+        use
+        for name, path in modules.items()
+        if name.split(".")[0] == "faceattr"
+        for use in private_uses(name, path, imports[name])
+        if name not in PINNED.values()
+    ]
+    assert not offending, "private framework API outside the pinned modules:\n" + "\n".join(offending)
+    assert all(module in modules for module in PINNED.values())
+
+
+def test_the_reading_of_private_uses(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from bentoml._internal.context import x\nimport _bentoml_impl.server\nfrom lightning import Trainer\n"
+        "def f(o):\n    return o._child_processes, o.__class__\n"
+    )
+    found = private_uses("p.m", source, parse_imports("p.m", source))
+    assert sorted(found) == [
+        "p.m imports _bentoml_impl.server",
+        "p.m imports bentoml._internal.context.x",
+        "p.m reads ._child_processes",
+    ]
 
 
 def test_the_product_imports_no_benchmark_script_or_test_code(imports):

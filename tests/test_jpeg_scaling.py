@@ -1,4 +1,5 @@
-"""data.jpeg_scaling: JPEGs decoded at a reduced DCT scale, in training and in the service, with the same pixels."""
+"""data.jpeg_scaling: JPEGs decoded at a reduced DCT scale (faceattr.preprocess), in training and in the service,
+with the same pixels."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image
 
 from faceattr.data import CelebADataModule
-from faceattr.data.scaled_jpeg import ScaledJpegLoader
-from faceattr.data.transforms import build_transform
+from faceattr.data.transforms import ImageLoader
 from faceattr.errors import UserError
-from faceattr.jpeg_scaling import decode_scaled, jpeg_size, reduction
+from faceattr.preprocess import decode_jpeg, jpeg_size, reduction
 
 
 def _files(root: Path, count: int = 24) -> list[Path]:
@@ -39,19 +38,21 @@ def test_scaled_decode_has_libjpegs_size_and_rejects_what_is_not_a_jpeg(tmp_path
     data = buffer.getvalue()
     assert jpeg_size(data) == (101, 77)
     for k, size in ((1, (101, 77)), (2, (51, 39)), (4, (26, 20)), (8, (13, 10))):
-        assert tuple(decode_scaled(data, k).shape) == (3, *size)
+        assert decode_jpeg(data, k).shape == (*size, 3)
     png = io.BytesIO()
     photo.save(png, "PNG")
     assert jpeg_size(png.getvalue()) is None
     with pytest.raises(ValueError):
-        decode_scaled(data[: len(data) // 2], 2)  # truncated: an error, as torchvision's decoder gives
+        decode_jpeg(data[: len(data) // 2], 2)  # truncated: an error, not a partly grey image
+    with pytest.raises(ValueError, match="not a JPEG"):
+        decode_jpeg(png.getvalue())
 
 
 @pytest.mark.parametrize(
     ("size", "crop", "mean_bound", "max_bound"),
     [
-        (64, (178, 178), 1.5, 48),  # scale 1/2: measured mean 0.90, max 32
-        (32, (178, 178), 4.0, 96),  # scale 1/4: measured mean 2.65, max 69
+        (64, (178, 178), 1.5, 48),  # scale 1/2: measured mean 0.92, max 27
+        (32, (178, 178), 4.0, 96),  # scale 1/4: measured mean 2.62, max 63
         (128, (178, 178), 0.0, 0),  # no reduction possible: exactly the full decode's pixels
         ((218, 178), None, 0.0, 0),
     ],
@@ -59,12 +60,9 @@ def test_scaled_decode_has_libjpegs_size_and_rejects_what_is_not_a_jpeg(tmp_path
 def test_scaled_loader_stays_within_the_stated_tolerance_of_the_full_decode(
     synthetic_root, size, crop, mean_bound, max_bound
 ):
-    loader, full = ScaledJpegLoader(size, crop), build_transform(size, crop)
+    loader, full = ImageLoader(size, crop, jpeg_scaling=True), ImageLoader(size, crop, jpeg_scaling=False)
     diffs = torch.stack(
-        [
-            (loader(str(path)).float() - full(decode_image(str(path), mode=ImageReadMode.RGB)).float()).abs()
-            for path in _files(synthetic_root)
-        ]
+        [(loader(str(path)).float() - full(str(path)).float()).abs() for path in _files(synthetic_root)]
     )
     assert float(diffs.mean()) <= mean_bound and float(diffs.max()) <= max_bound
     if max_bound:
@@ -82,12 +80,16 @@ def test_datamodule_reads_through_the_scaled_loader_and_augments_after_it(synthe
 
     flipped = _datamodule(synthetic_root, train_augment=[v2.RandomHorizontalFlip(p=1.0)]).splits["train"]
     plain = _datamodule(synthetic_root, jpeg_scaling=False).splits["train"]
-    loader = ScaledJpegLoader(32, 178)
+    loader = ImageLoader(32, 178, jpeg_scaling=True)
     for index in range(3):
         image, labels = flipped[index]
         assert torch.equal(image, loader(flipped.path(index)).flip(-1))
         assert torch.equal(labels, plain[index][1])
-    assert repr(loader) == "ScaledJpegLoader(image_size=[32, 32], crop=[178, 178])"
+    # The pre-decoded cache's key holds this, so a change of the rule rebuilds the cache.
+    assert (
+        repr(loader)
+        == "ImageLoader(image_size=[32, 32], crop=[178, 178], jpeg_scaling=True, rule=faceattr.preprocess v2)"
+    )
 
 
 def test_a_corrupt_jpeg_fails_or_is_skipped_as_without_scaling(synthetic_root, tmp_path):
@@ -110,26 +112,24 @@ def test_the_service_decodes_at_the_training_scale_for_a_model_trained_so(synthe
     data = path.read_bytes()
     # What training computed for this file, and what the service computes for an upload of it.
     assert torch.equal(
-        load_and_preprocess(data, (64, 64), (178, 178), jpeg_scaling=True), ScaledJpegLoader(64, 178)(str(path))
+        load_and_preprocess(data, (64, 64), (178, 178), jpeg_scaling=True), ImageLoader(64, 178, True)(str(path))
     )
-    assert tuple(decode_image(data, image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape) == (3, 109, 89)
-    assert tuple(decode_image(data, image_size=(64, 64), crop=(178, 178)).shape) == (3, 218, 178)
+    assert decode_image(data, image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape == (109, 89, 3)
+    assert decode_image(data, image_size=(64, 64), crop=(178, 178)).shape == (218, 178, 3)
     # The decoding budget is charged the pixels actually decoded.
     seen = []
     budget = PixelBudget(10**6)
     budget.on_release = seen.append
     decode_image(data, ImageLimits(budget=budget), image_size=(64, 64), crop=(178, 178), jpeg_scaling=True)
     assert seen == [109 * 89]
-    # An EXIF-rotated JPEG takes Pillow's path, at the same scale, upright.
+    # An EXIF-rotated JPEG: the same decoder at the scale of its upright size, turned upright.
     photo = Image.open(path)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to view
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=95, exif=exif)
-    assert tuple(decode_image(buffer.getvalue(), image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape) == (
-        3,
-        89,
-        109,
-    )
+    rotated = decode_image(buffer.getvalue(), image_size=(64, 64), crop=(178, 178), jpeg_scaling=True)
+    assert rotated.shape == (89, 109, 3)
+    assert np.array_equal(rotated, np.rot90(decode_jpeg(buffer.getvalue(), 2), -1))  # 90 degrees clockwise
     with pytest.raises(ImageError, match="truncated or corrupt"):
         load_and_preprocess(data[: len(data) // 2], (64, 64), (178, 178), jpeg_scaling=True)

@@ -11,6 +11,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from faceattr.best_metric import BestMetric
 from faceattr.errors import UserError
 from faceattr.model import FaceAttrModule
 from faceattr.model.metrics import AttributeAUROC
@@ -70,8 +71,23 @@ def test_forward_backward_shapes_and_gradients():
     assert images.grad is not None and all(p.grad is not None for p in module.net.parameters() if p.requires_grad)
 
 
+class EpochValues(L.Callback):
+    """The logged ``val/auroc`` and ``val/auroc_best`` of each epoch (after the epoch's metrics are collected)."""
+
+    def __init__(self) -> None:
+        self.values: list[tuple[float, float]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch:
+            self.values.append(tuple(float(trainer.logged_metrics[k]) for k in ("val/auroc", "val/auroc_best")))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.on_train_epoch_start(trainer, pl_module)
+
+
 def test_training_logs_the_agreed_metric_names_and_learns(tmp_path):
     module = make_module()
+    epochs = EpochValues()
     trainer = L.Trainer(
         max_epochs=6,
         accelerator="cpu",
@@ -80,12 +96,16 @@ def test_training_logs_the_agreed_metric_names_and_learns(tmp_path):
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        callbacks=[BestMetric("val/auroc"), epochs],  # as train() adds it: val/auroc_best
     )
     trainer.fit(module, train_dataloaders=loader(), val_dataloaders=loader(32))
     fit_metrics = dict(trainer.logged_metrics)
     expected = {"train/loss_epoch", "val/loss", "val/auroc", "val/acc", "val/f1", "val/auroc_best"}
     assert expected | {f"val/auroc/{a}" for a in ATTRS} <= set(fit_metrics)
-    assert float(fit_metrics["val/auroc_best"]) >= float(fit_metrics["val/auroc"]) - 1e-6
+    aurocs = [auroc for auroc, _ in epochs.values]
+    assert len(aurocs) == 6 and [best for _, best in epochs.values] == pytest.approx(
+        [max(aurocs[: i + 1]) for i in range(6)], abs=1e-6
+    )  # every epoch: the best so far, that epoch's included
     trainer.test(module, dataloaders=loader(32), verbose=False)
     expected = {"test/loss", "test/auroc", "test/acc", "test/f1"} | {f"test/auroc/{a}" for a in ATTRS}
     assert expected <= set(trainer.logged_metrics)
@@ -247,15 +267,18 @@ def test_pos_weight_is_not_in_the_checkpoint_weights_and_old_checkpoints_still_l
     module = make_module(pos_weight=True)
     module.pos_weight = torch.tensor([1.0, 4.0, 9.0])
     assert not any("pos_weight" in key for key in module.state_dict())
-    # A checkpoint written before the fix had the loss weights (and the best score) in its state_dict.
+    # Checkpoints written before had the loss weights and the best score in their state_dict, or (later) the
+    # best score as an entry of its own.
     path = fit_one_epoch_and_save(module, tmp_path / "old.ckpt")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["state_dict"]["criterion.pos_weight"] = torch.tensor([1.0, 4.0, 9.0])
     checkpoint["state_dict"]["best_val_auroc"] = torch.tensor(0.75)
-    del checkpoint["faceattr_best_val_auroc"]
+    checkpoint["faceattr_best_val_auroc"] = 0.75
     torch.save(checkpoint, path)
     loaded = FaceAttrModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    assert loaded.best_val_auroc == pytest.approx(0.75)
+    x = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(loaded.eval()(x), module.eval()(x))
+    assert not hasattr(loaded, "best_val_auroc")  # the run's one best score is BestMetric's
 
 
 def test_best_metric_keeps_the_best_epoch_not_the_last():

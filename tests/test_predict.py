@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import shutil
 from pathlib import Path
 
@@ -17,11 +16,12 @@ from PIL import Image
 from serve_process import SAMPLES, exported_model
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
-from faceattr.config_schema import CONFIG_DIRS, check_command_line
+from faceattr.config.command_line import check_command_line
+from faceattr.config.schemas import CONFIG_DIRS
 from faceattr.errors import UserError
 from faceattr.layout import EXPORT_DIR
 from faceattr.prediction import FACE_COLUMNS, predict_images, skipped_path, summary_lines
-from faceattr.serve.config import ServeConfig
+from faceattr.serve.config import default_serve_config
 from faceattr.serve.images import load_and_preprocess
 from faceattr.serve.runtime import Predictor, read_model_info
 
@@ -96,7 +96,7 @@ def test_a_folder_gives_one_row_per_photo_and_lists_the_others(export_run, photo
 
     # Exactly what the service computes: its preprocessing, the exported artefact, the calibrated thresholds.
     info = read_model_info(export_run / EXPORT_DIR, "export")
-    serve = ServeConfig(format="torchscript" if "onnx" not in info.formats else "onnx")
+    serve = default_serve_config(format="torchscript" if "onnx" not in info.formats else "onnx")
     expected = Predictor(info, serve)(
         load_and_preprocess(
             (photos / "hopper.jpg").read_bytes(), info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling
@@ -104,7 +104,7 @@ def test_a_folder_gives_one_row_per_photo_and_lists_the_others(export_run, photo
     )[0]
     hopper = rows[2]
     assert np.abs(np.array([float(hopper[a]) for a in CELEBA_ATTRIBUTES]) - expected).max() <= 1e-6
-    thresholds = json.loads((export_run / EXPORT_DIR / "faceattr.json").read_text())["thresholds"]
+    thresholds = info.contract.threshold_of()
     clear = [a for a, p in zip(CELEBA_ATTRIBUTES, expected) if abs(p - thresholds[a]) > 1e-5]
     assert {a for a in clear if a in hopper["present"].split()} == {
         a for a, p in zip(CELEBA_ATTRIBUTES, expected) if a in clear and p >= thresholds[a]

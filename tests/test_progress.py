@@ -1,5 +1,6 @@
-"""Progress output: a redrawn bar on a terminal, one log line per epoch (with that epoch's validation figures) and
-per test run otherwise, never a carriage return in a log; nothing from ranks other than zero."""
+"""Progress output: a redrawn bar on a terminal; otherwise one log line per epoch (with that epoch's validation
+figures) and per test run, or for counted work (prediction, the image cache) one per tenth done; never a carriage
+return in a log; nothing from ranks other than zero."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from test_config import compose_train
 from test_model import loader, make_module
 
+from faceattr.best_metric import BestMetric
 from faceattr.errors import UserError, find_user_error
-from faceattr.progress import EpochLines, format_metrics, progress_bar
+from faceattr.progress import Progress, format_metrics
+from faceattr.training_progress import EpochLines, progress_bar
 
-VAL_METRICS = ("val/loss", "val/auroc", "val/acc", "val/bacc", "val/auroc_best")
+VAL_METRICS = ("val/loss", "val/auroc", "val/acc", "val/bacc")
 
 
 class Stream(io.StringIO):
@@ -76,7 +79,7 @@ def fit_and_test(tmp_path, callback, max_epochs: int, check_val_every_n_epoch: i
         enable_checkpointing=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
-        callbacks=[callback],
+        callbacks=[BestMetric("val/auroc"), callback],  # in train()'s order: val/auroc_best in the epoch's line
     )
     module = make_module()
     trainer.fit(module, train_dataloaders=loader(48), val_dataloaders=loader(32))
@@ -109,12 +112,16 @@ def test_one_line_per_epoch_with_that_epochs_validation_and_no_carriage_return(
         assert line.startswith(f"epoch {number}/3: step {3 * number}, ")
         metrics = shown(line)
         assert "train/loss_epoch" in metrics and "train/loss_step" not in metrics
-        # An epoch without validation shows no validation figures (not the stale ones of an earlier epoch).
+        # An epoch without validation shows no validation figures (not the stale ones of an earlier epoch), and the
+        # best so far from the first validation on.
         assert all((name in metrics) == has_val for name in VAL_METRICS), line
+        assert ("val/auroc_best" in metrics) == any(validated[:number]), line
     # The figures are the epoch's own: the last validated epoch's line shows what the fit ended with.
     last_validated = shown(epochs[max(i for i, v in enumerate(validated) if v)])
-    for name in ("val/auroc", "val/acc", "val/loss"):
+    for name in ("val/auroc", "val/acc", "val/loss", "val/auroc_best"):
         assert last_validated[name] == pytest.approx(fit_metrics[name], abs=5e-5)
+    best = max(shown(line)["val/auroc"] for line, has_val in zip(epochs, validated) if has_val)
+    assert shown(epochs[-1])["val/auroc_best"] == pytest.approx(best, abs=1e-4)
     assert shown(epochs[-1])["train/loss_epoch"] == pytest.approx(fit_metrics["train/loss_epoch"], abs=5e-5)
     assert test.startswith("test: 2 batches, ")
     assert {"test/loss", "test/auroc", "test/acc", "test/bacc"} <= set(shown(test))
@@ -139,4 +146,46 @@ def test_a_validation_run_of_its_own_is_one_line(tmp_path, caplog):
     )
     trainer.validate(make_module(), dataloaders=loader(32), verbose=False)
     (line,) = progress_lines(caplog)
-    assert line.startswith("validation: 2 batches, ") and set(VAL_METRICS) - {"val/auroc_best"} <= set(shown(line))
+    assert line.startswith("validation: 2 batches, ") and set(VAL_METRICS) <= set(shown(line))
+
+
+def test_counted_work_logs_a_line_per_tenth_off_a_terminal(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="faceattr.progress")
+    stderr = Stream(terminal=False)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with Progress(25, "caching train") as progress:
+        for _ in range(25):
+            progress.advance()
+    lines = progress_lines(caplog)
+    assert [int(re.match(r"caching train: (\d+)/25 images \(", line)[1]) for line in lines] == [
+        3,
+        5,
+        8,
+        10,
+        13,
+        15,
+        18,
+        20,
+        23,
+        25,
+    ]
+    assert lines[-1].startswith("caching train: 25/25 images (100%), ") and lines[-1].endswith(" images/s")
+    caplog.clear()
+    with Progress(100, "predicting", unit="photos") as progress:
+        progress.advance(64)  # a step larger than a tenth: one line, not six
+        progress.advance(36)
+    assert [line.split(" (")[0] for line in progress_lines(caplog)] == ["predicting: 64/100 photos"] + [
+        "predicting: 100/100 photos"
+    ]
+    assert stderr.getvalue() == ""
+
+
+def test_counted_work_draws_a_bar_on_a_terminal(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="faceattr.progress")
+    stderr = Stream(terminal=True)
+    monkeypatch.setattr(sys, "stderr", stderr)
+    with Progress(10, "predicting", unit="photos") as progress:
+        for _ in range(10):
+            progress.advance()
+    assert "\r" in stderr.getvalue() and "predicting" in stderr.getvalue() and "10/10" in stderr.getvalue()
+    assert progress_lines(caplog) == []

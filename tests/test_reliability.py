@@ -211,9 +211,11 @@ def test_two_launches_in_the_same_second_get_two_complete_run_dirs(tmp_path, syn
 RUN_DIRS = """
 import sys
 from hydra import compose, initialize_config_dir
+from faceattr.config.schemas import register_schemas
 from faceattr.resolvers import register_resolvers
 
 register_resolvers()
+register_schemas()
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     first = compose("train", return_hydra_config=True)
     again = compose("train", return_hydra_config=True)  # another config object, resolved again
@@ -267,9 +269,10 @@ def run_with_truncated_best(tiny_run, tmp_path) -> Path:
 def test_readers_refuse_a_truncated_checkpoint_and_the_best_falls_back(run_with_truncated_best):
     """read_checkpoint / load_module (export, eval) refuse it in one line naming it; resolve_checkpoint refuses it as a
     file and, as a run's best, falls back to the run's last good checkpoint and says so."""
+    from faceattr.checkpoint import read_checkpoint
     from faceattr.errors import UserError
-    from faceattr.export.build import load_module, read_checkpoint
-    from faceattr.export.resolve import resolve_checkpoint
+    from faceattr.model.loading import load_module
+    from faceattr.run_finder import resolve_checkpoint
 
     run_dir = run_with_truncated_best
     record = json.loads((run_dir / "run.json").read_text())

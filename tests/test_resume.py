@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from conftest import REPO, TINY, cli_env, run_main
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
 def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
@@ -20,7 +22,7 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
         *TINY,
         f"data.root={synthetic_root}",
         "data.batch_size=8",
-        "trainer.max_epochs=4",
+        "trainer.max_epochs=3",
         "test=false",
         f"hydra.run.dir={run_dir}",
     ]
@@ -41,17 +43,28 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
     assert not (run_dir / "run.json").exists()
 
     killed = torch.load(last, map_location="cpu", weights_only=True)  # the kill left a loadable checkpoint
-    assert killed["epoch"] < 3 and "rng_states" in killed
+    assert killed["epoch"] < 2 and "rng_states" in killed  # an epoch is left to resume
     events_before = len(list((run_dir / "tensorboard").glob("events.*")))
 
     # The resume in this process (the subprocess was for the kill).
     assert run_main("train.py", f"resume={run_dir}", tmp_path=tmp_path) == 0
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["status"] == "completed" and record["epochs"] == 4
+    assert record["status"] == "completed" and record["epochs"] == 3
     assert record["global_step"] > killed["global_step"]
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == record["global_step"]
     # Same TensorBoard run: new event files in the same folder, val/auroc continuing past the resumed step.
     assert len(list((run_dir / "tensorboard").glob("events.*"))) > events_before
+    # One best score across the kill: the checkpointed best and the resumed epochs' val/auroc (the newest value of
+    # each step: an epoch the kill cut short ran again).
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    resumed = {e.step: e.value for e in sorted(events.Scalars("val/auroc"), key=lambda e: e.wall_time)}
+    best = max(
+        [killed["callbacks"]["BestMetric{metric=val/auroc}"]["best"]]
+        + [value for step, value in resumed.items() if step > killed["global_step"]]
+    )
+    assert events.Scalars("val/auroc_best")[-1].value == pytest.approx(best, abs=1e-6)
+    assert record["best_score"] == pytest.approx(best, abs=1e-6)
 
 
 def test_resume_rejects_a_group_change_and_a_missing_run(tmp_path, tiny_run, capsys):

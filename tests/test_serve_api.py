@@ -20,29 +20,25 @@ import subprocess
 import sys
 import time
 
+import bentoml
 import httpx
 import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import REPO, cli_env
+from openapi_spec_validator import validate
 from PIL import Image
 from serve_process import SAMPLES, install_model, refused_start, service_workers, serving
 
+from faceattr.artefacts import load_torchscript
 from faceattr.attributes import CELEBA_ATTRIBUTES
-from faceattr.export.build import load_torchscript
+from faceattr.contract import read_contract
 from faceattr.faces import CELEBA_TEMPLATE, FaceDetector
 from faceattr.serve.face_finding import FaceFinder, FaceOptions
 from faceattr.serve.images import ImageLimits, load_and_preprocess, load_faces
 
 pytestmark = pytest.mark.slow
-
-LIMITS = {  # small limits, so that the too-large cases are cheap to send
-    "FACEATTR_SERVE_MAX_IMAGE_BYTES": "200000",
-    "FACEATTR_SERVE_MAX_REQUEST_BYTES": "400000",
-    "FACEATTR_SERVE_MAX_IMAGE_PIXELS": "4000000",
-    "FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST": "8",
-}
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -76,32 +72,31 @@ def _group(portrait: Image.Image) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run, tmp_path_factory):
-    """The service with small limits (LIMITS), so that the too-large cases are cheap to send."""
-    with serving(tiny_run, tmp_path_factory.mktemp("serve"), LIMITS) as server:
-        yield server
+def served(shared_server):
+    """The service with small limits (serve_process.SHARED_LIMITS: 200 kB per image, 400 kB per request, 4 MP per
+    image, 8 images per request), so that the too-large cases are cheap to send; shared with test_serve_limits.py."""
+    return shared_server
 
 
 @pytest.fixture(scope="module")
 def reference(served):
     """What the service must answer: the stored TorchScript on the shared preprocessing, and the thresholds."""
     module, embedded = load_torchscript(served["model_dir"] / "model.pt")
-    meta = json.loads((served["model_dir"] / "faceattr.json").read_text())
-    for key in ("attributes", "image_size", "crop", "thresholds"):
-        assert embedded[key] == meta[key], key
+    contract = read_contract(json.loads((served["model_dir"] / "faceattr.json").read_text()), "the served model")
+    assert read_contract(embedded, "model.pt") == contract
 
     def probabilities(data: bytes, detector: FaceDetector | None = None) -> np.ndarray:
         """The model's answer for the photo's centre crop, or with ``detector`` for its largest face."""
-        size, crop, scaling = meta["image_size"], meta["crop"], meta["jpeg_scaling"]
+        size, crop, scaling = contract.image_size, contract.crop, contract.jpeg_scaling
         if detector is None:
             image = load_and_preprocess(data, size, crop, jpeg_scaling=scaling)
         else:
-            template = (meta.get("face_template") or {}).get("points") or CELEBA_TEMPLATE
+            template = contract.face_template or CELEBA_TEMPLATE
             image = load_faces(data, size, crop, detector=detector, template=template, jpeg_scaling=scaling)[0].pixels
         with torch.no_grad():
             return module(image[None].float() / 255)[0].numpy()
 
-    return probabilities, np.array([meta["thresholds"][name] for name in CELEBA_ATTRIBUTES])
+    return probabilities, np.array([contract.threshold_of()[name] for name in CELEBA_ATTRIBUTES])
 
 
 def post(served, route: str, files, **kwargs) -> httpx.Response:
@@ -120,13 +115,38 @@ def check_prediction(body: dict, expected: np.ndarray, thresholds: np.ndarray) -
             assert (name in present) == (p >= t), name
 
 
-def test_health_metrics_and_swagger_ui(served):
+def test_health_metrics_swagger_ui_and_a_valid_openapi_3_document(served):
     for route in ("/readyz", "/livez", "/metrics"):
         assert httpx.get(served["url"] + route).status_code == 200, route
     index = httpx.get(served["url"] + "/")
     assert index.status_code == 200 and "swagger-ui" in index.text
     spec = httpx.get(served["url"] + "/docs.json").json()
-    assert {"/predict", "/predict_batch"} <= set(spec["paths"])
+    validate(spec)  # openapi-spec-validator: valid OpenAPI 3.0
+    apis = {path for path, item in spec["paths"].items() if item.get("post")}
+    assert apis == {"/predict", "/predict_batch"}  # one route per job
+    for path, field in (("/predict", "image"), ("/predict_batch", "images")):
+        form = spec["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        upload = form["properties"][field]
+        upload = upload.get("items", upload)  # /predict_batch: an array of files
+        assert (upload["type"], upload["format"]) == ("string", "binary")  # OpenAPI 2's "file" is not 3.0
+        assert form["required"] == [field] and set(form["properties"]) - {field} <= {"face", "faces"}
+
+
+def test_bentoml_clients_call_both_endpoints(served, photos, reference, tmp_path):
+    """BentoML's own SyncHTTPClient, which reads the service's /schema.json, sends files and JSON-encoded options."""
+    probabilities, thresholds = reference
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(photos["colour.jpg"])
+    with bentoml.SyncHTTPClient(served["url"]) as client:
+        one = client.predict(image=photo)
+        batch = client.predict_batch(images=[photo, photo], face="center")
+        group = tmp_path / "group.jpg"
+        group.write_bytes(photos["group.jpg"])
+        faces = client.predict(image=group, face="detect", faces="all")
+    check_prediction(one, probabilities(photos["colour.jpg"]), thresholds)
+    assert one["model"] == served["tag"] and batch["model"] == served["tag"]
+    assert [p["attributes"] for p in batch["predictions"]] == [one["attributes"]] * 2
+    assert len(faces["faces"]) == 3
 
 
 @pytest.mark.parametrize(
@@ -218,35 +238,25 @@ def _metric(metrics: str, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_lean_route_answers_and_refuses_as_predict_does(served, photos):
-    """/lean/predict (faceattr/serve/lean_route.py, mounted beside the BentoML API): the same JSON as /predict for
-    the same photo and options, the same 4xx for the same bad requests, counted on /metrics."""
-    for name in ("colour.jpg", "grayscale.jpg", "colour.webp", "rotated.jpg"):
-        files = {"image": (name, photos[name])}
-        lean = post(served, "/lean/predict", files)
-        assert lean.status_code == 200 and lean.json() == post(served, "/predict", files).json(), name
-    group, detect = {"image": ("group.jpg", photos["group.jpg"])}, {"face": "detect", "faces": "all"}
-    lean = post(served, "/lean/predict", group, data=detect).json()
-    assert len(lean["faces"]) == 3 and lean == post(served, "/predict", group, data=detect).json()
-    # /predict's bad requests, sent to the lean route.
-    cases = [("/lean/predict", *case[1:]) for case in _bad_requests(photos) if case[0] == "/predict"]
-    cases += [
-        ("/lean/predict", {"files": group, "data": {"face": "sideways"}}, 400, "face='sideways'"),
-        ("/lean/predict", {"files": group, "data": {"faces": "all"}}, 400, "faces=all needs face=detect"),
-        ("/lean/predict", {"files": group, "params": {"face": "detect"}}, 400, "query parameters are not read"),
-        (
-            "/lean/predict",
-            {"files": {"image": ("box.png", photos["no_face.png"])}, "data": {"face": "detect"}},
-            422,
-            "no face",
-        ),
+def test_predict_reads_one_upload_with_text_or_json_options_and_is_counted(served, photos):
+    """The upload reader (faceattr/serve/upload_guard.py) in front of /predict: an option as plain text or
+    JSON-encoded (as the OpenAPI document's encoding says, and as BentoML's clients send it) is the same option; one
+    image per request; an option sent as a file is refused; BentoML's server counts the requests on /metrics."""
+    colour = photos["colour.jpg"]
+    image = {"image": ("a.jpg", colour)}
+    plain = post(served, "/predict", image, data={"face": "detect", "faces": "all"})
+    encoded = post(served, "/predict", image, data={"face": '"detect"', "faces": '"all"'})
+    assert plain.status_code == 200 and len(plain.json()["faces"]) == 1 and encoded.json() == plain.json()
+    cases = [
+        ({"files": [("image", ("a.jpg", colour)), ("image", ("b.jpg", colour))]}, "2 files in field 'image'"),
+        ({"files": {**image, "face": ("face.txt", b"detect")}}, "the fields face, faces are text values, not files"),
+        ({"files": image, "params": {"faces": "all", "face": "detect"}}, "query parameters are not read (face, faces)"),
     ]
-    for route, kwargs, status, message in cases:
-        response = httpx.post(served["url"] + route, timeout=60, **kwargs)
-        assert response.status_code == status, (message, response.status_code, response.text)
-        assert message in response.json()["error"], (message, response.text)
-    assert post(served, "/lean/predict", {"image": ("a.jpg", photos["colour.jpg"])}).status_code == 200
-    assert "/lean/predict" in httpx.get(served["url"] + "/metrics").text  # BentoML's server counts its requests
+    for kwargs, message in cases:
+        response = httpx.post(served["url"] + "/predict", timeout=60, **kwargs)
+        assert response.status_code == 400 and message in response.json()["error"], (message, response.text)
+    metrics = httpx.get(served["url"] + "/metrics").text
+    assert re.search(r'^bentoml_service_request_total\{[^}]*endpoint="/predict"', metrics, re.MULTILINE), metrics
     assert "Traceback" not in served["log"].read_text()
 
 

@@ -1,9 +1,10 @@
 """The service's limits and its answers to hostile requests: decompression bombs, the decoding memory budget,
 oversized images and bodies, server paths, URLs and pickles sent as input, and loading models only from the store.
 
-One `bentoml serve` for the module (the tiny run's model) with the default byte limits (10 MiB per image, 32 MiB
-per body) and small pixel limits (4 MP per image, 8 MP decoded at once), so that the decompression bombs are cheap
-to send and to refuse. Load and faults are in test_serve_faults.py.
+The `bentoml serve` that test_serve_api.py uses too (the tiny run's model; conftest.py, ``shared_server``) with small
+limits (serve_process.SHARED_LIMITS: 200 kB per image, 400 kB per body, 8 images per request, 4 MP per image, 8 MP
+decoded at once), so that the oversized requests and the decompression bombs are cheap to send and to refuse. Load
+and faults are in test_serve_faults.py.
 """
 
 from __future__ import annotations
@@ -28,27 +29,24 @@ import httpx
 import psutil
 import pytest
 from PIL import Image
-from serve_process import SAMPLES, assert_still_serving, free_port, refused_start, service_workers, serving
+from serve_process import SAMPLES, SHARED_LIMITS, assert_still_serving, free_port, refused_start, service_workers
 
-from faceattr.export.build import load_torchscript
+from faceattr.artefacts import load_torchscript
 from faceattr.serve.config import ServeConfigError, load_serve_config
-from faceattr.serve.runtime import ModelError, ModelInfo
+from faceattr.serve.runtime import ModelError, read_model_info
 
 pytestmark = pytest.mark.slow
 
-MAX_IMAGE_PIXELS = 4_000_000
-MAX_DECODE_PIXELS = 8_000_000
-LIMITS_ENV = {
-    "FACEATTR_SERVE_MAX_IMAGE_PIXELS": str(MAX_IMAGE_PIXELS),
-    "FACEATTR_SERVE_MAX_DECODE_PIXELS": str(MAX_DECODE_PIXELS),
-}
+MAX_IMAGE_BYTES = int(SHARED_LIMITS["FACEATTR_SERVE_MAX_IMAGE_BYTES"])
+MAX_REQUEST_BYTES = int(SHARED_LIMITS["FACEATTR_SERVE_MAX_REQUEST_BYTES"])
+MAX_IMAGES = int(SHARED_LIMITS["FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST"])
+MAX_DECODE_PIXELS = int(SHARED_LIMITS["FACEATTR_SERVE_MAX_DECODE_PIXELS"])
 MIB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
-    with serving(tiny_run, tmp_path_factory.mktemp("limits"), LIMITS_ENV) as served:
-        yield served
+def server(shared_server):
+    return shared_server
 
 
 # --- hostile images ----------------------------------------------------------------------------------------------
@@ -176,13 +174,14 @@ def test_concurrent_bombs_under_the_limit_decode_within_the_memory_budget(server
 def test_oversized_images_and_bodies_get_413(server):
     url = server["url"]
     photo = (SAMPLES / "grace_hopper.jpg").read_bytes()
-    padded = photo + b"\0" * (10 * MIB + 1 - len(photo))  # a valid JPEG (trailing bytes are ignored) of 10 MiB + 1
+    # A valid JPEG (trailing bytes are ignored) one byte over max_image_bytes.
+    padded = photo + b"\0" * (MAX_IMAGE_BYTES + 1 - len(photo))
     response = httpx.post(url + "/predict", files={"image": ("big.jpg", padded)}, timeout=60)
     assert response.status_code == 413, response.text
-    assert "10485761 bytes; the limit is 10485760 bytes" in response.json()["error"]
+    assert f"{MAX_IMAGE_BYTES + 1} bytes; the limit is {MAX_IMAGE_BYTES} bytes" in response.json()["error"]
 
-    # Over max_request_bytes (32 MiB): announced by Content-Length, and streamed without one (chunked).
-    many = [("images", (f"{i}.jpg", padded[: 9 * MIB])) for i in range(4)]
+    # Over max_request_bytes: announced by Content-Length, and streamed without one (chunked).
+    many = [("images", (f"{i}.jpg", padded[: MAX_REQUEST_BYTES // 3])) for i in range(4)]
     response = httpx.post(url + "/predict_batch", files=many, timeout=60)
     assert response.status_code == 413 and "max_request_bytes" in response.json()["error"], response.text
     boundary = "reliability-boundary"
@@ -192,25 +191,25 @@ def test_oversized_images_and_bodies_get_413(server):
             f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
             "Content-Type: image/jpeg\r\n\r\n"
         ).encode()
-        chunk = b"\0" * MIB
-        for _ in range(size // MIB):
+        chunk = b"\0" * (64 * 1024)
+        for _ in range(size // len(chunk)):
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
     response = httpx.post(
         url + "/predict",
-        content=chunked_body(40 * MIB),
+        content=chunked_body(2 * MAX_REQUEST_BYTES),
         timeout=60,
         headers={"content-type": f"multipart/form-data; boundary={boundary}"},
     )
     assert response.status_code == 413 and "max_request_bytes" in response.json()["error"], response.text
 
-    # More images than max_images_per_request (16).
+    # More images than max_images_per_request.
     small = io.BytesIO()
     Image.new("RGB", (8, 8)).save(small, "PNG")
-    files = [("images", (f"{i}.png", small.getvalue())) for i in range(17)]
+    files = [("images", (f"{i}.png", small.getvalue())) for i in range(MAX_IMAGES + 1)]
     response = httpx.post(url + "/predict_batch", files=files, timeout=60)
-    assert response.status_code == 413 and "limit is 16" in response.json()["error"], response.text
+    assert response.status_code == 413 and f"the limit is {MAX_IMAGES}" in response.json()["error"], response.text
     assert_still_serving(server)
 
 
@@ -287,7 +286,7 @@ def test_no_endpoint_reads_a_server_path_fetches_a_url_or_unpickles(server, tmp_
         web.shutdown()
         web.server_close()
 
-    # A client file name is never a path on the server: the upload is stored under BentoML's request temp dir.
+    # A client file name is never a path on the server: the upload is read into memory, never written under it.
     target = tmp_path / "written.jpg"
     traversal = "../" * 12 + str(target).lstrip("/")
     response = httpx.post(url + "/predict", files={"image": (traversal, secret.read_bytes())}, timeout=60)
@@ -318,16 +317,8 @@ def test_service_loads_models_only_from_the_store(server, tmp_path):
     ), lines
 
     # An artefact named in the stored metadata must be a file of the model's own folder.
-    info = ModelInfo(
-        tag="faceattr:x",
-        path=server["model_dir"],
-        attributes=(),
-        image_size=(32, 32),
-        crop=None,
-        thresholds=(),
-        formats={"torchscript": "../" * 8 + str(model_pt).lstrip("/")},
-        metadata={},
-    )
+    stored = read_model_info(server["model_dir"], "faceattr:x")
+    info = dataclasses.replace(stored, formats={"torchscript": "../" * 8 + str(model_pt).lstrip("/")})
     with pytest.raises(ModelError, match="not a file of the model's own folder"):
         info.artefact("torchscript")
     info = dataclasses.replace(info, formats={"torchscript": "model.pt"})
@@ -354,4 +345,4 @@ def test_torchscript_artefacts_are_loaded_without_running_pickled_code(server, t
             load_torchscript(evil)
         assert not marker.exists(), f"loading a TorchScript archive ran the code in its {target}"
     module, meta = load_torchscript(server["model_dir"] / "model.pt")  # the genuine one still loads
-    assert meta["image_size"] == [32, 32] and json.loads(json.dumps(meta))
+    assert meta["contract"]["image_size"] == [32, 32] and json.loads(json.dumps(meta))

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, run_cli
+from conftest import REPO, TINY, run_cli, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -40,10 +40,10 @@ def read_events(folder: Path):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, synthetic_root):
-    """A real 2-job sweep (tiny ResNet, tiny ViT) through the CLI: (sweep dir, CompletedProcess)."""
+    """A real 2-job sweep (tiny ResNet, tiny ViT) through the CLI, in this process: (sweep dir, CompletedProcess)."""
     tmp = tmp_path_factory.mktemp("sweep")
     sweep_dir = tmp / "multirun"
-    proc = run_cli(
+    proc = run_script(
         "train.py",
         "-m",
         *TINY_NO_MODEL,
@@ -66,7 +66,7 @@ def test_each_job_has_its_own_checkpoints_config_and_run_record(sweep):
         assert Path(record["best_checkpoint"]).parent == (job_dir / "checkpoints").resolve()
         assert Path(record["best_checkpoint"]).is_file() and (job_dir / "checkpoints" / "last.ckpt").is_file()
         assert (job_dir / "config.yaml").is_file() and (job_dir / ".hydra" / "overrides.yaml").is_file()
-        assert 0.0 <= record["val_auroc_best"] <= 1.0 and "test/auroc" in record["test"]
+        assert 0.0 <= record["best_score"] <= 1.0 and "test/auroc" in record["test"] and "val_auroc_best" not in record
 
 
 def test_tensorboard_runs_are_named_after_the_overrides_and_carry_hparams(sweep):
@@ -176,7 +176,7 @@ def test_compare_runs_reads_event_files_without_run_records(sweep, tmp_path):
     (row,) = read_csv(out / "summary.csv")
     record = json.loads((sweep_dir / "1" / "run.json").read_text())
     assert row["backbone"] == "test_vit"  # from the HParams data
-    assert float(row["val_auroc_best"]) == pytest.approx(record["val_auroc_best"], abs=1e-6)
+    assert float(row["val_auroc_best"]) == pytest.approx(record["best_score"], abs=1e-6)
     assert float(row["test_auroc"]) == pytest.approx(record["test"]["test/auroc"], abs=1e-6)
 
 
@@ -202,10 +202,11 @@ def test_compare_runs_bad_paths_are_one_line_errors(tmp_path, make_path, message
 
 @pytest.fixture(scope="module")
 def failing_sweep(tmp_path_factory, synthetic_root):
-    """A 2-job sweep whose first job fails (unknown backbone), both jobs in parallel joblib worker processes."""
+    """A 2-job sweep whose first job fails (unknown backbone), both jobs in parallel joblib worker processes (the
+    sweep itself in this process)."""
     tmp = tmp_path_factory.mktemp("failing_sweep")
     sweep_dir = tmp / "multirun"
-    proc = run_cli(
+    proc = run_script(
         "train.py",
         "-m",
         *TINY,
@@ -256,7 +257,7 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
         "hydra.sweeper.study_name=test",
     )
     first = tmp_path / "first"
-    run_cli("train.py", "-m", *common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={first}", tmp_path=tmp_path)
+    run_script("train.py", "-m", *common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={first}", tmp_path=tmp_path)
     rows = read_csv(first / "summary.csv")
     assert [r["status"] for r in rows] == ["completed", "completed"]
     for row in rows:  # each trial's sampled values are its overrides
@@ -268,7 +269,7 @@ def test_optuna_two_trials_stored_in_sqlite_then_resumed_with_a_failing_trial(tm
 
     # Resume the stored study; this trial fails (bad backbone): it is counted as FAIL, the study carries on.
     second = tmp_path / "second"
-    run_cli(
+    run_script(
         "train.py",
         "-m",
         *common,

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_script
 from omegaconf import OmegaConf
 
 from faceattr.errors import UserError
@@ -59,10 +59,10 @@ def file_state(path: Path) -> tuple[bytes, int, int]:
 
 @pytest.fixture(scope="module")
 def seed_sweep(tmp_path_factory, synthetic_root):
-    """A real 2-backbone x 3-seed sweep (6 jobs, basic launcher): (sweep dir, CompletedProcess)."""
+    """A real 2-backbone x 3-seed sweep (6 jobs, basic launcher), in this process: (sweep dir, CompletedProcess)."""
     tmp = tmp_path_factory.mktemp("seed_sweep")
     sweep_dir = tmp / "multirun"
-    proc = run_cli("train.py", *sweep_args(sweep_dir, synthetic_root), tmp_path=tmp)
+    proc = run_script("train.py", *sweep_args(sweep_dir, synthetic_root), tmp_path=tmp)
     return sweep_dir, proc
 
 
@@ -80,7 +80,7 @@ def test_seed_sweep_summary_has_one_row_per_backbone_with_mean_std_and_interval(
         backbone = group["group"].split("=")[1]
         jobs = [job for job, (b, _) in enumerate(JOBS) if b == backbone]
         assert group["members"].split() == [str(job) for job in jobs] and group["seeds"] == "1 2 3"
-        values = [records[job]["val_auroc_best"] for job in jobs]
+        values = [records[job]["best_score"] for job in jobs]
         mean, std = statistics.fmean(values), statistics.stdev(values)
         half = t.ppf(0.975, 2) * std / 3**0.5
         assert int(group["val_auroc_best_n"]) == 3
@@ -113,7 +113,7 @@ def test_killed_sweep_rerun_with_the_same_command_skips_completed_jobs(seed_swee
         checkpoint.unlink()  # failed before its first checkpoint: it starts over
     untouched = {job: file_state(sweep_dir / job / "run.json") for job in ("0", "2", "3", "5")}
 
-    proc = run_cli("train.py", *sweep_args(sweep_dir, synthetic_root), tmp_path=tmp_path)  # the same command
+    proc = run_script("train.py", *sweep_args(sweep_dir, synthetic_root), tmp_path=tmp_path)  # the same command
     assert "resuming the sweep" in proc.stdout + proc.stderr
     assert {job: file_state(sweep_dir / job / "run.json") for job in untouched} == untouched
     resumed = OmegaConf.load(interrupted / "config.yaml")
@@ -132,7 +132,7 @@ def test_a_sweep_dir_made_by_another_command_is_refused_before_any_job(seed_swee
     sweep_dir, _ = seed_sweep
     before = {p: file_state(p) for p in sorted(sweep_dir.rglob("*")) if p.is_file()}
     # Same values, other order: job 0 would be seed=3 where the sweep dir holds seed=1.
-    proc = run_cli("train.py", *sweep_args(sweep_dir, synthetic_root, seeds="3,2,1"), tmp_path=tmp_path, check=False)
+    proc = run_script("train.py", *sweep_args(sweep_dir, synthetic_root, seeds="3,2,1"), tmp_path=tmp_path, check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert "job 0 was run with [seed=1] where this command gives it [seed=3]" in lines[0]
@@ -260,7 +260,7 @@ OPTUNA_BAD_REGION = (
 @pytest.mark.slow
 def test_optuna_trials_in_a_bad_region_are_pruned(tmp_path, synthetic_root):
     sweep_dir = tmp_path / "optuna"
-    proc = run_cli(
+    proc = run_script(
         "train.py",
         "-m",
         *TINY,

@@ -27,9 +27,17 @@ def test_tiny_run_leaves_checkpoints_events_config_and_record(tiny_run):
     assert {"train/loss_step", "val/loss", "val/auroc", "val/acc", "val/f1", "val/auroc_best", "test/auroc"} <= scalars
     assert "val/auroc/Smiling" in scalars and "test/auroc/Male" in scalars
     assert len(events.Scalars("val/auroc")) == 2
+    # One best score: val/auroc_best is the best epoch so far at every epoch, and run.json's best_score the last.
+    aurocs = values(events, "val/auroc")
+    assert values(events, "val/auroc_best") == pytest.approx([max(aurocs[: i + 1]) for i in range(2)], abs=1e-6)
+    assert record["best_score"] == pytest.approx(max(aurocs), abs=1e-6) and "val_auroc_best" not in record
 
     config = (tiny_run / "config.yaml").read_text()
     assert "backbone: test_resnet" in config and "${" not in config
+
+
+def values(events: EventAccumulator, tag: str) -> list[float]:
+    return [event.value for event in events.Scalars(tag)]
 
 
 def test_run_prints_where_everything_is(tmp_path, synthetic_root, capsys):
@@ -73,6 +81,12 @@ def test_resume_from_last_checkpoint_continues_training(tmp_path, tiny_run, synt
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert len(events.Scalars("val/auroc")) == 1
+    # The best of the first part counts: BestMetric's state came with the checkpoint.
+    before = EventAccumulator(str(tiny_run / "tensorboard"))
+    before.Reload()
+    best = max(values(before, "val/auroc") + values(events, "val/auroc"))
+    assert values(events, "val/auroc_best") == pytest.approx([best], abs=1e-6)
+    assert record["best_score"] == pytest.approx(best, abs=1e-6)
 
 
 USER_ERRORS = [
@@ -115,9 +129,9 @@ def test_user_errors_end_the_cli_with_one_line_and_status_2(tmp_path, synthetic_
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_override_typo_fails_with_hydras_message(tmp_path, monkeypatch, capsys):
-    """`python train.py modell=resnet18` run as __main__ in this process (Hydra's own command-line handling): the
-    typo is Hydra's error, exit status 1."""
+def test_override_typo_fails_in_one_line_before_hydra(tmp_path, monkeypatch, capsys):
+    """`python train.py modell=resnet18` run as __main__ in this process: the typo is one line (the command line is
+    checked before Hydra runs, as for every entry script), exit status 2."""
     from hydra.core.global_hydra import GlobalHydra
 
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
@@ -127,7 +141,9 @@ def test_override_typo_fails_with_hydras_message(tmp_path, monkeypatch, capsys):
             runpy.run_path(str(REPO / "train.py"), run_name="__main__")
     finally:
         GlobalHydra.instance().clear()
-    assert exit_.value.code == 1 and "Could not override 'modell'" in capsys.readouterr().err
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: unknown train option 'modell'; valid: seed, ckpt_path, resume, monitor.metric")
 
 
 def test_checkpoint_of_another_backbone_is_refused(tmp_path, tiny_run, synthetic_root, capsys):

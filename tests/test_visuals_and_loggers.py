@@ -88,6 +88,8 @@ def test_quickstart_pictures_reach_tensorboard(quickstart_run):
     # The PR-curve plugin's tensor: rows TP, FP, TN, FN, precision, recall over 127 thresholds.
     curve = events.Tensors("val/pr_curve/Male")[-1]
     assert [d.size for d in curve.tensor_proto.tensor_shape.dim] == [6, 127]
+    _, record = _hparams_record(run_dir / "tensorboard")  # written by training, after the logger was finalized
+    assert record["_hparams_/session_start_info"].session_start_info.hparams["model.backbone"].string_value
 
 
 def test_mlflow_client_reads_back_params_and_metrics(quickstart_run):
@@ -146,3 +148,31 @@ def test_profiler_preset_writes_a_trace_beside_the_tensorboard_events(tmp_path):
     trainer.fit(make_module(), train_dataloaders=loader(), val_dataloaders=loader(16))
     assert list((tmp_path / "tensorboard").glob("*.pt.trace.json"))
     assert list((tmp_path / "tensorboard").glob("*profile*.txt"))
+
+
+def _hparams_record(folder: Path):
+    """The HParams plugin's three records in ``folder``'s event files, read back by TensorBoard's own loader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    tags = events.PluginTagToContent("hparams")
+    return events, {tag: HParamsPluginData.FromString(content) for tag, content in tags.items()}
+
+
+def test_the_hparams_record_is_written_after_the_logger_was_finalized(tmp_path):
+    from faceattr.hparams import HPARAM_METRICS, log_hparams_with_metrics
+
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="tensorboard", version="")
+    logger.log_metrics({"val/auroc": 0.75}, step=1)
+    logger.finalize("success")  # as the Trainer does after fit and test
+    log_hparams_with_metrics([logger], {"model.backbone": "tiny_resnet", "optimizer.lr": 0.01})
+    events, record = _hparams_record(Path(logger.log_dir))
+    assert set(record) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    chosen = record["_hparams_/session_start_info"].session_start_info.hparams
+    assert (chosen["model.backbone"].string_value, chosen["optimizer.lr"].number_value) == ("tiny_resnet", 0.01)
+    metrics = [info.name.tag for info in record["_hparams_/experiment"].experiment.metric_infos]
+    assert metrics == list(HPARAM_METRICS)
+    assert events.Tags()["scalars"] == ["val/auroc"]  # the metrics are the logged scalars, with no second copy
+    assert len(list(Path(logger.log_dir).glob("events.out.tfevents.*"))) == 2  # the logger's, and the record's

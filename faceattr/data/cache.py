@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from faceattr.atomic import atomic_path, remove_stale_temporaries, write_json
 from faceattr.data.celeba import CelebAImages
 from faceattr.errors import UserError, format_size
-from faceattr.progress import is_terminal
+from faceattr.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,6 @@ CACHE_VERSION = 1
 SETTING = "data.cache"
 #: Images decoded per batch of the build's DataLoader.
 BUILD_BATCH = 64
-#: Without a terminal for a progress bar, a log line every this fraction of the images.
-LOG_EVERY = 0.1
 
 
 def cache_bytes(num_images: int, image_size: Sequence[int]) -> int:
@@ -68,7 +65,7 @@ def cache_bytes(num_images: int, image_size: Sequence[int]) -> int:
 def cache_key(source: CelebAImages, image_size: Sequence[int], crop: Sequence[int] | None) -> dict:
     """What a cached split depends on; its ``key`` entry is the hash the header records."""
     files = hashlib.sha256(b"\n".join(bytes(name) for name in source.filenames)).hexdigest()
-    decoder = "torchvision.io.decode_image(RGB)" if source.loader is None else repr(source.loader)
+    decoder = repr(source.loader)
     described = {
         "version": CACHE_VERSION,
         "image_dir": os.path.realpath(source.image_dir),
@@ -196,32 +193,6 @@ def _check_space(directory: Path, split: str, num_images: int, image_size: Seque
         )
 
 
-class _Progress:
-    """A tqdm bar on stderr when it is a terminal, else a log line every ``LOG_EVERY`` of the images."""
-
-    def __init__(self, split: str, total: int) -> None:
-        self.split, self.total, self.done, self.logged = split, total, 0, 0
-        self.bar = None
-        if is_terminal(sys.stderr):
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=f"caching {split}", unit="img", file=sys.stderr)
-
-    def update(self, count: int) -> None:
-        self.done += count
-        if self.bar is not None:
-            self.bar.update(count)
-        elif self.done == self.total or self.done - self.logged >= LOG_EVERY * self.total:
-            self.logged = self.done
-            log.info(
-                "caching %s: %d/%d images (%.0f%%)", self.split, self.done, self.total, 100 * self.done / self.total
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _build(
     source: CelebAImages, split: str, array_path: Path, image_size: Sequence[int], num_workers: int
 ) -> list[int]:
@@ -233,7 +204,7 @@ def _build(
     shape = (len(source), 3, *image_size)
     blank = np.zeros(shape[1:], dtype=np.uint8)
     skipped: list[int] = []
-    progress = _Progress(split, len(source))
+    progress = Progress(len(source), f"caching {split}")
     try:
         with atomic_path(array_path, hint=f"{SETTING}=...") as temporary, open(temporary, "wb") as file:
             np.lib.format.write_array_header_1_0(
@@ -249,7 +220,7 @@ def _build(
                         file.write(blank.tobytes())
                     else:
                         file.write(image.numpy().tobytes())  # C order of (3, H, W) whatever the tensor's strides
-                progress.update(len(batch))
+                progress.advance(len(batch))
             file.flush()
     finally:
         progress.close()

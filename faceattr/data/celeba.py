@@ -12,15 +12,14 @@ Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0 train, 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
+from faceattr.data.transforms import ImageLoader
 from faceattr.errors import UserError
 
 SPLITS = {"train": 0, "valid": 1, "test": 2}
@@ -181,12 +180,11 @@ def read_celeba(root: str | Path) -> CelebAIndex:
 
 
 class CelebAImages(Dataset):
-    """Images of one split, decoded with torchvision.io to uint8 CHW RGB and passed through ``transform``.
+    """Images of one split, read by ``loader`` (:class:`faceattr.data.transforms.ImageLoader`: decoded, cropped and
+    resized to the uint8 model input by the project's image rule) and passed through ``transform`` (augmentation).
 
-    Items are ``(image uint8 (3, H, W), labels uint8 (A,))``. ``loader``, when given, replaces torchvision's
-    decoder: a callable from a file path to the uint8 image (e.g. :class:`faceattr.data.scaled_jpeg.ScaledJpegLoader`,
-    which also crops and resizes). With ``skip_corrupt`` an unreadable image yields ``None``, which
-    :func:`collate_skipping_corrupt` drops and counts.
+    Items are ``(image uint8 (3, h, w), labels uint8 (A,))``. With ``skip_corrupt`` an unreadable image yields
+    ``None``, which :func:`collate_skipping_corrupt` drops and counts.
     """
 
     def __init__(
@@ -194,9 +192,9 @@ class CelebAImages(Dataset):
         image_dir: Path,
         filenames: np.ndarray,
         labels: torch.Tensor,
-        transform=None,
-        skip_corrupt: bool = False,
-        loader: Callable[[str], torch.Tensor] | None = None,
+        transform,
+        skip_corrupt: bool,
+        loader: ImageLoader,
     ) -> None:
         self.image_dir = str(image_dir)
         self.filenames = filenames
@@ -214,7 +212,7 @@ class CelebAImages(Dataset):
     def __getitem__(self, index: int):
         path = self.path(index)
         try:
-            image = decode_image(path, mode=ImageReadMode.RGB) if self.loader is None else self.loader(path)
+            image = self.loader(path)
         except (RuntimeError, OSError, ValueError) as exc:
             if self.skip_corrupt:
                 return None

@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.data.cache import cached
 from faceattr.data.celeba import SPLITS, CelebAImages, CelebAIndex, collate_skipping_corrupt, read_celeba
-from faceattr.data.scaled_jpeg import ScaledJpegLoader
-from faceattr.data.transforms import build_augmentation, build_transform, size_pair
+from faceattr.data.transforms import ImageLoader, build_augmentation
 from faceattr.errors import UserError
+from faceattr.preprocess import size_pair
 
 
 class CelebADataModule(L.LightningDataModule):
@@ -24,7 +24,8 @@ class CelebADataModule(L.LightningDataModule):
         root: folder holding the annotation files (or its parent ``celeba/``).
         attributes: attribute names to predict, in this order; ``None`` = all 40 in official order.
         image_size: model input size, an int or ``[height, width]``.
-        crop: centre crop applied to the 178x218 aligned image before resizing; ``None`` = no crop.
+        crop: centre crop of the 178x218 aligned frame, before resizing (:mod:`faceattr.preprocess`); ``None`` = the
+            whole frame.
         train_augment: ``transforms.v2`` transforms applied to training images after resizing.
         limit: use at most this many training images, drawn at random (seeded by ``seed``) from the official
             training partition; ``None`` = all. Never applies to validation or test.
@@ -36,9 +37,9 @@ class CelebADataModule(L.LightningDataModule):
         cache: a folder for the pre-decoded image cache (:mod:`faceattr.data.cache`): ``setup`` decodes, crops
             and resizes each split once into it (or reuses what is there for the same data and preprocessing) and
             the loaders read from it, augmenting per epoch; ``None`` = decode every image every epoch.
-        jpeg_scaling: decode JPEGs at a reduced scale where the crop allows (:mod:`faceattr.jpeg_scaling`), with
-            the service's crop and resize (:mod:`faceattr.data.scaled_jpeg`); recorded with the model, so that
-            the service decodes uploads the same way. ``False``: torchvision's full decode, then the transforms.
+        jpeg_scaling: decode JPEGs at a reduced DCT scale where the crop allows (``decode_scale`` of
+            :mod:`faceattr.preprocess`); recorded with the model, so that the service decodes uploads the same way.
+            ``False``: CelebA's images are decoded whole.
     """
 
     def __init__(
@@ -111,13 +112,9 @@ class CelebADataModule(L.LightningDataModule):
         for split in SPLITS:
             chosen = self._indices(index, split).numpy()
             augment = self.train_augment if split == "train" else ()
-            loader = ScaledJpegLoader(self.image_size, self.crop) if self.jpeg_scaling else None
-            if loader is not None:  # the loader crops and resizes
-                transform = build_augmentation(augment) if self.cache is None else None
-            elif self.cache is None:
-                transform = build_transform(self.image_size, self.crop, augment)
-            else:
-                transform = build_transform(self.image_size, self.crop)  # what the cache holds; augment on read
+            # The loader decodes, crops and resizes; the augmentation runs after it (on read, with the cache).
+            loader = ImageLoader(self.image_size, self.crop, self.jpeg_scaling)
+            transform = build_augmentation(augment) if self.cache is None else None
             images = CelebAImages(
                 index.image_dir,
                 index.filenames[chosen],

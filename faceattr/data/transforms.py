@@ -1,12 +1,15 @@
-"""Image preprocessing on uint8 tensors with torchvision ``transforms.v2``.
+"""Training images: the file read by the project's one image rule (:mod:`faceattr.preprocess`), then augmented.
 
-The data path stays uint8 end to end (4x less memory and host-to-device traffic than float); the model converts to
-float, scales to [0, 1] and normalizes on the device (see ``FaceAttrModule._unpack``).
+:class:`ImageLoader` turns a file into the model's uint8 input in one step (decode, with JPEGs at the reduced DCT
+scale the rule picks for the model's ``jpeg_scaling``; the crop of the aligned frame; the resize): the function the
+service and export run on an image, so training, evaluation and serving see the same pixels. Augmentation
+(``data.train_augment``, torchvision ``transforms.v2``) runs after it, on the uint8 image; the model converts to
+float, scales to [0, 1] and normalizes on the device (see ``FaceAttrModule._unpack``). The data path stays uint8 end
+to end (4x less memory and host-to-device traffic than float).
 
-The crop and resize run as one transform, and a plain image tensor (what ``CelebAImages`` passes) goes straight to
-torchvision's kernels (``center_crop_image``, ``resize_image``, ``horizontal_flip_image``), the ones that v2's
-dispatch would pick: the output is identical, without v2's per-call input inspection (about a fifth of the
-per-image time in a DataLoader worker). Any other input (tv_tensors, several inputs) takes v2's normal path.
+A plain image tensor (what ``CelebAImages`` passes) goes straight to torchvision's flip kernel, the one v2's dispatch
+would pick: the output is identical, without v2's per-call input inspection. Any other input (tv_tensors, several
+inputs) takes v2's normal path.
 """
 
 from __future__ import annotations
@@ -18,44 +21,38 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from faceattr.preprocess import RULE_VERSION, decode_file, preprocess, size_pair
 
-def size_pair(size: int | Sequence[int]) -> tuple[int, int]:
-    """``64`` -> ``(64, 64)``; ``[h, w]`` -> ``(h, w)``."""
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        return size, size
-    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
-        return int(size[0]), int(size[1])
-    raise ValueError(f"a size must be a positive int or [height, width], got {size!r}")
+
+class ImageLoader:
+    """``path -> uint8 (3, h, w)`` at ``image_size``: the training ``crop`` of the aligned frame (None: the whole
+    frame), from a JPEG decoded as :func:`faceattr.preprocess.decode_scale` says for ``jpeg_scaling``.
+
+    Raises ``ValueError`` or ``OSError`` for a file that is not a readable image (``CelebAImages`` names it).
+    """
+
+    def __init__(self, image_size: int | Sequence[int], crop: int | Sequence[int] | None, jpeg_scaling: bool) -> None:
+        self.image_size = size_pair(image_size)
+        self.crop = None if crop is None else size_pair(crop)
+        self.jpeg_scaling = bool(jpeg_scaling)
+
+    def __call__(self, path: str) -> torch.Tensor:
+        with open(path, "rb") as file:  # (pathlib's parsing costs ~15 us an image here)
+            data = file.read()
+        image = preprocess(decode_file(data, self.image_size, self.crop, self.jpeg_scaling), self.image_size, self.crop)
+        return torch.from_numpy(image).permute(2, 0, 1)
+
+    def __repr__(self) -> str:
+        crop = None if self.crop is None else list(self.crop)
+        return (
+            f"ImageLoader(image_size={list(self.image_size)}, crop={crop}, jpeg_scaling={self.jpeg_scaling}, "
+            f"rule=faceattr.preprocess v{RULE_VERSION})"
+        )
 
 
 def _plain_image(inputs: tuple[Any, ...]) -> torch.Tensor | None:
     """The single plain tensor of ``inputs`` (v2 treats it as an image), else None."""
     return inputs[0] if len(inputs) == 1 and type(inputs[0]) is torch.Tensor else None
-
-
-class CenterCropResize(v2.Transform):
-    """``CenterCrop(crop)`` (None: no crop) then ``Resize(size, antialias=True)`` (bilinear), as one transform."""
-
-    def __init__(self, crop: Sequence[int] | None, size: Sequence[int]) -> None:
-        super().__init__()
-        self.crop = None if crop is None else list(size_pair(crop))
-        self.size = list(size_pair(size))
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if self.crop is not None:
-            inpt = self._call_kernel(F.center_crop, inpt, output_size=self.crop)
-        return self._call_kernel(F.resize, inpt, self.size, antialias=True)
-
-    def forward(self, *inputs: Any) -> Any:
-        image = _plain_image(inputs)
-        if image is None:
-            return super().forward(*inputs)
-        if self.crop is not None:
-            image = F.center_crop_image(image, self.crop)
-        return F.resize_image(image, self.size, antialias=True)
-
-    def extra_repr(self) -> str:
-        return f"crop={self.crop}, size={self.size}, antialias=True"
 
 
 class RandomHorizontalFlip(v2.RandomHorizontalFlip):
@@ -85,18 +82,7 @@ def _direct(transform: v2.Transform) -> v2.Transform:
     return transform
 
 
-def build_transform(
-    image_size: int | Sequence[int],
-    crop: int | Sequence[int] | None,
-    augment: Sequence[v2.Transform] = (),
-) -> v2.Compose:
-    """Centre-crop the aligned face (``crop``, before resizing), resize to ``image_size``, then ``augment``."""
-    steps: list[v2.Transform] = [CenterCropResize(None if crop is None else size_pair(crop), size_pair(image_size))]
-    steps.extend(_direct(t) for t in augment)
-    return v2.Compose(steps)
-
-
 def build_augmentation(augment: Sequence[v2.Transform]) -> v2.Compose | None:
-    """``augment`` alone (the steps :func:`build_transform` runs after resizing), None when there are none: what
-    images read from the pre-decoded cache (``faceattr.data.cache``) still go through, per epoch."""
+    """The augmentation ``augment`` (run after :class:`ImageLoader`, per item and epoch, also on images read from
+    the pre-decoded cache ``faceattr.data.cache``), None when there are none."""
     return v2.Compose([_direct(t) for t in augment]) if augment else None

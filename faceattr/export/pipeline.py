@@ -6,9 +6,12 @@
 2. preprocess the run's validation images the way the service will, run the Lightning model on them, calibrate
    per-attribute thresholds and compute validation metrics (optimistic at the calibrated thresholds: tuned there);
 3. measure the service's decision rule (those thresholds) on the run's whole test split (``test_metrics``);
+   the model's contract (``faceattr/contract.py``, from the checkpoint's hyper-parameters) takes the thresholds and
+   the face template;
 4. write each format to ``<run dir>/export/`` and check it against the Lightning model on validation images
    (fails above ``parity.atol``);
-5. save a new version of the BentoML model ``name`` with the artefacts, ``faceattr.json`` and ``config.yaml``.
+5. save a new version of the BentoML model ``name`` with the artefacts, ``faceattr.json`` (the contract, then the
+   export's figures and provenance) and ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -25,16 +28,20 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 import faceattr
+from faceattr.artefacts import load_torchscript, onnx_session
 from faceattr.atomic import remove_stale_temporaries, write_json, write_text
+from faceattr.contract import CONTRACT_KEY, ModelContract
 from faceattr.errors import UserError
 from faceattr.export import build
-from faceattr.export.calibrate import check_run_config, f1_thresholds, predict, split_metrics, split_set
+from faceattr.export.calibrate import predict, split_metrics, split_set
 from faceattr.export.options import check_options
-from faceattr.export.resolve import Resolved, resolve_checkpoint
 from faceattr.export.store import check_model_name, save_model
 from faceattr.faces import CELEBA_TEMPLATE, estimate_template, find_landmark_file
 from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE
-from faceattr.serve.images import ALIGNED_SIZE
+from faceattr.model.loading import load_module
+from faceattr.model.metrics import f1_thresholds
+from faceattr.preprocess import ALIGNED_SIZE
+from faceattr.run_finder import Resolved, check_run_config, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +70,19 @@ def _parity(run, inputs: torch.Tensor, reference: torch.Tensor) -> float:
     return diff
 
 
-def _runner(fmt: str, path: Path):
+def _runner(fmt: str, path: Path, contract: ModelContract):
     if fmt == "torchscript":
-        module, _ = build.load_torchscript(path)
+        module, _ = load_torchscript(path)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode():
                 return module(x).float()
 
         return run
-    session = build.onnx_session(path)
+    session = onnx_session(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run([build.OUTPUT_NAME], {build.INPUT_NAME: x.numpy()})[0])
+        return torch.from_numpy(session.run([contract.output_name], {contract.input_name: x.numpy()})[0])
 
     return run
 
@@ -93,20 +100,18 @@ class Calibration:
     metrics: dict[str, Any]
 
 
-def _describe(hparams: dict[str, Any]) -> tuple[list[int], list[int] | None, list[str]]:
-    image_size = list(hparams["image_size"])
-    crop = None if hparams.get("crop") is None else list(hparams["crop"])
-    attributes = list(hparams["attributes"])
+def _describe(contract: ModelContract) -> None:
+    (h, w), crop = contract.image_size, contract.crop
     log.info(
-        f"model:       {hparams['backbone']}, {len(attributes)} attributes, input {image_size[0]}x{image_size[1]}, "
-        f"crop {crop} of the aligned {ALIGNED_SIZE[1]}x{ALIGNED_SIZE[0]} frame"
+        f"model:       {contract.backbone}, {len(contract.attributes)} attributes, input {h}x{w}, crop "
+        f"{None if crop is None else list(crop)} of the aligned {ALIGNED_SIZE[1]}x{ALIGNED_SIZE[0]} frame"
     )
-    return image_size, crop, attributes
 
 
-def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resolved) -> Calibration:
+def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resolved) -> Calibration:
     """Step 2: the Lightning model on the validation images -> parity references, thresholds, validation metrics."""
-    image_size, crop, attributes = list(hparams["image_size"]), hparams.get("crop"), list(hparams["attributes"])
+    image_size, crop, attributes = contract.image_size, contract.crop, contract.attributes
+    hparams = dict(module.hparams)
     calib_cfg, num_parity = cfg.calibration, int(cfg.parity.num_images)
     default = float(calib_cfg.default_threshold)
     validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid")
@@ -140,7 +145,7 @@ def _calibrate(cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resol
         int(calib_cfg.batch_size),
         int(calib_cfg.num_workers),
         keep=num_parity,
-        jpeg_scaling=bool(hparams.get("jpeg_scaling", False)),
+        jpeg_scaling=contract.jpeg_scaling,
     )
     labels = validation.labels[:count]
     log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
@@ -180,12 +185,12 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 def _test_metrics(
-    cfg: DictConfig, module, hparams: dict[str, Any], resolved: Resolved, thresholds: torch.Tensor
+    cfg: DictConfig, module, contract: ModelContract, resolved: Resolved, thresholds: torch.Tensor
 ) -> dict[str, Any]:
     """Step 3: the service's decision rule on the run's whole test split (empty when off or there is no data)."""
     if not cfg.get("test_metrics", True):
         return {}
-    test, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "test")
+    test, note = split_set(dict(module.hparams), resolved.run_config, cfg.get("data_root"), "test")
     if test is None:
         log.info(f"test:        skipped: {note}")
         return {}
@@ -193,12 +198,12 @@ def _test_metrics(
     _, probs = predict(
         module,
         test.paths,
-        list(hparams["image_size"]),
-        hparams.get("crop"),
+        contract.image_size,
+        contract.crop,
         int(cfg.calibration.batch_size),
         int(cfg.calibration.num_workers),
         keep=0,
-        jpeg_scaling=bool(hparams.get("jpeg_scaling", False)),
+        jpeg_scaling=contract.jpeg_scaling,
     )
     metrics = split_metrics(probs, test.labels, thresholds)
     log.info(
@@ -211,59 +216,34 @@ def _test_metrics(
 def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
     """The run's own test metrics (run.json), only if the exported checkpoint is the one the run tested."""
     record = resolved.run_record
-    tested = record.get("tested_checkpoint", record.get("best_checkpoint"))
-    if not tested or resolved.run_dir is None or not record.get("test"):
+    if record is None or not record.tested_checkpoint or resolved.run_dir is None or not record.test:
         return {}
+    tested = record.tested_checkpoint
     candidates = {Path(tested).expanduser(), resolved.run_dir / CHECKPOINT_DIR / Path(tested).name}
     exported = resolved.checkpoint.resolve()
     if any(path.is_file() and path.resolve() == exported for path in candidates):
-        return dict(record["test"])
+        return dict(record.test)
     return {}
 
 
-def _metadata(
-    hparams: dict[str, Any], module, resolved: Resolved, calibration: Calibration, test_metrics: dict[str, Any]
-) -> dict[str, Any]:
-    """Everything the service and a reader of the model need: contract, thresholds, metrics, provenance."""
-    attributes = list(hparams["attributes"])
-    image_size = list(hparams["image_size"])
+def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: Calibration, test_metrics) -> dict:
+    """``faceattr.json``: the model's contract (what the service and every reader need), then the export's figures
+    and provenance (for people and tools reading the model)."""
     record = resolved.run_record
     run_test = _tested_checkpoint_metrics(resolved)
+    contract_fields = set(contract.to_json())
     return {
+        CONTRACT_KEY: contract.to_json(),
         "faceattr_version": faceattr.__version__,
-        "attributes": attributes,
-        "num_attributes": len(attributes),
-        "image_size": image_size,
-        "crop": None if hparams.get("crop") is None else list(hparams["crop"]),
-        # data.jpeg_scaling of training: the service decodes JPEGs the same way (faceattr/jpeg_scaling.py).
-        "jpeg_scaling": bool(hparams.get("jpeg_scaling", False)),
-        "aligned_size": list(ALIGNED_SIZE),
-        "input": {
-            "name": build.INPUT_NAME,
-            "dtype": "float32",
-            "shape": ["N", 3, *image_size],
-            "layout": "NCHW RGB",
-            "range": [0.0, 1.0],
-        },
-        "output": {
-            "name": build.OUTPUT_NAME,
-            "dtype": "float32",
-            "shape": ["N", len(attributes)],
-            "meaning": "sigmoid probabilities, one per attribute",
-        },
-        "mean": list(hparams["mean"]),
-        "std": list(hparams["std"]),
-        "thresholds": {name: round(float(t), 6) for name, t in zip(attributes, calibration.thresholds)},
-        "threshold_method": calibration.method,
-        "uncalibrated_attributes": [a for a, ok in zip(attributes, calibration.calibrated.tolist()) if not ok],
-        "backbone": hparams["backbone"],
         "num_parameters": sum(p.numel() for p in module.net.parameters()),
         "metrics": {
             # Validation: at_thresholds_tuned_here is optimistic (the thresholds were tuned on these images).
             "validation": calibration.metrics,
             # The run's whole test split through the service's preprocessing; at_thresholds = the served decisions.
             "test": test_metrics,
-            "run": {k: record.get(k) for k in ("monitor", "best_score", "val_auroc_best", "epochs") if k in record},
+            "run": {}
+            if record is None
+            else {"monitor": record.monitor, "best_score": record.best_score, "epochs": record.epochs},
             # The run's own test/* figures: only when this checkpoint is the one the run tested.
             "run_test": run_test,
         },
@@ -273,14 +253,14 @@ def _metadata(
             "picked": resolved.reason,
             "run_test_is_this_checkpoint": bool(run_test),
         },
-        "hparams": {k: v for k, v in hparams.items() if k not in ("attributes",)},
+        # The training hyper-parameters the contract does not hold (provenance only).
+        "hparams": {k: v for k, v in dict(module.hparams).items() if k not in contract_fields},
     }
 
 
-def _face_template(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
-    """The five-landmark template the service aligns detected faces onto (``face_template`` in the metadata): the
-    mean of the training data's ``list_landmarks_align_celeba`` file when its data root has one, else the built-in
-    CelebA mean."""
+def _face_template(cfg: DictConfig, resolved: Resolved, contract: ModelContract) -> ModelContract:
+    """``contract`` with the five-landmark template the service aligns detected faces onto: the mean of the training
+    data's ``list_landmarks_align_celeba`` file when its data root has one, else the built-in CelebA mean."""
     root = cfg.get("data_root") or (resolved.run_config.get("data") or {}).get("root")
     path = find_landmark_file(str(root)) if root else None
     template = CELEBA_TEMPLATE
@@ -290,17 +270,16 @@ def _face_template(cfg: DictConfig, resolved: Resolved) -> dict[str, Any]:
         except UserError as exc:
             log.warning(f"warning:     {exc}; faces are aligned onto the {CELEBA_TEMPLATE.source} instead")
     log.info(f"faces:       landmark template: {template.source}")
-    return template.as_dict()
+    return contract.with_face_template(template.points, template.source)
 
 
 def _write_artefacts(
-    cfg: DictConfig, module, calibration: Calibration, metadata: dict[str, Any], out_dir: Path
+    cfg: DictConfig, module, contract: ModelContract, calibration: Calibration, metadata: dict, out_dir: Path
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Step 4: each format, written atomically and parity-checked; UserError (nothing stored) above the tolerance."""
     formats = _formats(cfg)
-    image_size = metadata["image_size"]
     inputs = calibration.inputs
-    example = inputs[:2].float().div(255) if len(inputs) >= 2 else torch.rand(2, 3, *image_size)
+    example = inputs[:2].float().div(255) if len(inputs) >= 2 else torch.rand(2, 3, *contract.image_size)
     exported = build.probability_model(module)
     files: dict[str, Path] = {}
     parity: dict[str, Any] = {}
@@ -314,7 +293,7 @@ def _write_artefacts(
         else:
             build.export_onnx(exported, example, path, embedded, cfg.export.get("opset"))
         seconds = time.time() - t0
-        diff = _parity(_runner(fmt, path), inputs, calibration.reference)
+        diff = _parity(_runner(fmt, path, contract), inputs, calibration.reference)
         source = calibration.parity_source
         parity[fmt] = {"max_abs_diff": diff, "atol": atol, "images": source, "export_s": round(seconds, 2)}
         log.info(
@@ -332,7 +311,7 @@ def _write_artefacts(
 
 def _store(
     cfg: DictConfig,
-    hparams: dict[str, Any],
+    contract: ModelContract,
     files: dict[str, Path],
     metadata: dict[str, Any],
     run_config: dict[str, Any],
@@ -348,8 +327,8 @@ def _store(
         metadata, config=yaml.safe_dump(run_config, sort_keys=False) if run_config else "", export_config=export_cfg
     )
     labels = {
-        "backbone": str(hparams["backbone"]),
-        "image_size": "x".join(map(str, hparams["image_size"])),
+        "backbone": contract.backbone,
+        "image_size": "x".join(map(str, contract.image_size)),
         "formats": "+".join(metadata["formats"]),
         "project": "faceattr",
     }
@@ -371,23 +350,26 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     resolved = resolve_checkpoint(cfg.ckpt)  # step 1
     log.info(f"checkpoint:  {resolved.checkpoint}")
     log.info(f"  picked:    {resolved.reason}")
-    module = build.load_module(resolved.checkpoint)
-    hparams = dict(module.hparams)
+    module = load_module(resolved.checkpoint)
     if resolved.run_config:
-        check_run_config(hparams, resolved.run_config, f"{resolved.run_dir}/config.yaml")
-    _describe(hparams)
+        check_run_config(dict(module.hparams), resolved.run_config, f"{resolved.run_dir}/config.yaml")
+    contract = module.contract
+    _describe(contract)
 
-    calibration = _calibrate(cfg, module, hparams, resolved)
-    test_metrics = _test_metrics(cfg, module, hparams, resolved, calibration.thresholds)
-    metadata = _metadata(hparams, module, resolved, calibration, test_metrics)
-    metadata["face_template"] = _face_template(cfg, resolved)
+    calibration = _calibrate(cfg, module, contract, resolved)
+    test_metrics = _test_metrics(cfg, module, contract, resolved, calibration.thresholds)
+    contract = contract.with_thresholds(
+        calibration.thresholds.tolist(), calibration.calibrated.tolist(), calibration.method
+    )
+    contract = _face_template(cfg, resolved, contract)
+    metadata = _metadata(contract, module, resolved, calibration, test_metrics)
 
     out_dir = _output_dir(cfg, resolved.checkpoint, resolved.run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)  # left by an export that was killed mid-write
-    files, metadata["parity"] = _write_artefacts(cfg, module, calibration, metadata, out_dir)
+    files, metadata["parity"] = _write_artefacts(cfg, module, contract, calibration, metadata, out_dir)
     metadata["formats"] = {fmt: ARTEFACT_FILES[fmt] for fmt in formats}
-    tag = _store(cfg, hparams, files, metadata, resolved.run_config, out_dir)
+    tag = _store(cfg, contract, files, metadata, resolved.run_config, out_dir)
     if tag:
         metadata["tag"] = tag
     metadata["export_s"] = round(time.time() - started, 2)

@@ -15,7 +15,6 @@ from faceattr.faces.detector import FaceDetector
 from faceattr.faces.face import Face
 from faceattr.faces.model_files import FaceModelError
 from faceattr.faces.template import (
-    ALIGNED_SIZE,
     CELEBA_TEMPLATE,
     LANDMARK_FILES,
     LANDMARK_NAMES,
@@ -25,7 +24,6 @@ from faceattr.faces.template import (
 )
 
 __all__ = [
-    "ALIGNED_SIZE",
     "CELEBA_TEMPLATE",
     "LANDMARK_FILES",
     "LANDMARK_NAMES",

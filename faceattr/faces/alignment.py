@@ -14,7 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from faceattr.faces.template import ALIGNED_SIZE, CELEBA_TEMPLATE, Template, template_points
+from faceattr.faces.template import CELEBA_TEMPLATE, Template, template_points
+from faceattr.preprocess import ALIGNED_SIZE
 
 #: A face frame may reach outside the photo (a face at its edge) by at most this many times the photo's area.
 MAX_REGION_RATIO = 25

@@ -21,8 +21,6 @@ from typing import Any
 
 from faceattr.errors import UserError
 
-#: (height, width) of a CelebA aligned image: the frame the template's points are in.
-ALIGNED_SIZE: tuple[int, int] = (218, 178)
 #: The five landmarks, in the order of CelebA's columns (``<name>_x <name>_y`` each).
 LANDMARK_NAMES: tuple[str, ...] = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
 #: CelebA's aligned-landmark file in the original layout and in Kaggle's (``jessicali9530/celeba-dataset``).

@@ -118,3 +118,27 @@ def attribute_table(values: dict[str, torch.Tensor], attributes: list[str]) -> d
             row[column] = round(value, 6) if value == value else None
         table[name] = row
     return table
+
+
+def f1_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-attribute F1-optimal thresholds and a mask of the attributes that could be calibrated."""
+    num, attrs = probs.shape
+    thresholds = torch.full((attrs,), float(default), dtype=torch.float64)
+    calibrated = torch.zeros(attrs, dtype=torch.bool)
+    for a in range(attrs):
+        y = labels[:, a].to(torch.float64)
+        positives = float(y.sum())
+        if num == 0 or positives == 0 or positives == num:
+            continue
+        p, order = probs[:, a].to(torch.float64).sort(descending=True)
+        tp = y[order].cumsum(0)
+        k = torch.arange(1, num + 1, dtype=torch.float64)
+        f1 = 2 * tp / (k + positives)
+        # A cut after position k-1 is only possible where the next probability is strictly lower.
+        valid = torch.ones(num, dtype=torch.bool)
+        valid[:-1] = p[:-1] > p[1:]
+        f1 = torch.where(valid, f1, torch.full_like(f1, -1.0))
+        best = int(f1.argmax())
+        thresholds[a] = (p[best] + p[best + 1]) / 2 if best + 1 < num else p[best]
+        calibrated[a] = True
+    return thresholds.float(), calibrated

@@ -4,12 +4,12 @@ Contract of ``forward``: float images ``(N, 3, H, W)``, RGB in [0, 1]; returns l
 lives in the module, so batches stay uint8 until they reach the device (``_unpack``), and exported models take
 [0, 1] images.
 Checkpoints carry every hyper-parameter needed to rebuild the model (backbone, attribute names, input size, crop,
-normalization), so export needs nothing but the ``.ckpt``.
+normalization), so export needs nothing but the ``.ckpt``; :attr:`FaceAttrModule.contract` is the model's contract
+(``faceattr/contract.py``) built from them, the one object export writes and serving reads.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -18,16 +18,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 
-from faceattr.data.transforms import size_pair
+from faceattr.contract import ModelContract
 from faceattr.model.backbone import create_backbone
 from faceattr.model.metrics import MACRO, attribute_table, build_metrics, macro
 from faceattr.model.rng import rng_states, set_rng_states
+from faceattr.preprocess import RULE_VERSION, size_pair
 
 STAGES = ("val", "test")
 # State that older checkpoints kept in the state_dict and that is now elsewhere (dropped when loading them):
-# the loss weights (rebuilt from the data) and the best validation AUROC (now a checkpoint entry of its own).
+# the loss weights (rebuilt from the data) and the best validation AUROC (now faceattr/best_metric.py's state).
 LEGACY_STATE_KEYS = ("criterion.pos_weight", "best_val_auroc")
-BEST_VAL_AUROC_KEY = "faceattr_best_val_auroc"
 
 
 class FaceAttrModule(L.LightningModule):
@@ -38,6 +38,8 @@ class FaceAttrModule(L.LightningModule):
         attributes: attribute names, one output each, in order.
         image_size: input ``(height, width)`` (or an int) the model is trained at.
         crop: centre crop applied to the aligned 178x218 image before resizing (recorded for export and serving).
+        jpeg_scaling: the training JPEGs were decoded at a reduced DCT scale (``data.jpeg_scaling``).
+        preprocess_rule: the version of the image rule (faceattr/preprocess.py) the training images went through.
         mean, std: per-channel normalization applied inside ``forward``; ``None`` = the backbone's own (timm's
             ``pretrained_cfg``: ImageNet statistics for ResNets, 0.5/0.5 for ViTs).
         pretrained: start from timm's pretrained weights (needs the network), unless ``weights`` is given.
@@ -58,6 +60,7 @@ class FaceAttrModule(L.LightningModule):
         image_size: int | Sequence[int] = 64,
         crop: int | Sequence[int] | None = None,
         jpeg_scaling: bool = False,
+        preprocess_rule: int = RULE_VERSION,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         pretrained: bool = False,
@@ -82,6 +85,8 @@ class FaceAttrModule(L.LightningModule):
                 "image_size": list(size_pair(image_size)),
                 "crop": None if crop is None else list(size_pair(crop)),
                 "jpeg_scaling": bool(jpeg_scaling),
+                # The image rule the training images went through (faceattr/preprocess.py): part of the contract.
+                "preprocess_rule": int(preprocess_rule),
                 "mean": [float(v) for v in mean],
                 "std": [float(v) for v in std],
                 "pretrained": bool(pretrained),
@@ -101,15 +106,17 @@ class FaceAttrModule(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(self.hparams.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.hparams.std).view(1, 3, 1, 1), persistent=False)
-        # Best macro val AUROC so far: a checkpoint entry of its own (not a buffer, which weight averaging would
-        # average), so it survives a resume.
-        self.best_val_auroc = float("-inf")
         # Loss weights of the positives (model.pos_weight=true), computed from the training split in setup(); not
         # part of the weights: a checkpoint holds only what the exported model needs.
         self.register_buffer("pos_weight", None, persistent=False)
         self.metrics = nn.ModuleDict({stage: build_metrics(len(self.attributes)) for stage in STAGES})
         # The last epoch's per-attribute figures of each stage ({attribute: {acc, bacc, auroc, ...}}) and macro figures.
         self.results: dict[str, dict] = {}
+
+    @property
+    def contract(self) -> ModelContract:
+        """What this model carries for export and serving (faceattr/contract.py), from its hyper-parameters."""
+        return ModelContract.from_hparams(self.hparams)
 
     @property
     def num_parameters(self) -> int:
@@ -177,8 +184,8 @@ class FaceAttrModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step("test", batch)
 
-    def _log_epoch_metrics(self, stage: str) -> float:
-        """Log the stage's macro and per-attribute figures; keep them in ``self.results[stage]``; return macro AUROC."""
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log the stage's macro and per-attribute figures; keep them in ``self.results[stage]``."""
         values = self.metrics[stage].compute()
         self.metrics[stage].reset()
         macros = {name: macro(values[name]).float() for name in MACRO}
@@ -189,14 +196,10 @@ class FaceAttrModule(L.LightningModule):
             "macro": {name: float(value) for name, value in macros.items()} | {"num_images": int(values["num_images"])},
             "per_attribute": attribute_table(values, self.attributes),
         }
-        return float(macros["auroc"])
 
     def on_validation_epoch_end(self) -> None:
-        value = self._log_epoch_metrics("val")
-        if not self.trainer.sanity_checking and not math.isnan(value):
-            self.best_val_auroc = max(self.best_val_auroc, value)
-        if math.isfinite(self.best_val_auroc):
-            self.log("val/auroc_best", torch.tensor(self.best_val_auroc), prog_bar=True)
+        # The best epoch so far (val/auroc_best) is faceattr/best_metric.py's, which train() always adds.
+        self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
@@ -204,17 +207,13 @@ class FaceAttrModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Global RNG states, so a resumed run draws the same augmentations and shuffles it would have drawn.
         checkpoint["rng_states"] = rng_states()
-        checkpoint[BEST_VAL_AUROC_KEY] = self.best_val_auroc
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             set_rng_states(checkpoint["rng_states"])
         state = checkpoint.get("state_dict", {})
-        legacy_best = state.get("best_val_auroc")
         for key in LEGACY_STATE_KEYS:
             state.pop(key, None)
-        best = checkpoint.get(BEST_VAL_AUROC_KEY, legacy_best)
-        self.best_val_auroc = float("-inf") if best is None else float(best)
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

@@ -2,12 +2,20 @@
 
 Each item was written for, and is checked against, BentoML 1.4.40, the version that pyproject.toml and
 bentofile.yaml pin: tests/test_bentoml_workarounds.py pins that version and fails when BentoML stops behaving as
-described here, so that a BentoML upgrade starts with a look at this module.
+described here, so that a BentoML upgrade starts with a look at this module. Nothing else in ``faceattr/`` reads
+BentoML's internals (``tests/test_imports.py``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
+from typing import Any
+
+import bentoml
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from faceattr.serve.upload_guard import upload_of
 
 BENTOML_VERSION = "1.4.40"
 
@@ -18,15 +26,97 @@ BENTOML_VERSION = "1.4.40"
 KEEP_MODEL_CONNECTION = {"max_requests": 2**62, "max_age": 1e12}
 
 
-def is_upload(path: Path) -> bool:
-    """True for a file BentoML wrote for this request (never a path named by the client).
+class ReadUpload(bentoml.IODescriptor):
+    """The input spec (``@bentoml.api(input_spec=...)``) of an endpoint whose upload the upload reader has read
+    (``upload_guard.py``): its fields document the request (a file field typed ``Path`` is what makes BentoML
+    document and send it as a multipart file, ``bentoml.SyncHTTPClient`` included), and BentoML builds the endpoint's
+    arguments from the reader's :class:`~faceattr.serve.upload_guard.Upload` instead of parsing the body a second
+    time: the file field holds the upload's bytes (a list of them for a list field), each option its value or
+    default.
 
-    BentoML stores each uploaded file of a ``Path`` parameter in the request's temporary directory
-    (``bentoml._internal.context.request_temp_dir``, not public API); anything else is not an upload.
+    Relies on BentoML building an endpoint's arguments with the input spec's ``from_http_request(request, serde)``
+    classmethod, and reading them back as the model's fields (``_bentoml_impl/server/app.py``, ``api_endpoint``).
+    The values are taken as the reader checked them, without pydantic validation (``model_construct``).
     """
-    from bentoml._internal.context import request_temp_dir
 
-    try:
-        return Path(path).resolve().is_relative_to(Path(request_temp_dir()).resolve())
-    except (OSError, RuntimeError, LookupError, TypeError, ValueError):  # fail closed: not an upload
-        return False
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> ReadUpload:
+        return cls.model_construct(**upload_of(request.scope).values)
+
+
+class OpenAPI3Document:
+    """ASGI middleware that serves BentoML's OpenAPI document (``GET /docs.json``) as valid OpenAPI 3.0.
+
+    BentoML declares ``openapi: 3.0.2`` but writes pydantic's JSON Schema: ``"type": "file"`` for an upload (OpenAPI
+    2 only; 3.0 writes ``type: string, format: binary``) and ``{"type": "null"}`` in an ``anyOf`` for an optional
+    value (3.0 writes ``nullable: true``), so ``openapi-spec-validator`` and client generators reject it. The
+    document is rewritten by :func:`openapi3` (once per process: it does not change). ``/schema.json``, which
+    BentoML's own clients read, keeps BentoML's spelling.
+    """
+
+    def __init__(self, app: ASGIApp, path: str = "/docs.json") -> None:
+        self.app = app
+        self.path = path
+        self.document: bytes | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != self.path or scope.get("method") not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        if self.document is None:
+            start: dict[str, Any] = {}
+            chunks: list[bytes] = []
+
+            async def keep(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    start.update(message)
+                elif message["type"] == "http.response.body":
+                    chunks.append(message.get("body", b""))
+
+            await self.app({**scope, "method": "GET"}, receive, keep)
+            if start.get("status") != 200:  # not the document: passed on as it is
+                await self.app(scope, receive, send)
+                return
+            self.document = json.dumps(openapi3(json.loads(b"".join(chunks)))).encode()
+        body = self.document
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+
+def openapi3(node: Any) -> Any:
+    """An OpenAPI document (or any part of one) with pydantic's JSON Schema spellings that OpenAPI 3.0 lacks
+    rewritten: ``type: file`` as ``type: string, format: binary`` (without BentoML's ``content_type``/``pil``
+    extras), ``anyOf``/``oneOf`` with ``{"type": "null"}`` and a ``null`` default as ``nullable: true``, ``const`` as a
+    one-value ``enum``."""
+    if isinstance(node, list):
+        return [openapi3(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = {
+        key: {name: openapi3(schema) for name, schema in value.items()}  # field names, not schema keywords
+        if key == "properties" and isinstance(value, dict)
+        else openapi3(value)
+        for key, value in node.items()
+    }
+    if node.get("type") == "file":
+        node = {k: v for k, v in node.items() if k not in ("content_type", "pil")}
+        node.update(type="string", format="binary")
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for key in ("anyOf", "oneOf"):
+        options = node.get(key)
+        if not isinstance(options, list) or {"type": "null"} not in options:
+            continue
+        rest = [option for option in options if option != {"type": "null"}]
+        node.pop(key)
+        node["nullable"] = True
+        if len(rest) > 1:
+            node[key] = rest
+        elif rest and "$ref" in rest[0]:
+            node["allOf"] = rest  # OpenAPI 3.0 ignores the siblings of a $ref
+        elif rest:
+            node = {**rest[0], **node}
+    if "default" in node and node["default"] is None:
+        node["nullable"] = True  # BentoML's flattening of a request or answer drops the null of an optional field
+    return node

@@ -1,16 +1,32 @@
-"""Service settings: ``conf/serve/<name>.yaml``, then ``FACEATTR_SERVE_<KEY>`` environment variables on top.
+"""Service settings: ``conf/serve/default.yaml``, then the file ``FACEATTR_SERVE_CONFIG`` picks, then the
+``FACEATTR_SERVE_<KEY>`` variables, read onto the typed dataclass ``ServeConfig``.
 
-* ``FACEATTR_SERVE_CONFIG`` picks the file: a name in ``conf/serve/`` (``default``, ``onnx``, ``gpu``, ...) or the
-  path of a YAML file.
-* Every key of that file can be overridden by ``FACEATTR_SERVE_<KEY>`` (the key in upper case), e.g.
+* ``conf/serve/default.yaml`` holds every setting's value and what it means: the one place a default is written.
+  ``ServeConfig`` (below) holds each setting's type and what its value must be (``faceattr.constraints.setting``),
+  and no value, as the entry scripts' schemas in faceattr/config/ do; building one without every value is a
+  TypeError. Code that runs a served model outside the service (predict.py, benchmarks, tests) starts from the same
+  file with :func:`default_serve_config`.
+* ``FACEATTR_SERVE_CONFIG`` picks a file: a name in ``conf/serve/`` (``default``, ``onnx``, ``gpu``, ...) or the path
+  of a YAML file. Every file starts from ``conf/serve/default.yaml``: its own keys, after those of the files its
+  Hydra defaults list names (``defaults: [gpu]``; ``_self_`` may place its keys before them), are applied on top of
+  default.yaml's. So a file of one's own lists only what it changes, with or without ``defaults: [default]``;
+  gpu.yaml and onnx.yaml list it, and Hydra's compose API composes them alone to the same settings (a test checks
+  each file).
+* Every key can be overridden by ``FACEATTR_SERVE_<KEY>`` (the key in upper case), e.g.
   ``FACEATTR_SERVE_MODEL=faceattr:abc123`` or ``FACEATTR_SERVE_MAX_BATCH_SIZE=64``; values are read as YAML
   (``null``, ``true``, ``64``, ``[JPEG, PNG]``); lists may also be comma-separated (``JPEG,PNG``).
-* An unknown key, in the file or in the environment, is an error (a typo would otherwise be silently ignored).
-* What each value must be is declared on its ``ServeConfig`` field (``faceattr.constraints.setting``), as the
-  training, export and eval schemas declare theirs (faceattr/config_schema.py).
+* Values are converted and type-checked by OmegaConf against ``ServeConfig``, as Hydra does for the entry scripts.
+  An unknown key, in a file or in the environment, is an error (a typo would otherwise be silently ignored); every
+  mistake is one line (ServeConfigError) naming the key and the file or variable.
 
-No Hydra here: the service must start from a built Bento, which carries ``conf/serve/`` but not the training
-configs.
+The files are composed here (:func:`_read_file`: a defaults list of file names and ``_self_``, the part of Hydra's
+defaults list they use), not by Hydra's compose API, because:
+
+* ``predict.py`` runs the served model inside ``@hydra.main``, where Hydra's ``initialize_config_dir`` refuses to
+  start ("GlobalHydra is already initialized"); clearing and restoring Hydra's global state around it needs Hydra's
+  internals;
+* Hydra's errors (a missing file, a bad defaults list) are multi-line and would need parsing into the one line;
+* a Bento would ship hydra-core for one file read at start-up (it ships only OmegaConf: bentofile.yaml).
 """
 
 from __future__ import annotations
@@ -19,15 +35,22 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
-from faceattr.constraints import at_least, one_of, problem_with, setting
-from faceattr.serve.images import DEFAULT_FORMATS, ImageLimits, PixelBudget, readable_formats
+from faceattr.constraints import at_least, one_of, problem_with, setting, type_words
+from faceattr.serve.images import ImageLimits, PixelBudget, readable_formats
 
 ENV_PREFIX = "FACEATTR_SERVE_"
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
+#: The file every settings file starts from (a name in conf/serve/): every setting's default.
+BASE = "default"
+#: The key of a file's defaults list, and the entry that places the file's own keys in it (Hydra's names).
+DEFAULTS = "defaults"
+SELF = "_self_"
 FORMATS = ("auto", "torchscript", "onnx")
 THRESHOLD_MODES = ("calibrated", "fixed")
 RUNNERS = ("inline", "service")
@@ -53,38 +76,39 @@ class ServeConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The validated settings (see ``conf/serve/default.yaml`` for what each one means)."""
+    """The validated settings: each one's type and check; its value and meaning are in ``conf/serve/default.yaml``."""
 
-    model: str = "faceattr"
-    format: str = setting("auto", **_one_of(FORMATS))
-    runner: str = setting("inline", **_one_of(RUNNERS))
+    model: str
+    format: str = setting(**_one_of(FORMATS))
+    runner: str = setting(**_one_of(RUNNERS))
     device: str = setting(
-        "auto",
         check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
         problem="expected auto, cpu, cuda or cuda:N",
     )
-    threshold_mode: str = setting("calibrated", **_one_of(THRESHOLD_MODES))
-    threshold: float = setting(0.5, check=lambda v: 0.0 <= v <= 1.0, problem="expected a probability in [0, 1]")
-    max_batch_size: int = setting(32, check=at_least(2), problem="BentoML needs at least 2")
-    max_latency_ms: int = setting(5000, **AT_LEAST_1)
-    max_image_bytes: int = setting(10 * 1024 * 1024, **AT_LEAST_1)
-    max_image_pixels: int = setting(50_000_000, **AT_LEAST_1)
-    max_decode_pixels: int = setting(50_000_000, **AT_LEAST_1)
-    max_request_bytes: int = setting(32 * 1024 * 1024, **AT_LEAST_1)
-    max_images_per_request: int = setting(16, **AT_LEAST_1)
-    image_formats: tuple[str, ...] = DEFAULT_FORMATS
-    num_threads: int | None = setting(None, **NULL_OR_AT_LEAST_1)
-    decode_threads: int | None = setting(None, **NULL_OR_AT_LEAST_1)
-    api_workers: int | None = setting(None, **NULL_OR_AT_LEAST_1)
-    model_workers: int = setting(1, **AT_LEAST_1)
-    timeout_s: float = setting(60.0, check=lambda v: v > 0, problem="must be positive")
-    decimals: int = 6
-    access_log: bool = False
-    face: str = setting("center", **_one_of(FACE_MODES))
-    no_face: str = setting("reject", **_one_of(NO_FACE_POLICIES))
-    face_max_side: int = setting(320, check=at_least(32), problem="must be at least 32 (pixels)")
-    face_min_score: float = setting(0.5, check=lambda v: 0.0 < v < 1.0, problem="expected a score in (0, 1)")
-    source: str = field(default="defaults", compare=False)
+    threshold_mode: str = setting(**_one_of(THRESHOLD_MODES))
+    threshold: float = setting(check=lambda v: 0.0 <= v <= 1.0, problem="expected a probability in [0, 1]")
+    max_batch_size: int = setting(check=at_least(2), problem="BentoML needs at least 2")
+    max_latency_ms: int = setting(**AT_LEAST_1)
+    max_image_bytes: int = setting(**AT_LEAST_1)
+    max_image_pixels: int = setting(**AT_LEAST_1)
+    max_decode_pixels: int = setting(**AT_LEAST_1)
+    max_request_bytes: int = setting(**AT_LEAST_1)
+    max_images_per_request: int = setting(**AT_LEAST_1)
+    image_formats: tuple[str, ...]
+    # Optional[...], not `int | None`: OmegaConf 2.3 reads only the former as "may be null".
+    api_workers: Optional[int] = setting(**NULL_OR_AT_LEAST_1)
+    model_workers: int = setting(**AT_LEAST_1)
+    num_threads: Optional[int] = setting(**NULL_OR_AT_LEAST_1)
+    decode_threads: Optional[int] = setting(**NULL_OR_AT_LEAST_1)
+    timeout_s: float = setting(check=lambda v: v > 0, problem="must be positive")
+    decimals: int
+    access_log: bool
+    face: str = setting(**_one_of(FACE_MODES))
+    no_face: str = setting(**_one_of(NO_FACE_POLICIES))
+    face_max_side: int = setting(check=at_least(32), problem="must be at least 32 (pixels)")
+    face_min_score: float = setting(check=lambda v: 0.0 < v < 1.0, problem="expected a score in (0, 1)")
+    #: Where the settings came from (the file and the variables or changes): not a setting.
+    source: str = field(compare=False)
 
     @property
     def limits(self) -> ImageLimits:
@@ -158,49 +182,21 @@ def conf_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def config_path(name: str) -> Path:
-    """The YAML file of ``name``: a path, or a name in ``conf/serve/``."""
+def config_path(name: str, origin: str | None = None) -> Path:
+    """The YAML file of ``name``: a path, or a name in ``conf/serve/``. ``origin`` (default
+    ``FACEATTR_SERVE_CONFIG=<name>``) says in an error where the name came from."""
+    origin = origin or f"{ENV_CONFIG}={name}"
     candidate = Path(name).expanduser()
     if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         if not candidate.is_file():
-            raise ServeConfigError(f"{ENV_CONFIG}={name}: no such file")
+            raise ServeConfigError(f"{origin}: no such file")
         return candidate
     for folder in conf_dirs():
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
     available = sorted({p.stem for folder in conf_dirs() if folder.is_dir() for p in folder.glob("*.yaml")})
-    raise ServeConfigError(
-        f"{ENV_CONFIG}={name}: no conf/serve/{name}.yaml (available: {', '.join(available) or 'none'})"
-    )
-
-
-def _coerce(key: str, value: Any, origin: str) -> Any:
-    """Check and convert one value to the type of field ``key``."""
-    kind = FIELDS[key].type
-    where = f"{key}={value!r} ({origin})"
-    if value is None:
-        if "None" in kind:
-            return None
-        raise ServeConfigError(f"{where}: must not be null")
-    if kind.startswith("tuple"):
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)) or not items:
-            raise ServeConfigError(f"{where}: expected a non-empty list")
-        return tuple(str(item).strip().upper() for item in items if str(item).strip())
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ServeConfigError(f"{where}: expected true or false")
-        return value
-    if kind.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ServeConfigError(f"{where}: expected an integer")
-        return value
-    if kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ServeConfigError(f"{where}: expected a number")
-        return float(value)
-    return str(value)
+    raise ServeConfigError(f"{origin}: no conf/serve/{name}.yaml (available: {', '.join(available) or 'none'})")
 
 
 def _validate(config: ServeConfig) -> ServeConfig:
@@ -229,36 +225,91 @@ def _validate(config: ServeConfig) -> ServeConfig:
     return config
 
 
-def _read_file(path: Path, values: dict[str, Any], seen: tuple[Path, ...] = ()) -> None:
-    """Apply the settings of ``path`` to ``values``, after those of the file it ``extends`` (if any)."""
+def _schema() -> DictConfig:
+    """``ServeConfig`` as a writable OmegaConf structured config (a frozen dataclass gives a read-only one)."""
+    node = OmegaConf.structured(ServeConfig)
+    OmegaConf.set_readonly(node, False)
+    return node
+
+
+def _set(node: DictConfig, key: str, value: Any, origin: str) -> None:
+    """Set setting ``key`` of ``node`` to ``value`` (from ``origin``), converted to the field's type by OmegaConf."""
+    where = f"{key}={value!r} ({origin})"
+    if key not in FIELDS:
+        raise ServeConfigError(f"{origin}: unknown setting {key!r}; valid: {DEFAULTS}, {', '.join(FIELDS)}")
+    kind = str(FIELDS[key].type)
+    if value is None and "Optional" not in kind:
+        raise ServeConfigError(f"{where}: must not be null")
+    if kind.startswith("tuple"):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ServeConfigError(f"{where}: expected a non-empty list")
+        value = [str(item).strip().upper() for item in items if str(item).strip()]
+    try:
+        node[key] = value
+    except ValidationError:
+        raise ServeConfigError(f"{where}: {type_words(FIELDS[key])}") from None
+
+
+def _read_file(path: Path, node: DictConfig, seen: tuple[Path, ...] = ()) -> None:
+    """Apply the settings of ``path`` to ``node`` in the order of its defaults list, as Hydra does: the files it
+    names (beside it, else in conf/serve/), then ``_self_``, this file's own keys, unless the list places it first."""
     if path.resolve() in seen:
-        raise ServeConfigError(f"{path}: 'extends' loops back to itself")
+        raise ServeConfigError(f"{path}: its {DEFAULTS} list leads back to itself")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ServeConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise ServeConfigError(f"{path}: expected a mapping of settings")
-    base = raw.pop("extends", None)
-    if base is not None:
-        _read_file(config_path(str(base)), values, (*seen, path.resolve()))
-    for key, value in raw.items():
-        if key not in FIELDS:
-            raise ServeConfigError(f"{path}: unknown setting {key!r}; valid: extends, {', '.join(FIELDS)}")
-        values[key] = _coerce(key, value, str(path))
+    defaults = raw.pop(DEFAULTS, [])
+    if not isinstance(defaults, list) or not all(isinstance(name, str) for name in defaults):
+        raise ServeConfigError(f"{path}: {DEFAULTS} must be a list of names of files beside it (and {SELF})")
+    if SELF not in defaults:
+        defaults = [*defaults, SELF]
+    for name in defaults:
+        if name == SELF:
+            for key, value in raw.items():
+                _set(node, key, value, str(path))
+            continue
+        beside = path.parent / f"{name}.yaml"
+        base = beside if beside.is_file() else config_path(name, f"{path}: {DEFAULTS} names {name!r}")
+        _read_file(base, node, (*seen, path.resolve()))
+
+
+def _env_value(key: str, text: str) -> Any:
+    """A variable's text as a value: YAML (``null``, ``64``, ``[JPEG, PNG]``), but a string setting keeps the text as
+    written (a version such as ``1.10`` that looks like a number)."""
+    if str(FIELDS[key].type) == "str":
+        return text
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def _settings(files: list[Path], changes: list[tuple[str, Any, str]], source: str) -> ServeConfig:
+    """The settings of ``files`` in turn (each with its defaults list), then ``changes`` (key, value, origin), checked:
+    each field's own check, then what depends on several. Every setting must have a value by then."""
+    node = _schema()
+    for path in dict.fromkeys(files):
+        _read_file(path, node)
+    for key, value, origin in changes:
+        _set(node, key, value, origin)
+    unset = [key for key in FIELDS if OmegaConf.is_missing(node, key)]
+    if unset:
+        raise ServeConfigError(f"{files[0]}: no value for {', '.join(unset)} (it must set every setting)")
+    values = {key: node[key] for key in FIELDS}
+    values["image_formats"] = tuple(values["image_formats"])
+    return _validate(ServeConfig(**values, source=source))
 
 
 def load_serve_config(environ: dict[str, str] | None = None) -> ServeConfig:
-    """Read the YAML file chosen by ``FACEATTR_SERVE_CONFIG`` (default ``default``) and apply env overrides.
-
-    A file may start from another one with ``extends: <name>``.
-    """
+    """The service's settings: ``conf/serve/default.yaml``, then the file ``FACEATTR_SERVE_CONFIG`` names (default
+    ``default``), then the ``FACEATTR_SERVE_<KEY>`` variables of ``environ`` (default ``os.environ``)."""
     environ = dict(os.environ if environ is None else environ)
-    name = environ.get(ENV_CONFIG, "default") or "default"
-    path = config_path(name)
-    values: dict[str, Any] = {}
-    _read_file(path, values)
-    overridden = []
+    path = config_path(environ.get(ENV_CONFIG) or BASE)
+    changes = []
     for var, text in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or var == ENV_CONFIG:
             continue
@@ -266,13 +317,16 @@ def load_serve_config(environ: dict[str, str] | None = None) -> ServeConfig:
         if key not in FIELDS:
             valid = ", ".join(ENV_PREFIX + k.upper() for k in FIELDS)
             raise ServeConfigError(f"unknown environment variable {var}; valid: {ENV_CONFIG}, {valid}")
-        try:
-            parsed = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            parsed = text
-        if FIELDS[key].type == "str" and parsed is not None:
-            parsed = text  # keep e.g. a version that looks like a number as written
-        values[key] = _coerce(key, parsed, var)
-        overridden.append(var)
-    source = str(path) + (f" + {', '.join(overridden)}" if overridden else "")
-    return _validate(ServeConfig(**values, source=source))
+        changes.append((key, _env_value(key, text), var))
+    source = str(path) + (f" + {', '.join(var for _, _, var in changes)}" if changes else "")
+    return _settings([config_path(BASE), path], changes, source)
+
+
+def default_serve_config(**changes: Any) -> ServeConfig:
+    """``conf/serve/default.yaml``'s settings with ``changes`` (e.g. ``model="faceattr:abc"``), converted and checked
+    as a file's values are: for code that runs a served model outside the service (predict.py, benchmarks, tests),
+    which no ``FACEATTR_SERVE_*`` variable or other settings file concerns."""
+    path = config_path(BASE)
+    origin = "default_serve_config"
+    source = str(path) + (f" + {origin}({', '.join(changes)})" if changes else "")
+    return _settings([path], [(key, value, origin) for key, value in changes.items()], source)

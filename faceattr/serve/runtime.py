@@ -1,7 +1,9 @@
-"""The served model: finding it in the BentoML store, loading its artefact, running batches.
+"""The served model: finding it in the BentoML store, reading its contract, loading its artefact, running batches.
 
 Artefacts are loaded only from the BentoML model store (``bentoml.models.get``): the service never loads a file
-from a path it was given.
+from a path it was given. What the model needs (input size, crop, decode rule, thresholds, face template) is its
+contract (``faceattr/contract.py``), read from the export's ``faceattr.json``: a model exported by an older faceattr
+is refused with one line saying to export it again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from faceattr.layout import INPUT_NAME, METADATA_FILE, OUTPUT_NAME
+from faceattr.artefacts import load_torchscript, onnx_session
+from faceattr.contract import ContractError, ModelContract, read_contract
+from faceattr.layout import METADATA_FILE
 from faceattr.serve.config import ServeConfig, bento_root
 
 if TYPE_CHECKING:
@@ -31,16 +35,40 @@ class ModelError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the service needs to know about the model, from the store (no artefact loaded)."""
+    """A stored (or exported) model, read without loading its artefact: its contract and its artefact files."""
 
     tag: str
     path: Path
-    attributes: tuple[str, ...]
-    image_size: tuple[int, int]
-    crop: tuple[int, int] | None
-    thresholds: tuple[float, ...]
+    contract: ModelContract
     formats: dict[str, str]
+    #: The whole ``faceattr.json`` (the contract, the export's figures and provenance).
     metadata: dict[str, Any]
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        return self.contract.attributes
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.contract.image_size
+
+    @property
+    def crop(self) -> tuple[int, int] | None:
+        return self.contract.crop
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return self.contract.thresholds
+
+    @property
+    def face_template(self) -> tuple[tuple[float, float], ...] | None:
+        """Where the model's training faces had their 5 landmarks (None: CelebA's template applies)."""
+        return self.contract.face_template
+
+    @property
+    def jpeg_scaling(self) -> bool:
+        """Whether uploads' JPEGs are decoded at a reduced scale, as the model's training images were."""
+        return self.contract.jpeg_scaling
 
     def artefact(self, fmt: str) -> Path:
         if fmt not in self.formats:
@@ -58,19 +86,6 @@ class ModelInfo:
         if not path.is_file():
             raise ModelError(f"model {self.tag} is incomplete: {path} is missing; export it again")
         return path
-
-    @property
-    def face_template(self) -> tuple[tuple[float, float], ...] | None:
-        """Where the model's training faces had their 5 landmarks (``face_template`` of the metadata, written by
-        export), or None for a model exported before export recorded it (then CelebA's template applies)."""
-        points = (self.metadata.get("face_template") or {}).get("points")
-        return None if not points else tuple((float(x), float(y)) for x, y in points)
-
-    @property
-    def jpeg_scaling(self) -> bool:
-        """Whether the model was trained on JPEGs decoded at reduced scale (``data.jpeg_scaling``, recorded by export;
-        faceattr/jpeg_scaling.py): uploads are then decoded the same way."""
-        return bool(self.metadata.get("jpeg_scaling", False))
 
     def thresholds_for(self, config: ServeConfig) -> np.ndarray:
         if config.threshold_mode == "fixed":
@@ -150,18 +165,14 @@ def read_model_info(path: Path, tag: str) -> ModelInfo:
         raise ModelError(
             f"model {tag} has no readable {METADATA_FILE}: it was not written by faceattr's export; {EXPORT_HINT}"
         ) from None
-    attributes = tuple(metadata["attributes"])
-    thresholds = metadata.get("thresholds") or {}
-    crop = metadata.get("crop")
+    if not isinstance(metadata, dict):
+        raise ModelError(f"model {tag}: {METADATA_FILE} is not a JSON object; {EXPORT_HINT}")
+    try:
+        contract = read_contract(metadata, f"model {tag}")
+    except ContractError as exc:
+        raise ModelError(str(exc)) from None
     return ModelInfo(
-        tag=tag,
-        path=path,
-        attributes=attributes,
-        image_size=tuple(int(v) for v in metadata["image_size"]),  # type: ignore[arg-type]
-        crop=None if crop is None else tuple(int(v) for v in crop),  # type: ignore[arg-type]
-        thresholds=tuple(float(thresholds.get(name, 0.5)) for name in attributes),
-        formats=dict(metadata.get("formats") or {}),
-        metadata=metadata,
+        tag=tag, path=path, contract=contract, formats=dict(metadata.get("formats") or {}), metadata=metadata
     )
 
 
@@ -201,16 +212,13 @@ class Predictor:
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         if self.format == "torchscript":
-            from faceattr.export.build import load_torchscript
-
             self.module, _ = load_torchscript(path, self.device)
             self.session = None
         else:
             try:
-                from faceattr.export.build import onnx_session
+                self.session = onnx_session(path, self.device, config.num_threads)
             except ImportError as exc:  # pragma: no cover - onnxruntime missing from a deployment image
                 raise ModelError(f"format=onnx needs onnxruntime: {exc}") from None
-            self.session = onnx_session(path, self.device, config.num_threads)
             self.module = None
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -226,4 +234,5 @@ class Predictor:
                 batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float().div_(255)
                 return self.module(batch).float().cpu().numpy()
         batch = images.astype(np.float32) / np.float32(255)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+        contract = self.info.contract
+        return self.session.run([contract.output_name], {contract.input_name: batch})[0]

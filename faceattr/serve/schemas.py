@@ -1,14 +1,18 @@
-"""What the API's OpenAPI spec (``/docs.json``, the Swagger UI) documents: the form fields beside the image and the
+"""What the API's OpenAPI spec (``/docs.json``, the Swagger UI) documents: the requests (the upload and the form
+fields beside it: :func:`upload_inputs`, which the upload reader's routes follow: :func:`upload_route`) and the
 answers. The endpoints (``service.py``) write their JSON directly; these models describe it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from faceattr.serve.bentoml_workarounds import ReadUpload
 from faceattr.serve.config import FACE_MODES
 from faceattr.serve.face_finding import FACES_CHOICES
+from faceattr.serve.upload_guard import UploadRoute
 
 
 class Face(BaseModel):
@@ -55,8 +59,8 @@ class BatchPrediction(BaseModel):
 
 
 # The form fields that choose what the model looks at (beside the image), as the OpenAPI spec shows them. The
-# endpoints take them typed Any, so that any value sent (BentoML reads form values as JSON when they parse: 1, null,
-# ...) reaches face_options, which answers a bad one with one line (pydantic's answer is a list of errors).
+# endpoints take them typed Any, so that any value sent (the upload reader reads form values as JSON when they parse,
+# as the document's encoding says: 1, null, ...) reaches face_options, which answers a bad one with one line.
 
 
 def face_field(default: str) -> Any:
@@ -75,3 +79,29 @@ FACES_FIELD = Field(
     '{"model", "faces": [...]})',
     json_schema_extra={"type": "string", "enum": list(FACES_CHOICES)},
 )
+
+
+def upload_inputs(face_default: str) -> tuple[type[ReadUpload], type[ReadUpload]]:
+    """The requests of ``/predict`` and ``/predict_batch``: the file field first, then the option fields (sent as
+    text; the upload reader reads them, ``upload_guard.py``). ``face`` defaults to the server's setting."""
+    face_option = face_field(face_default)  # a class body cannot read a local of the same name as its field
+
+    class PredictInput(ReadUpload):
+        image: Path = Field(description="the photo: JPEG, PNG or WebP, any size (a file upload; URLs are not fetched)")
+        face: Any = face_option
+        faces: Any = FACES_FIELD
+
+    class PredictBatchInput(ReadUpload):
+        images: list[Path] = Field(
+            description="the photos, one file part each (JPEG, PNG or WebP; at most max_images_per_request)"
+        )
+        face: Any = face_option
+
+    return PredictInput, PredictBatchInput
+
+
+def upload_route(spec: type[ReadUpload], max_files: int = 1) -> UploadRoute:
+    """What the upload reader takes for the request ``spec`` documents: its first field as the file field, the
+    others as option fields."""
+    file_field, *options = spec.model_fields
+    return UploadRoute(file_field, tuple(options), max_files)

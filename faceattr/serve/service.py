@@ -14,8 +14,10 @@ JSON (documented by ``schemas.py``). Where the model runs is ``runner`` (conf/se
   inter-service HTTP. For several API workers sharing one GPU model, or scaling the two independently.
 
 Settings come from ``conf/serve/*.yaml`` and ``FACEATTR_SERVE_*`` variables (``faceattr/serve/config.py``). Around
-the API: the upload guard (``upload_guard.py``), the metrics (``metrics.py``), the heap trim after large images
-(``heap.py``) and what depends on BentoML's internals (``bentoml_workarounds.py``).
+the API: the upload reader (``upload_guard.py``: each upload read, parsed and checked once, before BentoML; the
+endpoints get its bytes), the metrics (``metrics.py``), the heap trim after large images (``heap.py``) and what
+depends on BentoML's internals (``bentoml_workarounds.py``: the input spec that hands the reader's upload to the
+endpoints, and the OpenAPI 3 document).
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -36,9 +37,8 @@ import torch
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
-from faceattr.serve import lean_route
 from faceattr.serve.batching import InlineBatcher, Overloaded
-from faceattr.serve.bentoml_workarounds import KEEP_MODEL_CONNECTION, is_upload
+from faceattr.serve.bentoml_workarounds import KEEP_MODEL_CONNECTION, OpenAPI3Document
 from faceattr.serve.config import ServeConfig, ServeConfigError, load_serve_config
 from faceattr.serve.face_finding import FaceFinder, FaceOptions, face_json, face_options
 from faceattr.serve.heap import return_freed_memory_after_large_images
@@ -46,7 +46,7 @@ from faceattr.serve.images import ImageError, PreparedFace
 from faceattr.serve.metrics import count_answered, observe_face_detection, observe_model_call
 from faceattr.serve.rejections import Rejected, rejected
 from faceattr.serve.runtime import ModelError, ModelInfo, Predictor, pick_device, served_model, stored_model
-from faceattr.serve.schemas import FACES_FIELD, BatchPrediction, Prediction, face_field
+from faceattr.serve.schemas import BatchPrediction, Prediction, upload_inputs, upload_route
 from faceattr.serve.upload_guard import UploadGuard
 
 #: Attempts of a call to the model service (``runner: service``) whose connection dropped (inference is idempotent).
@@ -85,8 +85,8 @@ def _served_model() -> tuple[ServeConfig, ModelInfo]:
     return served_model(CONFIG, MODEL_TAG)
 
 
-#: The form field `face` of both endpoints, its default the server's setting.
-FACE_FIELD = face_field(CONFIG.face)
+#: The requests of /predict and /predict_batch (the form field `face` defaults to the server's setting).
+PredictInput, PredictBatchInput = upload_inputs(CONFIG.face)
 
 
 def _ready_predictor(config: ServeConfig, model: ModelInfo) -> Predictor:
@@ -126,8 +126,6 @@ class FaceAttrModel:
         return probabilities
 
 
-# The lean route (faceattr/serve/lean_route.py): /predict's answers for less CPU per request, beside the API.
-@bentoml.asgi_app(lean_route.app, path=lean_route.MOUNT_PATH)
 @bentoml.service(
     name="FaceAttr",
     workers=CONFIG.api_workers,
@@ -183,22 +181,10 @@ class FaceAttr:
             # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
             torch.set_num_threads(1)
 
-    def _load(self, path: Path, options: FaceOptions) -> list[PreparedFace]:
-        """Read, check, decode, find faces in (face=detect) and preprocess one upload (on a worker thread)."""
-        return self.faces.prepare(Path(path).read_bytes(), options)
-
-    async def _prepare(self, path: Path, options: FaceOptions) -> list[PreparedFace]:
-        """One upload as model inputs (one, or one per face with faces=all), prepared in a worker thread
-        (concurrently with other requests and with the model); raises Rejected for a bad upload."""
-        if not is_upload(path):
-            raise Rejected(400, "send the image as a multipart file upload")
-        try:
-            return await anyio.to_thread.run_sync(self._load, path, options, limiter=self._decoders)
-        except ImageError as exc:
-            raise Rejected(exc.status, str(exc)) from None
-
-    async def prepare_bytes(self, data: bytes, options: FaceOptions) -> list[PreparedFace]:
-        """:meth:`_prepare` of an upload already in memory (the lean route, ``lean_route.py``)."""
+    async def _prepare(self, data: bytes, options: FaceOptions) -> list[PreparedFace]:
+        """One upload as model inputs (one, or one per face with faces=all): checked, decoded, its faces found
+        (face=detect) and preprocessed in a worker thread (concurrently with other requests and with the model);
+        raises Rejected for a bad upload."""
         try:
             return await anyio.to_thread.run_sync(self.faces.prepare, data, options, limiter=self._decoders)
         except ImageError as exc:
@@ -236,37 +222,17 @@ class FaceAttr:
             "face": face_json(prepared.face),
         }
 
-    # The endpoints answer with a JSONResponse, which BentoML sends as it is: the documented Prediction written
-    # directly (BentoML would validate it field by field again), or a rejection. output_spec documents the success.
-    @bentoml.api(route="/predict", output_spec=Prediction)
-    async def predict(
-        self, image: Path, ctx: bentoml.Context, face: Any = FACE_FIELD, faces: Any = FACES_FIELD
-    ) -> JSONResponse:
+    # The endpoints take the upload the upload reader read (upload_guard.py; input specs: schemas.py) and answer with
+    # a JSONResponse, which BentoML sends as it is: the documented Prediction written directly (BentoML would
+    # validate it field by field again), or a rejection. output_spec documents the success.
+    @bentoml.api(route="/predict", input_spec=PredictInput, output_spec=Prediction)
+    async def predict(self, image: bytes, face: Any, faces: Any) -> JSONResponse:
         """Attribute probabilities of one photo: multipart field `image` (JPEG, PNG or WebP, any size), and the form
         fields `face` (center | detect) and `faces` (largest | all). With face=center send a portrait with the face
         roughly centred: it is centre-cropped like CelebA's aligned faces; with face=detect any photo."""
-        return _sent(ctx, await self._predict(image, ctx, face, faces))
-
-    @bentoml.api(route="/predict_batch", output_spec=BatchPrediction)
-    async def predict_batch(self, images: list[Path], ctx: bentoml.Context, face: Any = FACE_FIELD) -> JSONResponse:
-        """Attribute probabilities of several photos in one call: multipart field `images`, repeated (at most
-        max_images_per_request), and the form field `face` (center | detect: the largest face of each photo). One
-        bad image rejects the whole request; the error names its position."""
-        return _sent(ctx, await self._predict_batch(images, ctx, face))
-
-    async def _predict(self, image: Path, ctx: bentoml.Context, face: Any, faces: Any) -> JSONResponse:
         try:
-            options = _options(ctx, face, faces)
-        except Rejected as exc:
-            return rejected(exc.status, str(exc))
-        return await self.answer_photo(lambda: self._prepare(image, options), options)
-
-    async def answer_photo(
-        self, prepare: Callable[[], Awaitable[list[PreparedFace]]], options: FaceOptions
-    ) -> JSONResponse:
-        """The answer to one photo, for ``/predict`` and the lean route: ``prepare()`` it, run the model, answer."""
-        try:
-            prepared = await prepare()
+            options = _options(face, faces)
+            prepared = await self._prepare(image, options)
             probabilities = await self._infer(np.stack([item.pixels.numpy() for item in prepared]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
@@ -276,18 +242,16 @@ class FaceAttr:
             return JSONResponse({"model": self.tag, "faces": results})
         return JSONResponse({"model": self.tag, **results[0]})
 
-    async def _predict_batch(self, images: list[Path], ctx: bentoml.Context, face: Any) -> JSONResponse:
-        if len(images) > self.config.max_images_per_request:
-            return rejected(
-                413,
-                f"{len(images)} images in one request; the limit is "
-                f"{self.config.max_images_per_request} (max_images_per_request)",
-            )
+    @bentoml.api(route="/predict_batch", input_spec=PredictBatchInput, output_spec=BatchPrediction)
+    async def predict_batch(self, images: list[bytes], face: Any) -> JSONResponse:
+        """Attribute probabilities of several photos in one call: multipart field `images`, repeated (at most
+        max_images_per_request), and the form field `face` (center | detect: the largest face of each photo). One
+        bad image rejects the whole request; the error names its position."""
         try:
-            options = _options(ctx, face)
+            options = _options(face)
         except Rejected as exc:
             return rejected(exc.status, str(exc))
-        prepared = await asyncio.gather(*(self._prepare(path, options) for path in images), return_exceptions=True)
+        prepared = await asyncio.gather(*(self._prepare(data, options) for data in images), return_exceptions=True)
         for index, item in enumerate(prepared):
             if isinstance(item, Rejected):
                 return rejected(item.status, f"image {index} (0-based, in the order sent): {item}")
@@ -303,29 +267,21 @@ class FaceAttr:
         return JSONResponse({"model": self.tag, "predictions": results})
 
 
-def _sent(ctx: bentoml.Context, response: JSONResponse) -> JSONResponse:
-    """``response`` with its status kept: BentoML gives an endpoint that takes a Context the status of
-    ``ctx.response`` (200 unless set)."""
-    ctx.response.status_code = response.status_code
-    return response
-
-
-def _options(ctx: bentoml.Context, face: Any, faces: Any = "largest") -> FaceOptions:
-    """The request's face options (form fields), or Rejected(400) for a bad value or a query parameter (the options
-    are form fields, which the OpenAPI spec documents; a query string would otherwise be silently ignored)."""
-    query = sorted(ctx.request.query_params.keys())
-    if query:
-        raise Rejected(
-            400,
-            f"query parameters are not read ({', '.join(query)}): send options as multipart form fields beside the "
-            "image, e.g. curl -F image=@photo.jpg -F face=detect http://HOST/predict",
-        )
+def _options(face: Any, faces: Any = "largest") -> FaceOptions:
+    """The request's face options (form fields), or Rejected(400) for a bad value."""
     try:
         return face_options(face, faces)
     except ValueError as exc:
         raise Rejected(400, str(exc)) from None
 
 
+# The upload reader in front of the endpoints; the OpenAPI document as valid OpenAPI 3.
 FaceAttr.add_asgi_middleware(
-    UploadGuard, max_bytes=CONFIG.max_request_bytes, file_fields={"/predict": "image", "/predict_batch": "images"}
+    UploadGuard,
+    max_bytes=CONFIG.max_request_bytes,
+    routes={
+        "/predict": upload_route(PredictInput),
+        "/predict_batch": upload_route(PredictBatchInput, CONFIG.max_images_per_request),
+    },
 )
+FaceAttr.add_asgi_middleware(OpenAPI3Document)

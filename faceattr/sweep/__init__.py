@@ -1,7 +1,5 @@
 """Sweeps: multirun job handling, TensorBoard run names, and the ranked summary of a sweep or of any runs.
 
-- :mod:`faceattr.sweep.naming` names TensorBoard runs (the ``${multirun_job_name:}`` resolver, registered by
-  :func:`faceattr.resolvers.register_resolvers`).
 - :mod:`faceattr.sweep.jobs` runs one multirun job: a failure is recorded in its ``run.json``, not fatal to the
   sweep, and Lightning's DDP child processes re-run that job (not the whole sweep) into the job's directory.
 - :mod:`faceattr.sweep.runs` reads run directories (``run.json``, configs, TensorBoard events).

@@ -26,8 +26,9 @@ Three multirun pitfalls are handled here (``train.py`` calls :func:`run_multirun
    the process group initialized; the next job would then not start its children and wait for ranks that are
    gone. Both are reset after each job. Lightning's child-process observer also stays behind: when a rank of a
    job that already failed exits with an error, it SIGKILLs this process, in the middle of the next job. After each
-   job the observer is given nothing more to watch, and the job's rank processes are waited for (killed after
-   ``RANK_EXIT_TIMEOUT_S``: a rank left alone in a collective never returns).
+   job the observer is given nothing more to watch (:func:`faceattr.lightning_workarounds.disarm_process_observers`),
+   and the job's rank processes are waited for (killed after ``RANK_EXIT_TIMEOUT_S``: a rank left alone in a
+   collective never returns).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from faceattr.atomic import remove_stale_temporaries
 from faceattr.errors import UserError, find_user_error, one_line
 from faceattr.layout import CHECKPOINT_DIR, RUN_CONFIG, RUN_RECORD
+from faceattr.lightning_workarounds import disarm_process_observers
+from faceattr.run_record import RunRecord, Status, read_run_record
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +64,6 @@ CHILD_DROPPED_HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.job.name", "hy
 # Command-line flags that choose the config; a child must see the same ones.
 CONFIG_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
 MAX_ERROR_CHARS = 500
-# Lightning's thread that SIGKILLs the main process when a rank process fails (lightning.fabric launchers).
-OBSERVER_THREAD = "child-process-observer"
 # How long the rank processes of a finished job may take to exit before they are killed.
 RANK_EXIT_TIMEOUT_S = 60.0
 
@@ -121,7 +122,7 @@ def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             log.info(
                 "job %s: continuing the %s attempt from %s",
                 job_dir.name,
-                "failed" if previous.status == "failed" else "interrupted",
+                str(previous.status) if previous.status is Status.FAILED else "interrupted",
                 previous.resume_from,
             )
             with read_write(cfg), open_dict(cfg):
@@ -141,27 +142,25 @@ def run_multirun_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
 def _record_start(cfg: DictConfig, overrides: list[str], resume_from: Path | None) -> None:
     """``run.json`` says ``running`` with the job's overrides (rank 0), until the job's end replaces it."""
-    from faceattr.run_record import record_run
     from faceattr.sweep.resume_sweep import running_record
 
     if is_rank_zero():
         _job_dir().mkdir(parents=True, exist_ok=True)
-        record_run(_job_dir() / RUN_RECORD, running_record(overrides, cfg, resume_from))
+        running_record(overrides, cfg, resume_from).write(_job_dir())
 
 
 def _mark_if_pruned(job_dir: Path) -> None:
     """A job the median-pruning callback stopped: its completed ``run.json`` becomes ``status: pruned`` + why."""
-    from faceattr.run_record import record_run
     from faceattr.sweep.history import describe, read_history
-    from faceattr.sweep.resume_sweep import read_record
 
     if not is_rank_zero():
         return
     history = read_history(job_dir)
-    record = read_record(job_dir)
-    if history is not None and history.pruned is not None and record and record.get("status") == "completed":
-        record.update(status="pruned", pruned=history.pruned, reason=describe(history.pruned, history.metric))
-        record_run(job_dir / RUN_RECORD, record)
+    record = read_run_record(job_dir)
+    if history is not None and history.pruned is not None and record and record.status is Status.COMPLETED:
+        record.status, record.pruned = Status.PRUNED, history.pruned
+        record.reason = describe(history.pruned, history.metric)
+        record.write(job_dir)
 
 
 def run_single_job(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -213,8 +212,6 @@ def _log_file() -> Path | None:
 def record_failure(cfg: DictConfig, exc: Exception, started: float, console: bool = True) -> None:
     """Record that the run or sweep job failed with ``exc``: the traceback in its log file, ``run.json`` with
     ``status: failed`` and the one-line error (global rank 0), and with ``console`` a line on the console."""
-    from faceattr.run_record import record_run
-
     hydra_cfg = HydraConfig.get()
     line = error_line(exc)
     log_file = _log_file()
@@ -230,24 +227,20 @@ def record_failure(cfg: DictConfig, exc: Exception, started: float, console: boo
         log.error("job %s failed: %s%s", hydra_cfg.job.num, line, where)
     if not is_rank_zero():
         return
-    backbone = OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False)
-    monitor = OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False)
-    run_record = {
-        "status": "failed",
-        "error": line,
-        "error_type": type(exc).__name__,
-        "log_file": str(log_file) if log_file else None,
-        "backbone": backbone,
-        "overrides": list(hydra_cfg.overrides.task),
-        "monitor": monitor,
-        "best_score": None,
-        "best_checkpoint": None,
-        "wall_time_s": round(time.time() - started, 1),
-    }
+    failure = RunRecord(
+        status=Status.FAILED,
+        error=line,
+        error_type=type(exc).__name__,
+        log_file=str(log_file) if log_file else None,
+        backbone=OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False),
+        overrides=list(hydra_cfg.overrides.task),
+        monitor=OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False),
+        wall_time_s=round(time.time() - started, 1),
+    )
     try:
         job_dir = _job_dir()
         job_dir.mkdir(parents=True, exist_ok=True)
-        record_run(job_dir / RUN_RECORD, run_record)
+        failure.write(job_dir)
     except (OSError, UserError) as write_error:  # the sweep must go on, the error be shown, even without a record
         log.error("could not write the failure record in %s: %s", _job_dir(), write_error)
 
@@ -311,14 +304,7 @@ def _ddp_children_rerun_this_job(cfg: DictConfig, resume_from: Path | None = Non
 
 def _release_rank_processes(threads_before: set[threading.Thread]) -> None:
     """Disarm the child-process observers this job started, then wait for (or kill) the job's rank processes."""
-    children: list[subprocess.Popen] = []
-    for thread in threading.enumerate():
-        if thread in threads_before or thread.name != OBSERVER_THREAD:
-            continue
-        watched = getattr(thread, "_child_processes", None)
-        if isinstance(watched, list):
-            children += watched
-            watched.clear()  # the observer's next check sees no process and ends without killing anyone
+    children = disarm_process_observers(threads_before)
     deadline = time.monotonic() + RANK_EXIT_TIMEOUT_S
     for child in children:
         try:

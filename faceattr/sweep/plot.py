@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faceattr.atomic import write_bytes
+from faceattr.run_record import Status
 
 if TYPE_CHECKING:  # only the type: summary.py imports this module to draw its plot
     from faceattr.sweep.summary import Summary
@@ -47,7 +48,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
     colors = {}
     colored = 0
     for index, run in enumerate(runs):
-        if run.status == "completed" and colored < MAX_COLORED:
+        if run.status is Status.COMPLETED and colored < MAX_COLORED:
             colors[index] = palette[colored % len(palette)]
             colored += 1
 
@@ -88,7 +89,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
             loc="best",
             framealpha=0.85,
             title=None
-            if colored == sum(r.status == "completed" for r in runs)
+            if colored == sum(r.status is Status.COMPLETED for r in runs)
             else f"best {colored} (grey: the others)",
             title_fontsize=8,
         )
@@ -96,7 +97,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
         curves.text(0.5, 0.5, "no val/auroc events found", ha="center", va="center", transform=curves.transAxes)
 
     # Right: a ranked dot plot (dots, not bars: AUROCs share no zero worth drawing bars from).
-    scores = [run.score(summary.metric) if run.status == "completed" else None for run in runs]
+    scores = [run.score(summary.metric) if run.status is Status.COMPLETED else None for run in runs]
     tests = [run.test.get("test/auroc") for run in runs]
     values = [v for v in scores + tests if v is not None]
     if values:
@@ -126,7 +127,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
             if test is not None:
                 bars.plot([score, test], [y, y], color=color, linewidth=1.2, alpha=0.6, zorder=3)
         else:
-            reason = run.status if run.status != "completed" else f"no {summary.metric}"
+            reason = run.status if run.status is not Status.COMPLETED else f"no {summary.metric}"
             text = (reason + (f": {run.error}" if run.error else ""))[:72]
             bars.text(
                 left + 0.01 * (right - left),
@@ -136,7 +137,7 @@ def plot_summary(summary: Summary, path: Path) -> None:
                 ha="left",
                 fontsize=8,
                 zorder=4,
-                color="#b22222" if run.status == "failed" else "0.35",
+                color="#b22222" if run.status is Status.FAILED else "0.35",
                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0},
             )
         if test is not None:

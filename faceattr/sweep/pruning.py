@@ -17,7 +17,6 @@ trial as complete: pruned values are below the median, so the sampler learns tha
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -27,8 +26,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from faceattr.layout import RUN_RECORD
 from faceattr.numbers import finite_or_none
+from faceattr.run_record import Status, read_run_record
 from faceattr.sweep.history import MetricHistory, describe, read_history, write_history
 
 log = logging.getLogger(__name__)
@@ -62,11 +61,8 @@ def completed_histories(sweep_dir: Path, exclude: Path, metric: str) -> list[Met
     for job in sorted(Path(sweep_dir).iterdir()) if Path(sweep_dir).is_dir() else []:
         if not job.is_dir() or job.resolve() == exclude.resolve():
             continue
-        try:
-            status = json.loads((job / RUN_RECORD).read_text()).get("status")
-        except (OSError, ValueError, AttributeError):
-            continue
-        history = read_history(job) if status == "completed" else None
+        record = read_run_record(job)
+        history = read_history(job) if record is not None and record.status is Status.COMPLETED else None
         if history is not None and history.metric == metric:
             histories.append(history)
     return histories

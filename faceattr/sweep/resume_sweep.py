@@ -25,25 +25,21 @@ that is what the next invocation compares with, since Hydra rewrites ``.hydra/ov
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from faceattr.errors import UserError
-from faceattr.layout import CHECKPOINT_DIR, RUN_RECORD
+from faceattr.hydra_workarounds import BASIC_SWEEPER, basic_sweeper_jobs
+from faceattr.layout import CHECKPOINT_DIR
+from faceattr.run_record import RunRecord, Status, read_run_record
 
 log = logging.getLogger(__name__)
 
-# run.json statuses: a job that finished (skipped when the sweep is resumed), and one that started.
-DONE_STATUSES = ("completed", "pruned")
-RUNNING = "running"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 SWEEP_CONFIG = "multirun.yaml"  # Hydra's copy of the sweep's config in the sweep dir
 
 
@@ -51,33 +47,21 @@ SWEEP_CONFIG = "multirun.yaml"  # Hydra's copy of the sweep's config in the swee
 class PreviousAttempt:
     """What an earlier invocation left in a job dir."""
 
-    status: str | None  # run.json's status; None without run.json
+    status: Status | None  # run.json's status; None without run.json (an unreadable one reads as failed)
     best_score: float | None = None
     resume_from: Path | None = None  # the checkpoint to continue from, None to start from the beginning
 
     @property
     def done(self) -> bool:
-        return self.status in DONE_STATUSES
-
-
-def read_record(job_dir: Path) -> dict[str, Any] | None:
-    """The job's ``run.json`` (None without one; an unreadable one counts as a failed attempt)."""
-    path = Path(job_dir) / RUN_RECORD
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {"status": "failed"}
-    return record if isinstance(record, dict) else {"status": "failed"}
+        return self.status is not None and self.status.done
 
 
 def recorded_overrides(job_dir: Path) -> list[str] | None:
     """The overrides the job dir was made with: ``run.json``'s, else ``.hydra/overrides.yaml`` (still the old
     invocation's in the launching process, before the sweeper starts)."""
-    record = read_record(job_dir) or {}
-    if isinstance(record.get("overrides"), list):
-        return [str(o) for o in record["overrides"]]
+    record = read_run_record(job_dir)
+    if record is not None and record.overrides:
+        return list(record.overrides)
     saved = Path(job_dir) / ".hydra" / "overrides.yaml"
     if saved.is_file():
         try:
@@ -123,28 +107,26 @@ def previous_attempt(job_dir: Path, overrides: list[str]) -> PreviousAttempt:
     """What to do with a job dir an earlier invocation may have left: skip it, continue it or start it.
 
     Raises UserError when the dir belongs to a job with other overrides (see :func:`check_same_job`)."""
-    record = read_record(job_dir)
+    record = read_run_record(job_dir)
     if record is None:
         return PreviousAttempt(None, resume_from=last_good_checkpoint(job_dir))
-    if isinstance(record.get("overrides"), list):
-        check_same_job(job_dir, [str(o) for o in record["overrides"]], overrides)
-    status = str(record.get("status", "failed"))
-    if status in DONE_STATUSES:
-        score = record.get("best_score")
-        return PreviousAttempt(status, best_score=float(score) if isinstance(score, (int, float)) else None)
-    return PreviousAttempt(status, resume_from=last_good_checkpoint(job_dir))
+    if record.overrides:
+        check_same_job(job_dir, record.overrides, overrides)
+    if record.status.done:
+        return PreviousAttempt(record.status, best_score=record.best_score)
+    return PreviousAttempt(record.status, resume_from=last_good_checkpoint(job_dir))
 
 
-def running_record(overrides: list[str], cfg: DictConfig, resume_from: Path | None) -> dict[str, Any]:
+def running_record(overrides: list[str], cfg: DictConfig, resume_from: Path | None) -> RunRecord:
     """The ``run.json`` of a job that has started (replaced by the completed or failed record when it ends)."""
-    return {
-        "status": RUNNING,
-        "overrides": list(overrides),
-        "backbone": OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False),
-        "monitor": OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "resumed_from": str(resume_from) if resume_from else None,
-    }
+    return RunRecord(
+        status=Status.RUNNING,
+        overrides=list(overrides),
+        backbone=OmegaConf.select(cfg, "model.backbone", default=None, throw_on_resolution_failure=False),
+        monitor=OmegaConf.select(cfg, "monitor.metric", default=None, throw_on_resolution_failure=False),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        resumed_from=str(resume_from) if resume_from else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,16 +155,10 @@ def sweep_command(sweep_dir: Path) -> str | None:
 def expected_job_overrides(config: DictConfig) -> list[list[str]] | None:
     """The overrides of every job the basic sweeper will launch, in job-number order (None when they cannot be
     worked out here, e.g. a ``glob()`` sweep: the jobs then check themselves)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     try:
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         params = OmegaConf.to_container(params, resolve=True) if params is not None else {}
-        arguments = [f"{key}={value}" for key, value in params.items()]  # as BasicSweeper._parse_config
-        arguments += [str(o) for o in config.hydra.overrides.task]
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
-        return [list(job) for batch in batches for job in batch]
+        return basic_sweeper_jobs(params, [str(o) for o in config.hydra.overrides.task])
     except Exception as exc:  # noqa: BLE001 - e.g. glob() needs Hydra's config loader
         log.debug("cannot work out the jobs of this sweep before it starts (%s); each job checks itself", exc)
         return None
@@ -215,7 +191,7 @@ def check_before_launch(config: DictConfig) -> None:
             number = int(job.name)
             if recorded is not None and number < len(expected):
                 check_same_job(job, recorded, expected[number], command)
-    done = sum((read_record(job) or {}).get("status") in DONE_STATUSES for job in jobs)
+    done = sum(record is not None and record.status.done for record in map(read_run_record, jobs))
     log.info(
         "resuming the sweep in %s: %d of its %d job dir(s) finished and are kept; the others run again",
         sweep_dir,

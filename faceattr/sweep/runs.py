@@ -9,7 +9,6 @@ and the HParams session data, which also fill in what a missing ``run.json`` (a 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 from faceattr.errors import UserError
 from faceattr.layout import RUN_CONFIG, RUN_RECORD
 from faceattr.numbers import finite_or_none
-from faceattr.sweep.resume_sweep import RUNNING
+from faceattr.run_record import RunRecord, Status, read_run_record
 
 EVENTS_GLOB = "events.out.tfevents.*"
 CURVE_TAG = "val/auroc"
@@ -34,7 +33,7 @@ class Run:
     """What a summary shows about one run."""
 
     path: Path
-    status: str  # completed | pruned | failed | incomplete (no run.json or "running": killed, or still running)
+    status: Status  # completed, pruned, failed, or incomplete (no run.json or "running": killed, or still running)
     name: str = ""
     error: str | None = None
     log_file: str | None = None
@@ -111,49 +110,43 @@ def _select(cfg: Any, key: str) -> Any:
 def load_run(path: Path) -> Run:
     """Read one run directory."""
     path = Path(path)
-    record_file = path / RUN_RECORD
-    record: dict[str, Any] = {}
-    if record_file.is_file():
-        try:
-            record = json.loads(record_file.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            record = {"status": "failed", "error": f"unreadable {RUN_RECORD}: {exc}"}
+    found = read_run_record(path)
+    record = found or RunRecord(Status.COMPLETED)  # without one, what the events and configs say
     hydra_dir = path / ".hydra"
     config = _load_yaml(path / RUN_CONFIG) if (path / RUN_CONFIG).is_file() else None
     if config is None and (hydra_dir / "config.yaml").is_file():
         config = _load_yaml(hydra_dir / "config.yaml")
-    overrides = record.get("overrides")
+    overrides = record.overrides if found is not None else None
     if overrides is None and (hydra_dir / "overrides.yaml").is_file():
         loaded = _load_yaml(hydra_dir / "overrides.yaml")
         overrides = [str(o) for o in loaded] if loaded is not None else []
 
-    if record and record.get("status") == RUNNING:
-        status, error = "incomplete", f"{RUN_RECORD} says running: the job was killed, or is still running"
-    elif record:
-        status = str(record.get("status", "completed"))
-        error = record.get("error") or record.get("reason")  # a failure's error line, a pruned run's reason
+    if found is not None and found.status is Status.RUNNING:
+        status, error = Status.INCOMPLETE, f"{RUN_RECORD} says running: the job was killed, or is still running"
+    elif found is not None:
+        status, error = found.status, found.error or found.reason  # a failure's error line, a pruned run's reason
     elif hydra_dir.is_dir():
-        status, error = "incomplete", f"no {RUN_RECORD}: the job was killed, or is still running"
+        status, error = Status.INCOMPLETE, f"no {RUN_RECORD}: the job was killed, or is still running"
     else:
-        status, error = "completed", None  # a plain TensorBoard run: all we know is in its events
+        status, error = Status.COMPLETED, None  # a plain TensorBoard run: all we know is in its events
+    monitor = record.monitor or _select(config, "monitor.metric")
     run = Run(
         path=path,
         status=status,
         error=error,
-        log_file=record.get("log_file"),
-        backbone=record.get("backbone") or _select(config, "model.backbone"),
+        log_file=record.log_file,
+        backbone=record.backbone or _select(config, "model.backbone"),
         overrides=[str(o) for o in (overrides or [])],
-        monitor=record.get("monitor") or _select(config, "monitor.metric"),
+        monitor=monitor,
         mode=str(_select(config, "monitor.mode") or "max"),
-        best_score=finite_or_none(record.get("best_score")),
-        val_auroc_best=finite_or_none(record.get("val_auroc_best")),
-        test={
-            k: v for k, v in ((k, finite_or_none(v)) for k, v in (record.get("test") or {}).items()) if v is not None
-        },
-        epochs=record.get("epochs"),
-        wall_time_s=finite_or_none(record.get("wall_time_s")),
-        num_parameters=record.get("num_parameters"),
-        best_checkpoint=record.get("best_checkpoint"),
+        best_score=record.best_score,
+        # The monitored metric's best is val/auroc's with the default monitor; otherwise the events say.
+        val_auroc_best=record.best_score if monitor == CURVE_TAG else None,
+        test={k: v for k, v in record.test.items() if v is not None},
+        epochs=record.epochs,
+        wall_time_s=record.wall_time_s,
+        num_parameters=record.num_parameters,
+        best_checkpoint=record.best_checkpoint,
         seed=_seed(overrides or [], config),
     )
     _read_events(run)
@@ -263,7 +256,7 @@ def _load_or_report(path: Path) -> Run:
     try:
         return load_run(path)
     except Exception as exc:  # noqa: BLE001
-        return Run(path=path, status="failed", error=f"could not read this run: {type(exc).__name__}: {exc}")
+        return Run(path=path, status=Status.FAILED, error=f"could not read this run: {type(exc).__name__}: {exc}")
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

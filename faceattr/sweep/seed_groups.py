@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from faceattr.run_record import Status
 from faceattr.sweep.runs import Run, natural_key, seed_override
 
 CONFIDENCE = 0.95
@@ -46,7 +47,7 @@ class SeedGroup:
 
     @property
     def completed(self) -> list[Run]:
-        return [run for run in self.runs if run.status == "completed"]
+        return [run for run in self.runs if run.status is Status.COMPLETED]
 
     @property
     def seeds(self) -> list[str]:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from faceattr.errors import UserError
+from faceattr.run_record import Status
 from faceattr.sweep.runs import Run, load_runs
 from faceattr.sweep.seed_groups import CONFIDENCE, Interval, SeedGroup, seed_groups
 
-STATUS_ORDER = {"completed": 0, "pruned": 1, "incomplete": 2, "failed": 3}
+STATUS_ORDER = {Status.COMPLETED: 0, Status.PRUNED: 1, Status.INCOMPLETE: 2, Status.FAILED: 3}
 
 
 @dataclass
@@ -46,8 +47,8 @@ class Summary:
         return [short_override(o) for o in varying] if short else varying
 
     @property
-    def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    def counts(self) -> dict[Status, int]:
+        counts: dict[Status, int] = {}
         for run in self.runs:
             counts[run.status] = counts.get(run.status, 0) + 1
         return counts
@@ -147,7 +148,7 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
     rows = []
     rank = 0
     for run in summary.runs:
-        scored = run.status == "completed" and run.score(summary.metric) is not None
+        scored = run.status is Status.COMPLETED and run.score(summary.metric) is not None
         rank += scored
         row = [
             str(rank) if scored else "-",
@@ -267,7 +268,7 @@ def _failures(summary: Summary) -> list[str]:
     """A line per run that did not complete: pruned, failed or incomplete, and why."""
     lines = []
     for run in summary.runs:
-        if run.status != "completed":
+        if run.status is not Status.COMPLETED:
             what = " ".join(summary.varying_overrides(run, short=True))
             where = f" (log: {_display_path(run.log_file)})" if run.log_file else ""
             label = f"{run.name} [{what}]" if what else run.name
@@ -277,7 +278,8 @@ def _failures(summary: Summary) -> list[str]:
 
 def _headline(summary: Summary) -> str:
     counts = summary.counts
-    parts = [f"{counts.get(s, 0)} {s}" for s in ("completed", "pruned", "failed", "incomplete") if counts.get(s)]
+    shown = (Status.COMPLETED, Status.PRUNED, Status.FAILED, Status.INCOMPLETE)
+    parts = [f"{counts[s]} {s}" for s in shown if counts.get(s)]
     direction = "highest" if summary.mode == "max" else "lowest"
     return f"{len(summary.runs)} runs ({', '.join(parts)}), ranked by best {summary.metric} ({direction} first)"
 

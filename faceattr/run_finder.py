@@ -1,4 +1,5 @@
-"""What ``ckpt=`` names: a ``.ckpt`` file, a run dir (its best checkpoint) or a sweep dir (the best job's).
+"""What ``ckpt=`` (export, eval) or ``model=<run>`` (predict) names: a ``.ckpt`` file, a run dir (its best
+checkpoint) or a sweep dir (the best job's).
 
 A run dir (``outputs/<date>/<time>-<id>/`` from ``train.py``) holds ``run.json``, ``config.yaml`` and
 ``checkpoints/``; a sweep dir (``multirun/<date>/<time>-<id>/``) holds one run dir per job (``0/``, ``1/``, ...).
@@ -7,10 +8,11 @@ killed) it is the ModelCheckpoint state inside ``last.ckpt``, then the score in 
 of a sweep is the one with the best ``best_score`` of the monitored metric (``monitor.metric``/``monitor.mode`` of
 its config).
 
-Every pick is verified (:func:`faceattr.export.build.read_checkpoint`): a checkpoint file given as ``ckpt=`` that
+Every pick is verified (:func:`faceattr.checkpoint.read_checkpoint`): a checkpoint file given as ``ckpt=`` that
 does not load is refused with one line naming it; when a run's best checkpoint does not load (truncated by a crash
 or a full disk), the run's next checkpoint that loads is used instead (the best scored one by name, else
-``last.ckpt``, else the newest) and the reason says so.
+``last.ckpt``, else the newest) and the reason says so. :func:`check_run_config` refuses a checkpoint whose run's
+saved config says another model (a checkpoint copied from another run).
 """
 
 from __future__ import annotations
@@ -24,24 +26,26 @@ from typing import Any
 import torch
 import yaml
 
+from faceattr.checkpoint import checkpoint_problem, read_checkpoint
 from faceattr.errors import UserError
-from faceattr.export.build import checkpoint_problem, read_checkpoint
 from faceattr.layout import CHECKPOINT_DIR, LAST_CHECKPOINT, RUN_CONFIG, RUN_RECORD
 from faceattr.numbers import finite_or_none
+from faceattr.preprocess import size_pair
+from faceattr.run_record import RunRecord, read_run_record
 
 SCORE_IN_NAME = re.compile(r"(?:auroc|score)[=_-]?(-?\d+(?:\.\d+)?)")
 
 
 @dataclass
 class Resolved:
-    """The checkpoint to export, the run it belongs to (if any) and why it was picked."""
+    """The checkpoint picked, the run it belongs to (if any) and why it was picked."""
 
     checkpoint: Path
     run_dir: Path | None
     reason: str
     score: float | None = None
     monitor: str | None = None
-    run_record: dict[str, Any] = field(default_factory=dict)
+    run_record: RunRecord | None = None
     run_config: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,11 +81,12 @@ def run_dir_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def monitor_of(run_dir: Path, record: dict[str, Any] | None = None) -> tuple[str, str]:
-    """(metric, mode) the run was monitored by: its config's ``monitor``, else run.json, else val/auroc max."""
+def monitor_of(run_dir: Path, record: RunRecord | None = None) -> tuple[str, str]:
+    """(metric, mode) the run was monitored by: its config's ``monitor``, else ``record`` (default: its run.json),
+    else val/auroc max."""
     config = read_run_config(run_dir).get("monitor") or {}
-    record = read_json(run_dir / RUN_RECORD) if record is None else record
-    metric = str(config.get("metric") or record.get("monitor") or "val/auroc")
+    record = read_run_record(run_dir) if record is None else record
+    metric = str(config.get("metric") or (record.monitor if record is not None else None) or "val/auroc")
     mode = str(config.get("mode") or "max")
     if mode not in ("min", "max"):
         raise UserError(f"{run_dir / RUN_CONFIG}: monitor.mode={mode!r} must be min or max")
@@ -156,15 +161,15 @@ def best_of_run(run_dir: Path) -> Resolved:
 
 def _recorded_best(run_dir: Path) -> Resolved:
     """The best checkpoint of one run dir as recorded (run.json, the state in last.ckpt, the names), unverified."""
-    record = read_json(run_dir / RUN_RECORD)
+    record = read_run_record(run_dir)
     metric, mode = monitor_of(run_dir, record)
     config = read_run_config(run_dir)
     checkpoints = run_dir / CHECKPOINT_DIR
     found = sorted(checkpoints.glob("*.ckpt")) if checkpoints.is_dir() else []
 
-    best = _relocate(record.get("best_checkpoint"), run_dir)
+    best = _relocate(record.best_checkpoint, run_dir) if record is not None else None
     if best is not None:
-        score = finite_or_none(record.get("best_score"))
+        score = record.best_score
         shown = "n/a" if score is None else f"{score:.4f}"
         return Resolved(
             best,
@@ -176,7 +181,7 @@ def _recorded_best(run_dir: Path) -> Resolved:
             config,
         )
     if not found:
-        hint = f" ({RUN_RECORD} status: {record['status']})" if record.get("status") else ""
+        hint = f" ({RUN_RECORD} status: {record.status})" if record is not None else ""
         raise UserError(
             f"{run_dir} has no checkpoints ({CHECKPOINT_DIR}/*.ckpt){hint}: training saves one per validation "
             "epoch with the default callbacks; pass a run that finished at least one epoch"
@@ -233,8 +238,8 @@ def best_of_sweep(sweep_dir: Path, jobs: list[Path]) -> Resolved:
         try:
             resolved = best_of_run(job)
         except UserError:
-            status = read_json(job / RUN_RECORD).get("status", "no checkpoint")
-            rows.append((job, None, str(status)))
+            record = read_run_record(job)
+            rows.append((job, None, str(record.status) if record is not None else "no checkpoint"))
             continue
         rows.append((job, resolved.score, "" if resolved.score is not None else "no score"))
     candidates = [(score, job) for job, score, _ in rows if score is not None]
@@ -269,7 +274,7 @@ def resolve_checkpoint(ckpt: str | Path) -> Resolved:
             "checkpoint file given",
             None,
             monitor,
-            read_json(run_dir / RUN_RECORD) if run_dir else {},
+            read_run_record(run_dir) if run_dir else None,
             read_run_config(run_dir),
         )
     if is_run_dir(path):
@@ -283,3 +288,48 @@ def resolve_checkpoint(ckpt: str | Path) -> Resolved:
         f"ckpt={ckpt}: a directory with no checkpoints: expected a run dir (with {RUN_RECORD} or {CHECKPOINT_DIR}/) "
         f"or a sweep dir (with one run dir per job), or pass a .ckpt file"
     )
+
+
+def _size(value: Any) -> list[int] | None:
+    """A configured size (an int or [height, width]; None: no crop) as the checkpoint records it."""
+    return None if value is None else list(size_pair(value))
+
+
+def _list_difference(config: list[str], checkpoint: list[str]) -> str:
+    """How two attribute lists differ, briefly: counts, names only in one of them, or the order."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:4]) + (f", ... ({len(items)})" if len(items) > 4 else "")
+
+    only_config = [a for a in config if a not in checkpoint]
+    only_checkpoint = [a for a in checkpoint if a not in config]
+    parts = [f"has {len(config)} attributes, the checkpoint {len(checkpoint)}"]
+    if only_config:
+        parts.append(f"not in the checkpoint: {names(only_config)}")
+    if only_checkpoint:
+        parts.append(f"only in the checkpoint: {names(only_checkpoint)}")
+    if not only_config and not only_checkpoint:
+        parts = ["lists the checkpoint's attributes in another order"]
+    return ", ".join(parts)
+
+
+def check_run_config(hparams: dict[str, Any], run_config: dict[str, Any], source: str) -> None:
+    """UserError when the run's saved config contradicts the checkpoint (a checkpoint from another run)."""
+    data = run_config.get("data") or {}
+    model = run_config.get("model") or {}
+    problems = []
+    if "image_size" in data and _size(data["image_size"]) != list(hparams["image_size"]):
+        problems.append(
+            f"data.image_size {_size(data['image_size'])} vs the checkpoint's {list(hparams['image_size'])}"
+        )
+    if "crop" in data and _size(data["crop"]) != (None if hparams.get("crop") is None else list(hparams["crop"])):
+        problems.append(f"data.crop {_size(data['crop'])} vs the checkpoint's {hparams.get('crop')}")
+    if data.get("attributes") and list(data["attributes"]) != list(hparams["attributes"]):
+        problems.append(f"data.attributes {_list_difference(list(data['attributes']), list(hparams['attributes']))}")
+    if model.get("backbone") and model["backbone"] != hparams["backbone"]:
+        problems.append(f"model.backbone {model['backbone']} vs the checkpoint's {hparams['backbone']}")
+    if problems:
+        raise UserError(
+            f"the checkpoint does not match {source} ({'; '.join(problems)}): it belongs to another run; "
+            "pass that run's dir or its .ckpt"
+        )

@@ -1,0 +1,47 @@
+"""The schema of ``conf/export.yaml`` (``export_schema``), which Hydra composes onto: every key's type and what its
+value must be. Every value, and what it means, is in the YAML (the fields here are ``MISSING``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import MISSING
+
+from faceattr.constraints import at_least, between, setting
+
+
+@dataclass
+class ParityConfig:
+    num_images: int = setting(
+        MISSING, check=at_least(1), problem="expected an integer >= 1 (the parity check needs at least one image)"
+    )
+    atol: float = setting(MISSING, check=at_least(0), problem="expected a number >= 0")
+
+
+@dataclass
+class CalibrationConfig:
+    max_images: Optional[int] = setting(MISSING, check=at_least(0), problem="expected null or an integer >= 0")
+    default_threshold: float = setting(MISSING, check=between(0, 1), problem="expected a number in [0, 1]")
+    batch_size: int = setting(MISSING, check=at_least(1), problem="expected an integer >= 1")
+    num_workers: int = setting(MISSING, check=at_least(0), problem="expected an integer >= 0")
+
+
+@dataclass
+class ExportFormatConfig:
+    formats: list[str] = setting(MISSING, problem="expected a list, e.g. [onnx]")
+    opset: Optional[int] = setting(MISSING, check=at_least(7), problem="expected null or an ONNX opset >= 7")
+
+
+@dataclass
+class ExportConfig:
+    ckpt: str = setting(MISSING, check=lambda v: v.strip() != "", problem="expected a .ckpt file, run dir or sweep dir")
+    name: str = setting(MISSING, check=lambda v: v != "", problem="expected a BentoML model name")
+    store: bool = MISSING
+    output_dir: Optional[str] = setting(MISSING, problem="expected a path or null")
+    data_root: Optional[str] = setting(MISSING, problem="expected a path or null")
+    test_metrics: bool = MISSING
+    parity: ParityConfig = field(default_factory=ParityConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # The group conf/export/ (export=onnx | torchscript).
+    export: ExportFormatConfig = field(default_factory=ExportFormatConfig)

@@ -1,0 +1,87 @@
+"""The schema of ``conf/train.yaml`` (``train_schema``): the types of its own keys, and of the knobs of its groups.
+
+The groups (data, model, trainer, ...) are free-form ``_target_`` configs that take any constructor argument, so
+their fields are ``Any`` here and Hydra composes whatever ``conf/<group>/<option>.yaml`` holds. The few knobs users
+type values into (``data.batch_size``, ``trainer.max_epochs``, ``optimizer.lr``, ...) are typed by the ``*Knobs``
+dataclasses each group field names (:func:`free_form`); faceattr.config.check checks them after composing, and on a
+resumed run's saved config.yaml alike. Every value is in the YAML: the fields here are ``MISSING``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from faceattr.constraints import one_of, setting
+
+#: Field metadata: the field is a free-form config group; its value is the dataclass typing its knobs (or None).
+FREE_FORM = "free_form"
+
+
+def free_form(knobs: type | None = None, default: Any = MISSING) -> Any:
+    """A field for a free-form config group (any key); ``knobs`` types the keys users type values into."""
+    return dataclasses.field(default=default, metadata={FREE_FORM: knobs})
+
+
+@dataclass
+class MonitorConfig:
+    metric: str = MISSING
+    mode: str = setting(MISSING, check=one_of(("min", "max")), problem="expected min or max")
+
+
+@dataclass
+class DataKnobs:
+    batch_size: Optional[int] = MISSING
+    eval_batch_size: Optional[int] = MISSING
+    num_workers: Optional[int] = MISSING
+    limit: Optional[int] = MISSING
+    val_limit: Optional[int] = MISSING
+    seed: Optional[int] = MISSING
+    skip_corrupt: Optional[bool] = MISSING
+    # A folder for the pre-decoded image cache (faceattr/data/cache.py), or null.
+    cache: Optional[str] = MISSING
+    # Decode JPEGs at a reduced DCT scale (decode_scale in faceattr/preprocess.py).
+    jpeg_scaling: Optional[bool] = MISSING
+
+
+@dataclass
+class TrainerKnobs:
+    max_epochs: Optional[int] = MISSING
+    min_epochs: Optional[int] = MISSING
+    check_val_every_n_epoch: Optional[int] = MISSING
+    log_every_n_steps: Optional[int] = MISSING
+
+
+@dataclass
+class OptimizerKnobs:
+    lr: Optional[float] = MISSING
+    weight_decay: Optional[float] = MISSING
+    momentum: Optional[float] = MISSING
+
+
+@dataclass
+class ModelKnobs:
+    drop_rate: Optional[float] = MISSING
+
+
+@dataclass
+class TrainConfig:
+    seed: Optional[int] = MISSING
+    ckpt_path: Optional[str] = MISSING
+    resume: Optional[str] = MISSING
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    test: bool = MISSING
+    data: Any = free_form(DataKnobs)
+    model: Any = free_form(ModelKnobs)
+    optimizer: Any = free_form(OptimizerKnobs)
+    trainer: Any = free_form(TrainerKnobs)
+    paths: Any = free_form()
+    # Options that may hold nothing (scheduler=none, callbacks=none): the group is then null.
+    scheduler: Any = free_form(default=None)
+    callbacks: Any = free_form(default=None)
+    logger: Any = free_form(default=None)
+    # experiment=backbone_sweep's settings per backbone (null in every other config).
+    backbone_settings: Any = free_form(default=None)
