@@ -18,8 +18,10 @@ install: $(STAMP)
 quickstart: $(STAMP)
 	$(PY) train.py experiment=quickstart
 
+# -ra: the summary lists every skipped test with its reason (e.g. the tmpfs disk-full test where mounting is not
+# allowed; its injected-fault twin in tests/test_reliability.py never skips) and every xfail.
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -ra
 
 # ruff's lint and format checks (the rules in pyproject.toml [tool.ruff]); `make format` applies them.
 lint: $(STAMP)

@@ -11,6 +11,8 @@ one-line :class:`~faceattr.errors.UserError` of :func:`faceattr.errors.disk_writ
 
 - :func:`write_bytes`, :func:`write_text`, :func:`write_json`: data already in memory.
 - :func:`atomic_path`: writers that need a path (``torch.jit.save``, ``onnx.save``, ``savefig``).
+- :func:`writable_directory`: an entry's output folder, created and proven writable before its slow steps run (a
+  parent that is a file, not writable or read-only is the same kind of one line, naming the folder).
 - Lightning's checkpoint saving goes through :func:`write_bytes` too: ``faceattr.checkpoint_io.AtomicCheckpointIO``,
   a Trainer plugin in ``conf/trainer/default.yaml`` (its own module: it imports Lightning, this one does not).
 """
@@ -165,6 +167,27 @@ def atomic_path(path: str | Path, *, hint: str | None = None) -> Iterator[Path]:
     except BaseException:
         _remove(temp)
         raise
+
+
+def writable_directory(directory: str | Path, *, hint: str | None = None) -> Path:
+    """Create ``directory`` (and its parents) and write and remove a temporary file in it; returns it.
+
+    An entry calls it before its slow steps for the folder its results go to, so that a folder that cannot be
+    written fails first, in one line naming it and ``hint`` (the setting that writes elsewhere), not after them.
+    """
+    directory = Path(directory)
+    what = f"the output directory {directory}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = _create_temporary(directory / "write-check")
+        os.close(fd)
+        _remove(temp)
+    except OSError as exc:
+        error = disk_write_error(exc, directory / "write-check", None, hint, what)
+        if error is None:
+            raise
+        raise error from exc
+    return directory
 
 
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:

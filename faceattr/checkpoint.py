@@ -98,16 +98,87 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     return None
 
 
+def _kept(optimizer_state: dict[str, Any], with_buffers: bool = True) -> set[str]:
+    """What an optimizer's state dict keeps: its settings per parameter group (``lr``, ``betas``, ``momentum``, ...)
+    and, as ``state:<name>``, its buffers per parameter (``exp_avg``, ``momentum_buffer``, ...)."""
+    groups = optimizer_state.get("param_groups") or [{}]
+    buffers = list((optimizer_state.get("state") or {}).values())
+    kept = set(groups[0]) - {"params"}
+    return kept | {f"state:{name}" for name in (buffers[0] if buffers and with_buffers else {})}
+
+
+def _probe(factory: Any) -> torch.optim.Optimizer:
+    """The optimizer ``factory`` builds, on one parameter, after one step (so that it holds its buffers)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    optimizer = factory([{"params": [parameter], "weight_decay": 0.0}])
+    optimizer.step()
+    return optimizer
+
+
+def _closest_optimizers(kept: set[str]) -> list[str]:
+    """The ``torch.optim`` classes whose state keeps what is closest to ``kept`` (another torch version may add or
+    drop a setting, so the match need not be exact)."""
+    with_buffers = any(key.startswith("state:") for key in kept)
+    scores: dict[str, float] = {}
+    for cls in vars(torch.optim).values():
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or cls is torch.optim.Optimizer:
+            continue
+        try:
+            own = _kept(_probe(cls).state_dict(), with_buffers)
+        except Exception:  # noqa: BLE001 - a class that needs arguments (or a closure) cannot be the match
+            continue
+        scores[cls.__name__] = len(kept & own) / max(len(kept | own), 1)
+    best = max(scores.values(), default=0.0)
+    return sorted(name for name, score in scores.items() if score == best and best > 0)
+
+
+def _scheduler_keys(state: dict) -> set[str]:
+    """A scheduler state's own settings (the private bookkeeping of torch's base class left out)."""
+    return {key for key in state if not key.startswith("_")}
+
+
+def _optimizer_problem(state: dict[str, Any], factory: Any, scheduler_factory: Any) -> str | None:
+    """How the optimizer and LR scheduler ``state`` was saved with differ from the configured ones, or None."""
+    saved = state.get("optimizer_states") or []
+    if not saved:
+        return "it holds the weights only (no optimizer state to resume); start from it with a new run instead"
+    optimizer = _probe(factory)
+    name = type(optimizer).__name__
+    kept = _kept(saved[0])
+    if kept != _kept(optimizer.state_dict(), any(key.startswith("state:") for key in kept)):
+        closest = _closest_optimizers(kept)
+        if name not in closest:
+            return f"it was trained with the optimizer {' or '.join(closest) or 'unknown'} but the config has {name}"
+    schedulers = state.get("lr_schedulers") or []
+    if scheduler_factory is None:
+        return "it was trained with an LR scheduler but the config has none (scheduler=none)" if schedulers else None
+    scheduler = scheduler_factory(optimizer, total_steps=1)
+    if not schedulers:
+        return f"it was trained without an LR scheduler but the config has {type(scheduler).__name__}"
+    if _scheduler_keys(schedulers[0]) != _scheduler_keys(scheduler.state_dict()):
+        return f"it was trained with another LR scheduler than the config's {type(scheduler).__name__}"
+    return None
+
+
 def check_checkpoint_fits(ckpt_path: str | Path, model: Any) -> None:
     """A checkpoint to resume from (``ckpt_path=``) must load and be a faceattr checkpoint of the same backbone,
-    attributes and input size as the configured ``model`` (a LightningModule, read through its ``hparams``)."""
+    attributes and input size as the configured ``model`` (a LightningModule, read through its ``hparams``), saved
+    with the same kind of optimizer and LR scheduler as the model's (its ``optimizer_factory`` and
+    ``scheduler_factory``): restoring another optimizer's state fails inside ``fit``."""
     try:
-        saved = read_checkpoint(Path(ckpt_path))["hyper_parameters"]
+        state = read_checkpoint(Path(ckpt_path))
     except UserError as exc:
         raise UserError(f"ckpt_path={ckpt_path} is not a loadable checkpoint: {exc}") from None
+    saved = state["hyper_parameters"]
+    fix = "use the run's own settings (or resume=<run dir>)"
     for key in REQUIRED_HPARAMS:
         if saved.get(key) != model.hparams.get(key):
             raise UserError(
                 f"ckpt_path={ckpt_path} was trained with {key}={saved.get(key)} but the config has "
-                f"{key}={model.hparams.get(key)}; use the run's own settings (or resume=<run dir>)"
+                f"{key}={model.hparams.get(key)}; {fix}"
             )
+    factory = getattr(model, "optimizer_factory", None)
+    problem = None if factory is None else _optimizer_problem(state, factory, getattr(model, "scheduler_factory", None))
+    if problem:
+        raise UserError(f"ckpt_path={ckpt_path}: {problem}; {fix}")

@@ -3,8 +3,9 @@
 ``setting(default, check=..., problem=...)`` is a dataclass ``field`` carrying a predicate and the words that say what
 was expected; :func:`problem_with` applies them, :func:`expected` says in words what a field takes. The entry
 scripts' schemas (faceattr/config/, with Hydra) and the service's settings (faceattr/serve/config.py, without Hydra)
-declare their fields this way, so there is one place that says what each value must be. Plain Python: the service
-imports it.
+declare their fields this way, so there is one place that says what each value must be. A kind of value several
+schemas hold (a batch size, a worker count, ...) is one :class:`Bound` below, which every schema with such a key
+declares its field with (``data.num_workers`` of train and eval alike). Plain Python: the service imports it.
 """
 
 from __future__ import annotations
@@ -86,3 +87,42 @@ def between(low: float, high: float) -> Callable[[Any], bool]:
 
 def one_of(choices: tuple[str, ...]) -> Callable[[Any], bool]:
     return lambda value: value in choices
+
+
+def less_than(low: float, high: float) -> Callable[[Any], bool]:
+    """``low <= value < high``."""
+    return lambda value: is_number(value) and low <= value < high
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A kind of value with its check and the words saying what it takes (``an integer >= 1``)."""
+
+    check: Callable[[Any], bool]
+    words: str
+
+    def field(self, default: Any = dataclasses.MISSING, *, optional: bool = False, note: str = "") -> Any:
+        """A :func:`setting` of this kind; ``optional``: null is allowed too (and the words say so)."""
+        return setting(
+            default, check=self.check, problem=f"expected {'null or ' if optional else ''}{self.words}{note}"
+        )
+
+
+def _epochs(value: Any) -> bool:
+    return is_number(value) and (value == -1 or value >= 1)
+
+
+#: The kinds of value the schemas share: one definition each (faceattr/config/).
+BATCH_SIZE = Bound(at_least(1), "an integer >= 1")
+WORKERS = Bound(at_least(0), "an integer >= 0 (0: load in the main process)")
+IMAGE_COUNT = Bound(at_least(1), "an integer >= 1 (images)")
+THREADS = Bound(at_least(1), "an integer >= 1")
+SEED = Bound(between(0, 2**32 - 1), f"an integer in [0, {2**32 - 1}]")
+EPOCHS = Bound(_epochs, "an integer >= 1 (or -1: no limit)")
+MIN_EPOCHS = Bound(at_least(0), "an integer >= 0")
+EVERY_N = Bound(at_least(1), "an integer >= 1")
+LOG_EVERY_N_STEPS = Bound(at_least(0), "an integer >= 0 (0: never)")
+LEARNING_RATE = Bound(at_least(0), "a number >= 0 (0: the weights do not move)")
+NON_NEGATIVE = Bound(at_least(0), "a number >= 0")
+FRACTION = Bound(between(0, 1), "a number in [0, 1]")
+DROP_RATE = Bound(less_than(0, 1), "a number in [0, 1)")

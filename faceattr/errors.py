@@ -35,7 +35,7 @@ def _where_to_write() -> str | None:
     if not HydraConfig.initialized():
         return None
     hydra_cfg = HydraConfig.get()
-    if hydra_cfg.job.config_name == "export":
+    if hydra_cfg.job.config_name in ("export", "eval"):
         return "output_dir=..."
     return "hydra.sweep.dir=..." if hydra_cfg.mode == RunMode.MULTIRUN else "hydra.run.dir=..."
 
@@ -57,19 +57,32 @@ def format_size(size: float) -> str:
     return f"{size:.1f} TB"
 
 
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path``'s parents that exists but is a file (which no directory can be created in), if any."""
+    for candidate in path.parents:
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def disk_write_error(
-    exc: OSError, path: str | Path | None = None, needed: int | None = None, hint: str | None = None
+    exc: OSError,
+    path: str | Path | None = None,
+    needed: int | None = None,
+    hint: str | None = None,
+    what: str | None = None,
 ) -> UserError | None:
     """The one-line UserError for a write of ``path`` (``needed`` bytes) that failed with ``exc`` because the disk is
-    full, the file system read-only, or the directory gone or not writable; None for any other error.
+    full, the file system read-only, a parent is a file, or the directory gone or not writable; None for any other
+    error. ``what``: how the message names what was written (default: ``path``).
 
     ``hint`` is the setting that writes elsewhere (default: ``hydra.run.dir=...`` in a training run,
-    ``hydra.sweep.dir=...`` in a sweep, ``output_dir=...`` in an export). Without ``path`` (a library's own write,
-    see find_user_error) only a full disk and a read-only file system are recognised.
+    ``hydra.sweep.dir=...`` in a sweep, ``output_dir=...`` in an export or evaluation). Without ``path`` (a library's
+    own write, see find_user_error) only a full disk and a read-only file system are recognised.
     """
     code = exc.errno
     target = Path(path) if path is not None else (Path(str(exc.filename)) if exc.filename else None)
-    what = str(target) if target is not None else "a file"
+    what = what or (str(target) if target is not None else "a file")
     setting = hint or _where_to_write()
     if code in NO_SPACE:
         sizes = []
@@ -88,10 +101,16 @@ def disk_write_error(
     if path is None:
         return None
     directory = Path(path).parent
+    blocker = _file_in_the_way(Path(path))
+    if code in (errno.ENOENT, errno.ENOTDIR, errno.EEXIST) and blocker is not None:
+        fix = f"move it away or set {setting}" if setting else "move it away or write elsewhere"
+        return UserError(f"{blocker} is a file, not a directory (writing {what}): {fix}")
     if code in (errno.ENOENT, errno.ENOTDIR) and not directory.is_dir():
         fix = f"recreate it or set {setting}" if setting else "recreate it"
         return UserError(f"the output directory {directory} vanished writing {what} (deleted or unmounted?): {fix}")
     if code in (errno.EACCES, errno.EPERM):
+        # The directory refusing: the parent of what the failing call created (a file, or a directory of mkdir -p).
+        directory = Path(str(exc.filename)).parent if exc.filename else directory
         fix = f"make {directory} writable or set {setting}" if setting else f"make {directory} writable"
         return UserError(f"permission denied writing {what}: {fix}")
     return None

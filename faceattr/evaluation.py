@@ -28,7 +28,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from faceattr.atomic import write_json, write_text
+from faceattr.atomic import writable_directory, write_json, write_text
 from faceattr.config.check import check_config
 from faceattr.config_checks import build
 from faceattr.contract import ModelContract
@@ -167,6 +167,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = str(cfg.split)
     thresholds = _thresholds_setting(cfg.thresholds)
     resolved = resolve_checkpoint(cfg.ckpt)
+    out_dir = writable_directory(_output_dir(cfg, resolved), hint="output_dir=...")  # before the slow steps
     module = load_module(resolved.checkpoint)
     if resolved.run_config:
         check_run_config(dict(module.hparams), resolved.run_config, f"{resolved.run_dir}/config.yaml")
@@ -198,8 +199,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     table = result["per_attribute"]
 
-    out_dir = _output_dir(cfg, resolved)
-    out_dir.mkdir(parents=True, exist_ok=True)
     macro_file, table_file = (out_dir / name for name in eval_files(split))
     write_json(macro_file, summary)
     write_text(table_file, _per_attribute_csv(table))

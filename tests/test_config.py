@@ -144,15 +144,62 @@ def test_gpus_flag_maps_to_accelerator_and_devices(tmp_path, monkeypatch):
     assert resolve_trainer_config(compose_train(tmp_path, "trainer.gpus=0").trainer).accelerator == "cpu"
 
 
+#: What each debug option changes in the default training config (key path -> value), written out here: a debug
+#: option that sets a wrong key, a wrong value or more than it says fails.
+DEBUG_CHANGES = {
+    "anomaly": {"trainer.detect_anomaly": True},
+    "fdr": {"trainer.fast_dev_run": True, "test": False},
+    "limit": {
+        "trainer.max_epochs": 2,
+        "trainer.limit_train_batches": 5,
+        "trainer.limit_val_batches": 2,
+        "trainer.limit_test_batches": 2,
+    },
+    "overfit": {
+        "trainer.overfit_batches": 4,
+        "trainer.max_epochs": 50,
+        "callbacks.early_stopping": None,
+        "data.train_augment": [],
+    },
+    "profiler": {
+        "test": False,
+        "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": 20,
+        "trainer.limit_val_batches": 5,
+        "trainer.profiler": {
+            "_target_": "lightning.pytorch.profilers.PyTorchProfiler",
+            "dirpath": None,
+            "filename": "profile",
+            "export_to_chrome": True,
+        },
+    },
+}
+
+
+def _changes(before: dict, after: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for every leaf (or whole subtree) of ``after`` that differs from ``before``."""
+    changes = {}
+    for key in before.keys() | after.keys():
+        old, new = before.get(key, "<absent>"), after.get(key, "<absent>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes.update(_changes(old, new, f"{prefix}{key}."))
+        elif old != new:
+            changes[f"{prefix}{key}"] = new
+    return changes
+
+
 @pytest.mark.parametrize("debug", options("debug"))
-def test_debug_options_compose(tmp_path, debug):
-    cfg = compose_train(tmp_path, f"debug={debug}")
-    assert (
-        cfg.trainer.get("fast_dev_run")
-        or cfg.trainer.get("overfit_batches")
-        or cfg.trainer.get("limit_train_batches")
-        or cfg.trainer.get("detect_anomaly")
-    )
+def test_debug_options_change_exactly_what_they_say(tmp_path, debug):
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(compose_train(tmp_path), resolve=False)
+    debugged = compose_train(tmp_path, f"debug={debug}")
+    assert _changes(plain, OmegaConf.to_container(debugged, resolve=False)) == DEBUG_CHANGES[debug]
+    assert isinstance(instantiate(resolve_trainer_config(debugged.trainer), logger=False), L.Trainer)
+
+
+def test_every_debug_option_is_described():
+    assert sorted(DEBUG_CHANGES) == options("debug")
 
 
 def test_quickstart_uses_generated_data_on_the_cpu(tmp_path):

@@ -109,3 +109,9 @@ def test_a_checkpoint_that_does_not_record_its_image_rule_gets_the_first_one(tmp
     loaded = load_module(path)
     assert loaded.contract.preprocess_rule == 1
     assert loaded.contract == ModelContract.from_hparams({**hparams, "preprocess_rule": 1})
+
+
+def test_an_export_listing_its_artefacts_wrongly_is_one_line(tmp_path):
+    (tmp_path / "faceattr.json").write_text(json.dumps({CONTRACT_KEY: _calibrated().to_json(), "formats": ["onnx"]}))
+    with pytest.raises(ModelError, match=r"^model m: faceattr.json lists its artefacts wrongly \(\['onnx'\]\)"):
+        read_model_info(tmp_path, "m")

@@ -41,16 +41,17 @@ def test_single_run_on_two_cpu_processes(tmp_path, synthetic_root):
 
 
 def test_multirun_of_ddp_jobs_one_failing(tmp_path, synthetic_root):
-    """Job 0 fails on both ranks after rank 1 started (batch size 0); job 1 then starts its own rank 1 and trains."""
+    """Job 0 fails on both ranks after rank 1 started (AdamW given SGD's nesterov: the optimizer is built inside
+    fit, on each rank); job 1 then starts its own rank 1 and trains."""
     # A sweep dir that differs every microsecond: a rank-1 process that re-ran the sweep would make a second one.
     sweeps = tmp_path / "sweeps"
-    tiny = (o for o in TINY_DDP if not o.startswith("data.batch_size="))
     proc = run_cli(
         "train.py",
         "-m",
-        *tiny,
+        *TINY_DDP,
         "model=tiny_resnet",
-        "data.batch_size=0,16",
+        "optimizer=adamw,sgd",
+        "++optimizer.nesterov=true",
         f"data.root={synthetic_root}",
         "trainer.max_epochs=1",
         f"hydra.sweep.dir={sweeps}/${{now:%H-%M-%S-%f}}",
@@ -65,12 +66,13 @@ def test_multirun_of_ddp_jobs_one_failing(tmp_path, synthetic_root):
     for job in ("0", "1"):
         assert (sweep_dir / job / "train_ddp_process_1.log").is_file()  # rank 1 ran in this job's dir
     failed = json.loads((sweep_dir / "0" / "run.json").read_text())
-    assert failed["status"] == "failed" and "batch_size" in failed["error"]
+    assert failed["status"] == "failed" and "nesterov" in failed["error"]
     record = json.loads((sweep_dir / "1" / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 1
     # One TensorBoard run (rank 0 only), named after the job's overrides.
     event_dirs = {p.parent.name for p in (sweep_dir / "1").rglob("events.out.tfevents.*")}
-    assert event_dirs == {"data.batch_size=16,data.image_size=32,model=tiny_resnet,trainer.max_epochs=1,trainer=ddp"}
+    name = "++optimizer.nesterov=True,data.batch_size=16,data.image_size=32,model=tiny_resnet,optimizer=sgd,"
+    assert event_dirs == {name + "trainer.max_epochs=1,trainer=ddp"}
     with open(sweep_dir / "summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["job"], r["status"]) for r in rows] == [("1", "completed"), ("0", "failed")]

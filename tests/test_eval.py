@@ -137,6 +137,7 @@ def test_a_pos_weight_run_exports_parity_checks_and_serves(tmp_path, synthetic_r
     import numpy as np
 
     from faceattr.export.pipeline import export
+    from faceattr.model import FaceAttrModule
     from faceattr.serve.config import load_serve_config
     from faceattr.serve.runtime import Predictor, served_model
 
@@ -155,10 +156,16 @@ def test_a_pos_weight_run_exports_parity_checks_and_serves(tmp_path, synthetic_r
         )
     )
     assert all(meta["parity"][fmt]["max_abs_diff"] <= 1e-4 for fmt in ("torchscript", "onnx"))
-    config, info = served_model(load_serve_config({}), meta["tag"])
-    images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
-    probs = Predictor(info, config)(images)
-    assert probs.shape == (2, 40) and np.isfinite(probs).all()
+    # The reference: the checkpoint loaded by Lightning alone (no export or serving code), on [0, 1] pixels.
+    reference = FaceAttrModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    with torch.no_grad():
+        expected = torch.sigmoid(reference(torch.from_numpy(images).float() / 255)).numpy()
+    assert expected.std() > 1e-3  # the inputs give the attributes different probabilities: a swap would show
+    for fmt in ("torchscript", "onnx"):  # what the service runs, loaded from the store as the service loads it
+        config, info = served_model(load_serve_config({"FACEATTR_SERVE_FORMAT": fmt}), meta["tag"])
+        probs = Predictor(info, config)(images)
+        assert probs.shape == (4, 40) and np.abs(probs - expected).max() <= 1e-4, fmt
 
 
 @pytest.mark.slow

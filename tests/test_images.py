@@ -144,6 +144,43 @@ def test_jpegs_decode_to_pillows_pixels(mode):
     assert np.array_equal(decoded, pillows(data))
 
 
+#: How Pillow turns an upright image into the one stored under each EXIF orientation (the inverse of what
+#: ``ImageOps.exif_transpose`` does to view it).
+STORED_AS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+#: The reference model inputs of an aligned 178x218 photo with crop 178, worked out by hand: (input size, JPEG
+#: scale 1/k with jpeg_scaling, the centred 178x178 crop in the image decoded at that scale: left, top, right, bottom).
+ALIGNED_CASES = {
+    "64, whole decode": ((64, 64), 1, (0, 20, 178, 198)),  # 218 - 178 = 40 rows: 20 above, 20 below
+    "64, 1/2 decode": ((64, 64), 2, (0, 10, 89, 99)),  # 89x109 decoded: 89x89, 10 rows above
+    "32, 1/4 decode": ((32, 32), 4, (0, 5, 45, 50)),  # 45x55 decoded (libjpeg rounds up): 45x45, 5 rows above
+}
+
+
+def marked_face() -> Image.Image:
+    """The aligned test face with a white square near its upper left corner, inside the crop: which way is up."""
+    image = np.array(face())
+    image[20:60, 0:40] = 255
+    return Image.fromarray(image)
+
+
+def pillow_model_input(data: bytes, size: tuple[int, int], k: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The reference model input, by Pillow alone: decoded at scale 1/k (Pillow's JPEG draft mode), turned upright
+    by ``ImageOps.exif_transpose``, cropped to ``box`` and resized with Pillow's antialiased bilinear filter."""
+    with Image.open(io.BytesIO(data)) as image:
+        if k > 1:
+            image.draft("RGB", (image.width // k, image.height // k))
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+    return np.asarray(upright.crop(box).resize(size[::-1], Image.BILINEAR))
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_is_turned_upright_as_pillow_turns_it(orientation):
     exif = Image.Exif()
@@ -152,11 +189,36 @@ def test_every_exif_orientation_is_turned_upright_as_pillow_turns_it(orientation
     assert np.array_equal(decode_image(data), pillows(data))
 
 
-def test_cmyk_jpegs_take_pillows_path_at_the_same_scale():
-    data = jpeg(face().convert("CMYK"))
-    assert np.array_equal(decode_image(data), pillows(data))
-    assert load_and_preprocess(data, (64, 64), (178, 178)).shape == (3, 64, 64)
-    assert decode_image(data, image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape == (109, 89, 3)
+@pytest.mark.parametrize("case", ALIGNED_CASES)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_stored_turned_gets_the_model_input_of_the_upright_one(orientation, case):
+    """The same answers whatever the EXIF orientation: the model input of a turned photo is Pillow's decode of it,
+    turned upright, cropped and resized; and its marked corner is at the top left, where the upright photo has it."""
+    size, k, box = ALIGNED_CASES[case]
+    upright = marked_face()
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = orientation
+    data = jpeg(upright if orientation == 1 else upright.transpose(STORED_AS[orientation]), 95, exif=exif)
+    ours = load_and_preprocess(data, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, pillow_model_input(data, size, k, box))
+    corner = size[0] // 8  # the white square covers the crop's first 40/178 rows and columns
+    assert ours[1 : corner + 1, 1 : corner + 1].min() > 230 and ours[-corner:, -corner:].min() < 230
+
+
+@pytest.mark.parametrize("case", ALIGNED_CASES)
+def test_cmyk_jpegs_take_pillows_path_and_get_the_answers_of_the_rgb_jpeg(case):
+    size, k, box = ALIGNED_CASES[case]
+    photo = marked_face()
+    cmyk, rgb = jpeg(photo.convert("CMYK")), jpeg(photo)
+    assert np.array_equal(decode_image(cmyk), pillows(cmyk))
+    at_scale = {"image_size": size, "crop": (178, 178), "jpeg_scaling": k > 1}
+    assert decode_image(cmyk, **at_scale).shape == decode_image(rgb, **at_scale).shape  # the same decode scale
+    ours = load_and_preprocess(cmyk, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, pillow_model_input(cmyk, size, k, box))
+    # The same picture saved as an RGB JPEG (simplejpeg's path) gives the model nearly the same input: only the
+    # two JPEG encodings differ.
+    plain = load_and_preprocess(rgb, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    assert np.abs(ours.astype(int) - plain).mean() < 3
 
 
 def test_truncated_jpeg_is_refused_in_one_line():

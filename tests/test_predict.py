@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from serve_process import SAMPLES, exported_model
@@ -21,9 +22,7 @@ from faceattr.config.schemas import CONFIG_DIRS
 from faceattr.errors import UserError
 from faceattr.layout import EXPORT_DIR
 from faceattr.prediction import FACE_COLUMNS, predict_images, skipped_path, summary_lines
-from faceattr.serve.config import default_serve_config
-from faceattr.serve.images import load_and_preprocess
-from faceattr.serve.runtime import Predictor, read_model_info
+from faceattr.serve.runtime import read_model_info
 
 pytestmark = pytest.mark.slow  # the fixture is the tiny run's export (a CLI run, shared with the serving tests)
 
@@ -94,14 +93,19 @@ def test_a_folder_gives_one_row_per_photo_and_lists_the_others(export_run, photo
     printed = "\n".join(summary_lines(summary))
     assert "6 (4 answered, 2 skipped)" in printed and "truncated or corrupt" in printed
 
-    # Exactly what the service computes: its preprocessing, the exported artefact, the calibrated thresholds.
+    # The reference, computed without faceattr: Pillow's preprocessing of the 512x600 portrait for the tiny model
+    # (32x32, crop 178, jpeg_scaling), worked out by hand, and the exported TorchScript file run by torch itself.
     info = read_model_info(export_run / EXPORT_DIR, "export")
-    serve = default_serve_config(format="torchscript" if "onnx" not in info.formats else "onnx")
-    expected = Predictor(info, serve)(
-        load_and_preprocess(
-            (photos / "hopper.jpg").read_bytes(), info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling
-        )[None].numpy()
-    )[0]
+    assert (info.image_size, info.crop, info.jpeg_scaling) == ((32, 32), (178, 178), True)
+    with Image.open(photos / "hopper.jpg") as portrait:
+        # Aligned frame: the full height (600 rows > 512 * 218/178); crop 178 -> 490 pixels, 490/8 >= 32: the JPEG
+        # is decoded at 1/8, 64x75, where the crop is 61x61 (75 * 178/218), centred: 2 columns left, 7 rows above.
+        portrait.draft("RGB", (512 // 8, 600 // 8))
+        assert portrait.size == (64, 75)
+        pixels = np.asarray(portrait.convert("RGB").crop((2, 7, 63, 68)).resize((32, 32), Image.BILINEAR))
+    artefact = torch.jit.load(str(info.artefact("torchscript"))).eval()
+    with torch.no_grad():
+        expected = artefact(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)[0].numpy()
     hopper = rows[2]
     assert np.abs(np.array([float(hopper[a]) for a in CELEBA_ATTRIBUTES]) - expected).max() <= 1e-6
     thresholds = info.contract.threshold_of()

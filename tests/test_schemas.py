@@ -71,13 +71,13 @@ def test_the_yaml_files_give_every_value():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected an integer"),
-        (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5: expected an integer"),
+        (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected null or an integer >= 1 (or -1: no limit)"),
+        (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5: expected null or an integer >= 1"),
         (["data.batch_size='16'"], "data.batch_size='16': expected an integer"),
-        (["optimizer.lr=fast"], "optimizer.lr='fast': expected a number"),
-        (["optimizer=sgd", "optimizer.momentum=[1]"], "optimizer.momentum=[1]: expected a number"),
-        (["model.drop_rate=true"], "model.drop_rate=True: expected a number"),
-        (["seed=abc"], "seed='abc': expected an integer"),
+        (["optimizer.lr=fast"], "optimizer.lr='fast': expected null or a number >= 0 (0: the weights do not move)"),
+        (["optimizer=sgd", "optimizer.momentum=[1]"], "optimizer.momentum=[1]: expected null or a number in [0, 1]"),
+        (["model.drop_rate=true"], "model.drop_rate=True: expected null or a number in [0, 1)"),
+        (["seed=abc"], "seed='abc': expected null or an integer in [0, 4294967295]"),
         (["test=maybe"], "test='maybe': expected true or false"),
         (["monitor.mode=up"], "monitor.mode='up': expected min or max"),
         (["model=bogus"], "model=bogus: no such option (available: convnext_tiny, efficientnet_b0, resnet10t, "),
@@ -99,7 +99,7 @@ def test_training_composes_onto_its_schema_and_its_groups_stay_free_form():
     cfg = compose_config("train", "seed=7", "+trainer.gradient_clip_val=1.0")
     assert OmegaConf.get_type(cfg) is TrainConfig and cfg.seed == 7 and cfg.trainer.gradient_clip_val == 1.0
     assert one_line_error(check_types, compose_config("train", "trainer.max_epochs=abc")) == (
-        "trainer.max_epochs='abc': expected an integer"
+        "trainer.max_epochs='abc': expected null or an integer >= 1 (or -1: no limit)"
     )
     check_command_line("train", ["experiment=quickstart", "trainer.max_epochs=3", "scheduler=none"])
     check_command_line("train", ["-m", "model=tiny_resnet,tiny_vit"])  # sweeps are Hydra's (each job checks itself)
@@ -121,7 +121,10 @@ def test_a_resumed_config_is_checked_the_same_way(tmp_path):
     saved = OmegaConf.to_yaml(compose_config("train", "trainer.max_epochs=3"), resolve=False)
     check_types(OmegaConf.create(saved))
     edited = saved.replace("max_epochs: 3", "max_epochs: three")
-    assert one_line_error(check_types, OmegaConf.create(edited)) == "trainer.max_epochs='three': expected an integer"
+    assert (
+        one_line_error(check_types, OmegaConf.create(edited))
+        == "trainer.max_epochs='three': expected null or an integer >= 1 (or -1: no limit)"
+    )
 
 
 @pytest.mark.parametrize(

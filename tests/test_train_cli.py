@@ -95,7 +95,7 @@ USER_ERRORS = [
     (["model.backbone=no_such_net"], "model.backbone=no_such_net is not a timm model name"),
     (["ckpt_path=/nope.ckpt"], "ckpt_path=/nope.ckpt: no such checkpoint file"),
     (["data.attributes=[Smilling]"], "unknown attribute(s) Smilling"),
-    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected an integer"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc': expected null or an integer >= 1 (or -1: no limit)"),
     (["data.image_size=abc"], "the data config has a bad value: a size must be a positive int"),
     (["trainer.precision=17"], "the trainer config has a bad value: Precision 17 is invalid"),
 ]

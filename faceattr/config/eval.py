@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from faceattr.constraints import at_least, between, one_of, setting
+from faceattr.constraints import BATCH_SIZE, WORKERS, between, one_of, setting
 
 
 def _threshold_or_calibrated(value: Any) -> bool:
@@ -25,8 +25,8 @@ def _threshold_or_calibrated(value: Any) -> bool:
 @dataclass
 class EvalDataConfig:
     root: Optional[str] = setting(MISSING, problem="expected a path or null")
-    num_workers: Optional[int] = setting(MISSING, check=at_least(0), problem="expected null or an integer >= 0")
-    eval_batch_size: Optional[int] = setting(MISSING, check=at_least(1), problem="expected null or an integer >= 1")
+    num_workers: Optional[int] = WORKERS.field(MISSING, optional=True)
+    eval_batch_size: Optional[int] = BATCH_SIZE.field(MISSING, optional=True)
 
 
 @dataclass

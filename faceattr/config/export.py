@@ -8,7 +8,7 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from faceattr.constraints import at_least, between, setting
+from faceattr.constraints import BATCH_SIZE, NON_NEGATIVE, WORKERS, at_least, between, setting
 
 
 @dataclass
@@ -16,15 +16,15 @@ class ParityConfig:
     num_images: int = setting(
         MISSING, check=at_least(1), problem="expected an integer >= 1 (the parity check needs at least one image)"
     )
-    atol: float = setting(MISSING, check=at_least(0), problem="expected a number >= 0")
+    atol: float = NON_NEGATIVE.field(MISSING)
 
 
 @dataclass
 class CalibrationConfig:
     max_images: Optional[int] = setting(MISSING, check=at_least(0), problem="expected null or an integer >= 0")
     default_threshold: float = setting(MISSING, check=between(0, 1), problem="expected a number in [0, 1]")
-    batch_size: int = setting(MISSING, check=at_least(1), problem="expected an integer >= 1")
-    num_workers: int = setting(MISSING, check=at_least(0), problem="expected an integer >= 0")
+    batch_size: int = BATCH_SIZE.field(MISSING)
+    num_workers: int = WORKERS.field(MISSING)
 
 
 @dataclass

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from faceattr.constraints import at_least, one_of, setting
+from faceattr.constraints import BATCH_SIZE, THREADS, at_least, one_of, setting
 
 
 def _not_blank(value: Any) -> bool:
@@ -27,9 +27,9 @@ class PredictConfig:
     no_face: str = setting(MISSING, check=one_of(("skip", "center")), problem="expected skip or center")
     face_max_side: int = setting(MISSING, check=at_least(32), problem="expected an integer >= 32 (pixels)")
     face_min_score: float = setting(MISSING, check=lambda v: 0 < v < 1, problem="expected a score in (0, 1)")
-    batch_size: int = setting(MISSING, check=at_least(1), problem="expected an integer >= 1")
-    threads: Optional[int] = setting(MISSING, check=at_least(1), problem="expected null or an integer >= 1")
-    num_threads: Optional[int] = setting(MISSING, check=at_least(1), problem="expected null or an integer >= 1")
+    batch_size: int = BATCH_SIZE.field(MISSING)
+    threads: Optional[int] = THREADS.field(MISSING, optional=True)
+    num_threads: Optional[int] = THREADS.field(MISSING, optional=True)
     format: str = setting(
         MISSING, check=one_of(("auto", "torchscript", "onnx")), problem="expected auto, torchscript or onnx"
     )

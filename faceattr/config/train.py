@@ -15,7 +15,22 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from faceattr.constraints import one_of, setting
+from faceattr.constraints import (
+    BATCH_SIZE,
+    DROP_RATE,
+    EPOCHS,
+    EVERY_N,
+    FRACTION,
+    IMAGE_COUNT,
+    LEARNING_RATE,
+    LOG_EVERY_N_STEPS,
+    MIN_EPOCHS,
+    NON_NEGATIVE,
+    SEED,
+    WORKERS,
+    one_of,
+    setting,
+)
 
 #: Field metadata: the field is a free-form config group; its value is the dataclass typing its knobs (or None).
 FREE_FORM = "free_form"
@@ -34,12 +49,12 @@ class MonitorConfig:
 
 @dataclass
 class DataKnobs:
-    batch_size: Optional[int] = MISSING
-    eval_batch_size: Optional[int] = MISSING
-    num_workers: Optional[int] = MISSING
-    limit: Optional[int] = MISSING
-    val_limit: Optional[int] = MISSING
-    seed: Optional[int] = MISSING
+    batch_size: int = BATCH_SIZE.field(MISSING)
+    eval_batch_size: Optional[int] = BATCH_SIZE.field(MISSING, optional=True)
+    num_workers: int = WORKERS.field(MISSING)
+    limit: Optional[int] = IMAGE_COUNT.field(MISSING, optional=True)
+    val_limit: Optional[int] = IMAGE_COUNT.field(MISSING, optional=True)
+    seed: Optional[int] = SEED.field(MISSING, optional=True)
     skip_corrupt: Optional[bool] = MISSING
     # A folder for the pre-decoded image cache (faceattr/data/cache.py), or null.
     cache: Optional[str] = MISSING
@@ -49,27 +64,27 @@ class DataKnobs:
 
 @dataclass
 class TrainerKnobs:
-    max_epochs: Optional[int] = MISSING
-    min_epochs: Optional[int] = MISSING
-    check_val_every_n_epoch: Optional[int] = MISSING
-    log_every_n_steps: Optional[int] = MISSING
+    max_epochs: Optional[int] = EPOCHS.field(MISSING, optional=True)
+    min_epochs: Optional[int] = MIN_EPOCHS.field(MISSING, optional=True)
+    check_val_every_n_epoch: Optional[int] = EVERY_N.field(MISSING, optional=True)
+    log_every_n_steps: Optional[int] = LOG_EVERY_N_STEPS.field(MISSING, optional=True)
 
 
 @dataclass
 class OptimizerKnobs:
-    lr: Optional[float] = MISSING
-    weight_decay: Optional[float] = MISSING
-    momentum: Optional[float] = MISSING
+    lr: Optional[float] = LEARNING_RATE.field(MISSING, optional=True)
+    weight_decay: Optional[float] = NON_NEGATIVE.field(MISSING, optional=True)
+    momentum: Optional[float] = FRACTION.field(MISSING, optional=True)
 
 
 @dataclass
 class ModelKnobs:
-    drop_rate: Optional[float] = MISSING
+    drop_rate: Optional[float] = DROP_RATE.field(MISSING, optional=True)
 
 
 @dataclass
 class TrainConfig:
-    seed: Optional[int] = MISSING
+    seed: Optional[int] = SEED.field(MISSING, optional=True)
     ckpt_path: Optional[str] = MISSING
     resume: Optional[str] = MISSING
     monitor: MonitorConfig = field(default_factory=MonitorConfig)

@@ -6,12 +6,16 @@ Layouts (``root`` may also be the parent of a ``celeba/`` folder, as torchvision
 * Kaggle ``jessicali9530/celeba-dataset``: ``list_attr_celeba.csv``, ``list_eval_partition.csv``,
   ``img_align_celeba/img_align_celeba/``
 
-Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0 train, 1 valid, 2 test.
+Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0 train, 1 valid, 2 test. The annotation
+files are read as UTF-8 (:func:`read_annotation_text`): a file an editor saved as UTF-16 or Latin-1 is refused with
+one line naming it.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +79,28 @@ def _require(path: Path) -> Path:
     return path
 
 
+SAVE_AS_UTF8 = "save it as UTF-8 (plain text, as CelebA ships it) or re-download it"
+
+
+def read_annotation_text(path: Path) -> str:
+    """The text of an annotation file, which must be UTF-8 (a UTF-8 byte-order mark is allowed); a one-line UserError
+    naming the file otherwise."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) or b"\x00" in data[:4096]:
+        raise UserError(f"{path} is saved as UTF-16, not UTF-8 text: {SAVE_AS_UTF8}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(
+            f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}: Latin-1 or another legacy "
+            f"encoding?): {SAVE_AS_UTF8}"
+        ) from None
+
+
 def _read_original_attributes(path: Path) -> tuple[tuple[str, ...], list[str], list[list[str]], int]:
     """Return (attribute names, filenames, value rows, line number of the first row)."""
-    with path.open() as f:
-        lines = f.read().splitlines()
+    lines = read_annotation_text(path).splitlines()
     if len(lines) < 2:
         raise UserError(f"{path} is truncated: expected a count line, a header line and one row per image")
     names = tuple(lines[1].split())
@@ -98,12 +120,11 @@ def _read_original_attributes(path: Path) -> tuple[tuple[str, ...], list[str], l
 
 
 def _read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise UserError(f"{path} is empty: expected a header line and one row per image")
-        return header, [row for row in reader if row]
+    reader = csv.reader(io.StringIO(read_annotation_text(path), newline=""))
+    header = next(reader, None)
+    if header is None:
+        raise UserError(f"{path} is empty: expected a header line and one row per image")
+    return header, [row for row in reader if row]
 
 
 def _read_kaggle_attributes(path: Path) -> tuple[tuple[str, ...], list[str], list[list[str]], int]:
@@ -135,7 +156,7 @@ def _labels_from_rows(path: Path, rows: list[list[str]], num_attributes: int, fi
 
 def _read_partitions(path: Path, layout: str) -> dict[str, int]:
     if layout == "original":
-        rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        rows = [line.split() for line in read_annotation_text(path).splitlines() if line.strip()]
         first_line = 1
     else:
         _, rows = _read_csv_rows(path)

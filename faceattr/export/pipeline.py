@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import faceattr
 from faceattr.artefacts import load_torchscript, onnx_session
-from faceattr.atomic import remove_stale_temporaries, write_json, write_text
+from faceattr.atomic import remove_stale_temporaries, writable_directory, write_json, write_text
 from faceattr.contract import CONTRACT_KEY, ModelContract
 from faceattr.errors import UserError
 from faceattr.export import build
@@ -355,6 +355,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         check_run_config(dict(module.hparams), resolved.run_config, f"{resolved.run_dir}/config.yaml")
     contract = module.contract
     _describe(contract)
+    out_dir = writable_directory(_output_dir(cfg, resolved.checkpoint, resolved.run_dir), hint="output_dir=...")
+    remove_stale_temporaries(out_dir)  # left by an export that was killed mid-write
 
     calibration = _calibrate(cfg, module, contract, resolved)
     test_metrics = _test_metrics(cfg, module, contract, resolved, calibration.thresholds)
@@ -364,9 +366,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     contract = _face_template(cfg, resolved, contract)
     metadata = _metadata(contract, module, resolved, calibration, test_metrics)
 
-    out_dir = _output_dir(cfg, resolved.checkpoint, resolved.run_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)  # left by an export that was killed mid-write
     files, metadata["parity"] = _write_artefacts(cfg, module, contract, calibration, metadata, out_dir)
     metadata["formats"] = {fmt: ARTEFACT_FILES[fmt] for fmt in formats}
     tag = _store(cfg, contract, files, metadata, resolved.run_config, out_dir)

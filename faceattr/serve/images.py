@@ -220,8 +220,9 @@ def _decode(
                             f"the image is truncated or corrupt ({str(exc)[:120] or 'libjpeg error'})"
                         ) from None
                     return UPRIGHT[orientation](array) if orientation != 1 else array
-                if scale > 1:  # CMYK and other JPEGs simplejpeg leaves to Pillow: libjpeg's scale there
-                    image.draft("RGB", scaled_size(height, width, scale)[::-1])
+                if scale > 1:  # CMYK and other JPEGs simplejpeg leaves to Pillow: libjpeg's scale there (Pillow
+                    # picks the largest scale that keeps at least the size asked: the rounded-down size is 1/scale's)
+                    image.draft("RGB", (width // scale, height // scale))
             if limits.budget is not None:  # the size to decode (after the JPEG draft scale)
                 hold.enter_context(limits.budget.reserve(image.size[0] * image.size[1]))
             image.load()

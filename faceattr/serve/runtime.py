@@ -171,14 +171,16 @@ def read_model_info(path: Path, tag: str) -> ModelInfo:
         contract = read_contract(metadata, f"model {tag}")
     except ContractError as exc:
         raise ModelError(str(exc)) from None
-    return ModelInfo(
-        tag=tag, path=path, contract=contract, formats=dict(metadata.get("formats") or {}), metadata=metadata
-    )
+    formats = metadata.get("formats") or {}
+    if not isinstance(formats, dict) or not all(isinstance(v, str) for v in formats.values()):
+        raise ModelError(f"model {tag}: {METADATA_FILE} lists its artefacts wrongly ({formats!r}); {EXPORT_HINT}")
+    return ModelInfo(tag=tag, path=path, contract=contract, formats=dict(formats), metadata=metadata)
 
 
 def served_format(config: ServeConfig, info: ModelInfo, device: str) -> str:
     """The artefact to run: ``config.format``, or for ``auto`` ONNX Runtime on a CPU when the model has an ONNX
-    artefact (2.4-3x TorchScript there at batch 1, 1.1-1.6x at batch 32: BENCHMARKS.md, Inference), else TorchScript."""
+    artefact (faster than TorchScript there at batch 1 and 32: BENCHMARKS.md, Inference, ``onnx_vs_torchscript_b32``),
+    else TorchScript."""
     if config.format != "auto":
         return config.format
     return "onnx" if "onnx" in info.formats and device == "cpu" else "torchscript"

@@ -9,7 +9,8 @@ BentoML sees the request:
 * 413 a body over ``max_bytes`` (from Content-Length before reading, else while reading);
 * 415 anything but ``multipart/form-data``;
 * 400 a malformed multipart body, a missing file field, a text value in it (URLs are never fetched), several files
-  on a one-image route, an option field sent as a file, or a query string (options are form fields);
+  on a one-image route (the message names the route that takes several), an option field sent as a file, or a
+  query string (options are form fields);
 * 413 more files than a route's ``max_files``.
 
 What it read is an :class:`Upload` in the request's ASGI scope (:func:`upload_of`): the files' bytes and the option
@@ -111,9 +112,20 @@ class UploadGuard:
         except Exception as exc:  # noqa: BLE001 - starlette/multipart parse errors
             raise Rejected(400, f"malformed multipart body ({exc})") from None
         try:
-            return Upload(await _values(form, route, scope))
+            return Upload(await _values(form, route, scope, self._several_images_route()))
         finally:
             await form.close()
+
+    def _several_images_route(self) -> str:
+        """Where several images go, for the refusal of several on a one-image route: ``/predict_batch (field
+        images)``, the first route whose field takes more than one file (empty: none)."""
+        for path, route in self.routes.items():
+            if route.max_files > 1:
+                return (
+                    f"{path} (field {route.file_field}, e.g. curl -F {route.file_field}=@a.jpg -F "
+                    f"{route.file_field}=@b.jpg http://HOST{path})"
+                )
+        return ""
 
 
 def _query(scope: Scope) -> str:
@@ -128,9 +140,9 @@ def _example(field: str, scope: Scope, options: str = "") -> str:
     return f"curl -F {field}=@photo.jpg{options} http://HOST{scope['path']}"
 
 
-async def _values(form: FormData, route: UploadRoute, scope: Scope) -> dict[str, Any]:
+async def _values(form: FormData, route: UploadRoute, scope: Scope, several: str) -> dict[str, Any]:
     """The checked fields of the form parsed from the request of ``scope`` (see :class:`UploadGuard`); Rejected
-    otherwise."""
+    otherwise. ``several``: the route that takes several images, for the refusal of several here."""
     field = route.file_field
     example = _example(field, scope)
     files = form.getlist(field)
@@ -141,7 +153,10 @@ async def _values(form: FormData, route: UploadRoute, scope: Scope) -> dict[str,
             400, f"field {field!r} must be a file upload, not a text value (URLs are not fetched), e.g. {example}"
         )
     if route.max_files == 1 and len(files) > 1:
-        raise Rejected(400, f"{len(files)} files in field {field!r}: this route answers one image per request")
+        elsewhere = f"; send several images to {several}" if several else ""
+        raise Rejected(
+            400, f"{len(files)} files in field {field!r}: {scope['path']} takes one image per request{elsewhere}"
+        )
     if len(files) > route.max_files:
         raise Rejected(
             413,
