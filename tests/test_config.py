@@ -10,6 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from faceattr.config.schemas import GROUPS as TRAIN_GROUPS
 from faceattr.config_checks import check_types
 from faceattr.data import CelebADataModule
 from faceattr.model import FaceAttrModule
@@ -51,18 +52,15 @@ def test_groups_have_the_promised_options():
     assert {"fdr", "overfit"} <= set(options("debug"))
 
 
-GROUPS = (
-    "data",
-    "model",
-    "optimizer",
-    "scheduler",
-    "callbacks",
-    "trainer",
-    "logger",
-    "experiment",
-    "hparams_search",
-    "debug",
-)
+#: The groups of conf/train.yaml, as its schema registry lists them (the one list).
+GROUPS = TRAIN_GROUPS["train"]
+#: Folders of conf/ that are not groups of the training config (Hydra's own, the paths, other entries' configs).
+NOT_TRAIN_GROUPS = {"hydra", "paths", "serve", "predict", "export"}
+
+
+def test_the_schema_lists_every_group_of_the_training_config():
+    folders = {p.name for p in (Path(__file__).resolve().parents[1] / "conf").iterdir() if p.is_dir()}
+    assert set(GROUPS) == folders - NOT_TRAIN_GROUPS
 
 
 @pytest.mark.parametrize("group, option", [(group, option) for group in GROUPS for option in options(group)])
