@@ -44,20 +44,35 @@ def test_sigkilled_run_resumes_in_place_and_finishes(tmp_path, synthetic_root):
 
     killed = torch.load(last, map_location="cpu", weights_only=True)  # the kill left a loadable checkpoint
     assert killed["epoch"] < 2 and "rng_states" in killed  # an epoch is left to resume
-    events_before = len(list((run_dir / "tensorboard").glob("events.*")))
+    killed_at = time.time()
 
     # The resume in this process (the subprocess was for the kill).
     assert run_main("train.py", f"resume={run_dir}", tmp_path=tmp_path) == 0
     record = json.loads((run_dir / "run.json").read_text())
     assert record["status"] == "completed" and record["epochs"] == 3
     assert record["global_step"] > killed["global_step"]
-    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == record["global_step"]
-    # Same TensorBoard run: new event files in the same folder, val/auroc continuing past the resumed step.
-    assert len(list((run_dir / "tensorboard").glob("events.*"))) > events_before
-    # One best score across the kill: the checkpointed best and the resumed epochs' val/auroc (the newest value of
-    # each step: an epoch the kill cut short ran again).
+    final = torch.load(last, map_location="cpu", weights_only=True)
+    assert final["global_step"] == record["global_step"]
+    # The optimizer's state came back too: AdamW counts its own steps per parameter, and a resume that restored only
+    # the weights (fresh moments, a fresh step count) would count the resumed steps alone.
+    adam_steps = {float(state["step"]) for state in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {float(record["global_step"])}
+    # Same TensorBoard run, val/auroc continuing: one value per epoch at the step that epoch ended on, the resumed
+    # epochs written after the kill into the same folder (a restart from scratch would log epoch 0 again; a resume
+    # that lost the step counter would log the resumed epochs at the killed run's steps).
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
+    per_epoch = record["global_step"] // 3
+    by_step: dict[int, list[float]] = {}
+    for event in events.Scalars("val/auroc"):
+        by_step.setdefault(event.step, []).append(event.wall_time)
+    assert sorted(by_step) == [per_epoch * epoch - 1 for epoch in (1, 2, 3)], sorted(by_step)  # steps count from 0
+    done_at_kill = killed["epoch"] + 1  # last.ckpt of epoch e says epoch=e
+    steps = sorted(by_step)
+    assert all(max(by_step[step]) < killed_at for step in steps[:done_at_kill])  # not logged again by the resume
+    assert all(max(by_step[step]) > killed_at for step in steps[done_at_kill:])  # the resumed epochs
+    # One best score across the kill: the checkpointed best and the resumed epochs' val/auroc (the newest value of
+    # each step: an epoch the kill cut short ran again).
     resumed = {e.step: e.value for e in sorted(events.Scalars("val/auroc"), key=lambda e: e.wall_time)}
     best = max(
         [killed["callbacks"]["BestMetric{metric=val/auroc}"]["best"]]
