@@ -1,4 +1,11 @@
-"""The 40 CelebA attribute names, in the official column order of ``list_attr_celeba.txt``."""
+"""Attribute labels: CelebA's 40 names in official order, and the stored value of a label nobody gave.
+
+Labels are stored as uint8: 1 present, 0 absent, :data:`UNKNOWN_LABEL` unknown (an empty cell of a ``data=folder``
+CSV). Unknown labels are masked out of the loss and the metrics, never counted as negatives.
+"""
+
+#: The stored value of an unknown label (uint8).
+UNKNOWN_LABEL = 255
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
     "5_o_Clock_Shadow",

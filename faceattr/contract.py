@@ -26,8 +26,14 @@ from typing import Any
 
 from faceattr.preprocess import RULE_VERSION, size_pair
 
-#: The contract's version; see the module doc. 2 is the first typed contract (earlier exports had none).
-FORMAT_VERSION = 2
+#: The contract's version; see the module doc. 2 is the first typed contract (earlier exports had none); 3 adds
+#: ``temperatures`` and ``face_alignment`` (a version-2 contract reads as temperatures 1 and CelebA's alignment).
+FORMAT_VERSION = 3
+#: The versions this faceattr reads.
+READABLE_VERSIONS = (2, 3)
+#: How the training images were aligned: "celeba" (CelebA's aligned files, or files framed like them) or "detect"
+#: (faceattr's face detector and alignment, ``data.align=detect``: the service then detects faces by default).
+FACE_ALIGNMENTS = ("celeba", "detect")
 #: The exported artefacts' input and output tensor names (ONNX graph names; the TorchScript forward's argument).
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -78,6 +84,11 @@ class ModelContract:
     output_name: str = OUTPUT_NAME
     #: The version of the image rule (faceattr/preprocess.py) the model was trained with.
     preprocess_rule: int = RULE_VERSION
+    #: One per attribute: the artefacts output sigmoid(logit / temperature) (1.0 = not temperature-scaled).
+    temperatures: tuple[float, ...] = ()
+    #: How the training images were aligned (:data:`FACE_ALIGNMENTS`); "detect" makes face=detect the service's
+    #: default for this model.
+    face_alignment: str = "celeba"
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -90,6 +101,12 @@ class ModelContract:
             object.__setattr__(self, "thresholds", (DEFAULT_THRESHOLD,) * count)
         if not self.calibrated:
             object.__setattr__(self, "calibrated", (False,) * count)
+        if not self.temperatures:
+            object.__setattr__(self, "temperatures", (1.0,) * count)
+        if len(self.temperatures) != count or min(self.temperatures) <= 0:
+            raise ContractError(f"temperatures need one positive value per attribute, not {list(self.temperatures)}")
+        if self.face_alignment not in FACE_ALIGNMENTS:
+            raise ContractError(f"face_alignment {self.face_alignment!r}: expected one of {', '.join(FACE_ALIGNMENTS)}")
         if len(self.thresholds) != count or len(self.calibrated) != count:
             raise ContractError(
                 f"{len(self.thresholds)} thresholds / {len(self.calibrated)} calibration flags for {count} attributes"
@@ -115,6 +132,7 @@ class ModelContract:
             mean=tuple(float(v) for v in hparams["mean"]),
             std=tuple(float(v) for v in hparams["std"]),
             preprocess_rule=int(hparams["preprocess_rule"]),
+            face_alignment=str(hparams.get("face_alignment") or "celeba"),
         )
 
     def with_thresholds(self, thresholds: Sequence[float], calibrated: Sequence[bool], method: str) -> ModelContract:
@@ -131,7 +149,21 @@ class ModelContract:
         template = tuple((round(float(x), 4), round(float(y), 4)) for x, y in points)
         return replace(self, face_template=template, face_template_source=str(source))
 
+    def with_temperatures(self, temperatures: Sequence[float]) -> ModelContract:
+        """This contract with one temperature per attribute (in attribute order), applied inside the artefacts."""
+        return replace(self, temperatures=tuple(round(float(t), 6) for t in temperatures))
+
     # --- reading ----------------------------------------------------------------------------------------------------
+
+    @property
+    def default_face_mode(self) -> str:
+        """The service's ``face`` default for this model: ``detect`` when its training images were aligned by the
+        detector, else ``center`` (CelebA-aligned training images: uploads are framed the same way)."""
+        return "detect" if self.face_alignment == "detect" else "center"
+
+    @property
+    def temperature_scaled(self) -> bool:
+        return any(t != 1.0 for t in self.temperatures)
 
     @property
     def uncalibrated_attributes(self) -> tuple[str, ...]:
@@ -164,15 +196,18 @@ class ModelContract:
             "input_name": self.input_name,
             "output_name": self.output_name,
             "preprocess_rule": self.preprocess_rule,
+            "temperatures": dict(zip(self.attributes, self.temperatures)),
+            "face_alignment": self.face_alignment,
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelContract:
         """The contract :meth:`to_json` wrote; ContractError (one line) for another version or a bad field."""
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ContractError(
-                f"its contract has format_version {version!r}, this faceattr reads version {FORMAT_VERSION}"
+                f"its contract has format_version {version!r}, this faceattr reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         rule = data.get("preprocess_rule")
         if rule != RULE_VERSION:
@@ -183,9 +218,11 @@ class ModelContract:
         try:
             attributes = tuple(str(a) for a in data["attributes"])
             thresholds = data.get("thresholds") or {}
-            unknown = sorted(set(thresholds) - set(attributes))
-            if unknown:
-                raise ContractError(f"thresholds for attributes the model does not have: {', '.join(unknown[:5])}")
+            temperatures = data.get("temperatures") or {}
+            for what, values in (("thresholds", thresholds), ("temperatures", temperatures)):
+                unknown = sorted(set(values) - set(attributes))
+                if unknown:
+                    raise ContractError(f"{what} for attributes the model does not have: {', '.join(unknown[:5])}")
             uncalibrated = set(data.get("uncalibrated_attributes") or attributes)
             template = data.get("face_template") or None
             crop = data.get("crop")
@@ -205,6 +242,8 @@ class ModelContract:
                 input_name=str(data.get("input_name", INPUT_NAME)),
                 output_name=str(data.get("output_name", OUTPUT_NAME)),
                 preprocess_rule=rule,
+                temperatures=tuple(float(temperatures.get(name, 1.0)) for name in attributes),
+                face_alignment=str(data.get("face_alignment", "celeba")),
             )
         except ContractError:
             raise

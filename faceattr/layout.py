@@ -8,6 +8,8 @@ A run dir (``outputs/<date>/<time>-<id>/``, or one job of a sweep ``multirun/<da
     tensorboard/        TENSORBOARD_DIR: TensorBoard events (a sweep job's one level down, named by its overrides)
     eval/               EVAL_DIR: eval.py's <split>.json and <split>_per_attribute.csv
     metric_history.json METRIC_HISTORY: a sweep job's per-epoch monitored metric (median pruning)
+    split.csv           SPLIT_RECORD: the image -> train/valid/test (and fold) assignment of a data=folder run made
+                        without a split column, so eval and export reuse it
     export/             EXPORT_DIR: model.pt / model.onnx, faceattr.json, config.yaml
 
 The export's metadata (with the model's contract, faceattr/contract.py, which also names the artefacts' tensors)
@@ -33,6 +35,10 @@ METRIC_HISTORY = "metric_history.json"
 ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
 METADATA_FILE = "faceattr.json"
 EXPORT_CONFIG = "config.yaml"
+# The model card (Mitchell et al. 2019) written at export beside the artefacts and into the store's model folder.
+MODEL_CARD_FILE = "MODEL_CARD.md"
+# A run's split assignment (data=folder without a split column): path,split per image.
+SPLIT_RECORD = "split.csv"
 
 
 def eval_files(split: str) -> tuple[str, str]:
