@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from faceattr.config.command_line import check_or_exit
 from faceattr.config.schemas import register_schemas
 from faceattr.errors import exit_on_user_error
+from faceattr.quiet import quiet_libraries
 
 register_schemas()
 
@@ -22,6 +23,7 @@ register_schemas()
 def main(cfg: DictConfig) -> None:
     from faceattr.prediction import predict_images, summary_lines
 
+    quiet_libraries()
     print("\n".join(summary_lines(predict_images(cfg))))
 
 

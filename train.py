@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from faceattr.config.command_line import check_or_exit
 from faceattr.config.schemas import register_schemas
 from faceattr.errors import exit_on_user_error
+from faceattr.quiet import quiet_libraries
 from faceattr.resolvers import register_resolvers
 from faceattr.sweep.jobs import is_multirun, run_multirun_job, run_single_job
 from faceattr.training import train
@@ -35,6 +36,7 @@ def train_and_report(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    quiet_libraries()
     if is_multirun():
         return run_multirun_job(train_and_report, cfg)
     # A single run: a user error (a full disk too) is one line `error: ...` and exit status 2.

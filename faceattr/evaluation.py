@@ -4,14 +4,17 @@
 
 1. resolve ``ckpt`` (a ``.ckpt``, a run dir: its best checkpoint, a sweep dir: its best job's) and rebuild the model
    from the checkpoint alone;
-2. build the run's own data module (its ``config.yaml``; ``data.*`` keys of eval's config override it), so images are
-   read, cropped and resized exactly as training evaluated them;
+2. build the run's own data module (faceattr/data/run_data.py: its ``config.yaml``; ``data.*`` keys of eval's config
+   override it), so images are read, cropped and resized exactly as training evaluated them;
 3. pick the decision thresholds: a fixed one (0.5, as training's metrics use), or ``calibrated``: F1-optimal per
    attribute on the validation split (as export calibrates them for the service);
 4. run Lightning's test (or validate) loop with the model's own metrics; for the checkpoint a training run tested,
-   the test figures equal that run's ``test/*``;
-5. write ``<run dir>/eval/<split>.json`` (macro figures, number of images) and ``<split>_per_attribute.csv``
-   (positive rate, accuracy, balanced accuracy, AUROC, F1, threshold), log ``eval/<split>/*`` to the run's
+   the test figures equal that run's ``test/*``. The same loop keeps every image's probabilities
+   (faceattr/eval_groups.py), from which come the calibration (ECE, Brier score, reliability diagram) and the
+   results by subgroup (``groups``, faceattr/fairness.py);
+5. write ``<run dir>/eval/<split>.json`` (macro figures, number of images, the subgroup summary: worst groups and
+   gaps), ``<split>_per_attribute.csv`` (positive rate, accuracy, balanced accuracy, AUROC, F1, threshold, ECE,
+   Brier score), ``<split>_groups.csv`` and ``<split>_reliability.png``, log ``eval/<split>/*`` to the run's
    TensorBoard, and return the summary.
 """
 
@@ -30,9 +33,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from faceattr.atomic import writable_directory, write_json, write_text
 from faceattr.config.check import check_config
-from faceattr.config_checks import build
-from faceattr.contract import ModelContract
+from faceattr.data.run_data import run_datamodule
 from faceattr.errors import UserError
+from faceattr.eval_groups import (
+    PredictionCollector,
+    calibration,
+    group_files,
+    resolve_groups,
+    subgroup_report,
+    write_reliability,
+)
 from faceattr.layout import EVAL_DIR, TENSORBOARD_DIR, eval_files
 from faceattr.model.loading import load_module
 from faceattr.model.metrics import PER_ATTRIBUTE, f1_thresholds
@@ -40,34 +50,12 @@ from faceattr.run_finder import Resolved, check_run_config, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
-MACRO_KEYS = ("acc", "bacc", "auroc", "f1", "loss")
+MACRO_KEYS = ("acc", "bacc", "auroc", "f1", "ece", "brier", "loss")
 
 
 def _thresholds_setting(value: Any) -> float | str:
     """``thresholds`` (already checked by the eval schema) as a number or the word ``calibrated``."""
     return "calibrated" if str(value).strip().lower() == "calibrated" else float(value)
-
-
-def _data_config(resolved: Resolved, contract: ModelContract, overrides: DictConfig) -> DictConfig:
-    """The run's data config with eval's non-null ``data.*`` overrides; the model's contract fixes the attributes,
-    the input size, the crop and the decode rule."""
-    data = OmegaConf.create((resolved.run_config or {}).get("data") or {})
-    given = {k: v for k, v in OmegaConf.to_container(overrides, resolve=True).items() if v is not None}
-    if not data or "_target_" not in data:
-        if "root" not in given:
-            raise UserError(
-                f"{resolved.checkpoint} has no run config.yaml beside it: pass data.root=<CelebA folder> to "
-                "evaluate it on"
-            )
-        data = OmegaConf.create({"_target_": "faceattr.data.CelebADataModule"})
-    data.merge_with(given)
-    if "root" in given:
-        data.synthetic = None  # a given folder is used as it is, never generated into
-    data.attributes = list(contract.attributes)
-    data.image_size = list(contract.image_size)
-    data.crop = None if contract.crop is None else list(contract.crop)
-    data.jpeg_scaling = contract.jpeg_scaling
-    return data
 
 
 def _output_dir(cfg: DictConfig, resolved: Resolved) -> Path:
@@ -93,7 +81,7 @@ def _calibrated_thresholds(module, datamodule) -> tuple[torch.Tensor, int]:
     return thresholds, len(labels)
 
 
-def _trainer(resolved: Resolved) -> L.Trainer:
+def _trainer(resolved: Resolved, callbacks: list) -> L.Trainer:
     # Lightning's start-up notices ("GPU available: ...") would come before the table on stdout.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -106,6 +94,7 @@ def _trainer(resolved: Resolved) -> L.Trainer:
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=sys.stdout.isatty(),  # Lightning draws its bars on stdout
+        callbacks=callbacks,
     )
 
 
@@ -161,9 +150,19 @@ def _log_to_tensorboard(folder: Path, split: str, summary: dict[str, Any], table
         writer.close()
 
 
+def _calibration_columns(table: dict, summary: dict, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    """Per-attribute ECE and Brier score (and their means) from the loop's probabilities, for either split."""
+    figures = calibration(probs, labels)
+    for key, values in figures.items():
+        for name, value in zip(table, values.tolist()):
+            table[name][key] = round(value, 6) if value == value else None
+        defined = values[~torch.isnan(values)]
+        summary[key] = float(defined.mean()) if len(defined) else None
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate one checkpoint on one split (the steps of the module doc); returns what ``<split>.json`` holds."""
-    check_config(cfg, "eval")  # split, thresholds, data.*: one line for a bad value (conf/eval.yaml's schema)
+    check_config(cfg, "eval")  # split, thresholds, data.*, groups: one line for a bad value (conf/eval.yaml's schema)
     split = str(cfg.split)
     thresholds = _thresholds_setting(cfg.thresholds)
     resolved = resolve_checkpoint(cfg.ckpt)
@@ -172,9 +171,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if resolved.run_config:
         check_run_config(dict(module.hparams), resolved.run_config, f"{resolved.run_dir}/config.yaml")
 
-    datamodule = build(_data_config(resolved, module.contract, cfg.data), "data", _convert_="all")
+    overrides = OmegaConf.to_container(cfg.data, resolve=True)
+    datamodule = run_datamodule(resolved.run_config, module.contract, overrides, run_dir=resolved.run_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
+    groups = resolve_groups(OmegaConf.to_container(cfg.groups) if cfg.groups is not None else None, datamodule)
     if thresholds == "calibrated":
         values, count = _calibrated_thresholds(module, datamodule)
         method = f"calibrated (F1-optimal on {count} validation images)"
@@ -183,7 +184,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     stage = "test" if split == "test" else "val"
     module.metrics[stage].set_thresholds(values)
 
-    trainer = _trainer(resolved)
+    collector = PredictionCollector()
+    trainer = _trainer(resolved, [collector])
     run = trainer.test if split == "test" else trainer.validate
     logged = run(module, datamodule=datamodule, verbose=False)[0]
     result = module.results[stage]
@@ -198,17 +200,29 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "data_root": str(datamodule.root),
     }
     table = result["per_attribute"]
+    attributes = list(module.contract.attributes)
+    probs, labels = collector.result(len(attributes))
+    _calibration_columns(table, summary, probs, labels)
 
     macro_file, table_file = (out_dir / name for name in eval_files(split))
+    groups_file, figure_file = (out_dir / name for name in group_files(split))
+    files = [macro_file, table_file]
+    report = None
+    if groups:
+        report = subgroup_report(datamodule, split, groups, probs, labels, attributes, values, groups_file)
+        files += [groups_file] if report is not None else []
+    summary["groups"] = None if report is None else report.to_json()
     write_json(macro_file, summary)
     write_text(table_file, _per_attribute_csv(table))
+    files.append(write_reliability(figure_file, probs, labels, attributes))
     folder = _tensorboard_dir(resolved.run_dir) if cfg.get("tensorboard", True) else None
     if folder is not None:
         step = int(
             torch.load(resolved.checkpoint, map_location="cpu", weights_only=True, mmap=True).get("global_step", 0)
         )
         _log_to_tensorboard(folder, split, summary, table, step)
-    summary["files"] = [str(macro_file), str(table_file)]
+    summary["files"] = [str(path) for path in files]
     summary["tensorboard"] = None if folder is None else str(folder)
     summary["table"] = format_table(table, summary)
+    summary["worst_groups"] = None if report is None else report.format_worst(10)
     return summary

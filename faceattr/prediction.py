@@ -8,11 +8,14 @@
    ``export/`` folder when it was exported from it;
 2. list the photos (a folder, recursively, every file with an image extension; or a glob);
 3. turn each photo into model inputs exactly as the service does (:class:`faceattr.serve.face_finding.FaceFinder`:
-   ``load_faces`` with the service's limits, the detector with ``face=detect``), in a pool of ``threads`` threads,
+   ``load_faces`` with the service's limits, the detector with ``face=detect``; ``face=auto``, the default, is the
+   mode the model was trained for, as the service's default: :func:`faceattr.serve.runtime.served_face`), in a pool
+   of ``threads`` threads,
    while the main thread runs the artefact (:class:`faceattr.serve.runtime.Predictor`, as the service does) on
    batches of ``batch_size``;
-4. write ``out`` (CSV, atomically: complete or absent) and ``<out stem>.skipped.csv`` (every photo not answered,
-   with the reason: unreadable, not an image, corrupt, too large, no face), and return the summary the script prints.
+4. write ``out`` (CSV, UTF-8, atomically: complete or absent; a column per attribute, named as the model's contract
+   names it, whatever the training data called it) and ``<out stem>.skipped.csv`` (every photo not answered, with
+   the reason: unreadable, not an image, corrupt, too large, no face), and return the summary the script prints.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from faceattr.config.check import check_config
 from faceattr.errors import UserError
 from faceattr.layout import EXPORT_DIR, METADATA_FILE
 from faceattr.progress import Progress
-from faceattr.serve.config import default_serve_config
+from faceattr.serve.config import FACE_AUTO, default_serve_config
 from faceattr.serve.face_finding import FaceFinder, FaceOptions
 from faceattr.serve.images import ImageError, PreparedFace
 from faceattr.serve.runtime import (
@@ -48,6 +51,7 @@ from faceattr.serve.runtime import (
     pick_device,
     read_model_info,
     resolve_model,
+    served_face,
     served_format,
     store_location,
 )
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 FACE_COLUMNS = ("face_x0", "face_y0", "face_x1", "face_y1", "face_score")
 #: Characters that make ``images=`` a glob pattern rather than a folder.
 GLOB_CHARS = "*?["
+#: Between the names of the ``present`` column: attribute names from a data=folder CSV may hold spaces.
+PRESENT_SEPARATOR = ";"
 
 
 # --- 1. the exported artefact ---------------------------------------------------------------------------------------
@@ -229,7 +235,7 @@ def _rows(
             where = [""] * len(FACE_COLUMNS)
         else:
             where = [f"{float(v):.1f}" for v in face.box] + [f"{float(face.score):.4f}"]
-        present = " ".join(name for name, p, t in zip(info.attributes, row, thresholds) if p >= t)
+        present = PRESENT_SEPARATOR.join(name for name, p, t in zip(info.attributes, row, thresholds) if p >= t)
         yield [shown, str(index), *where, *(f"{float(p):.6f}" for p in row), present]
 
 
@@ -250,7 +256,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     """Predict every photo of ``cfg.images`` with ``cfg.model`` into ``cfg.out`` (the steps of the module doc);
     returns the summary."""
     check_config(cfg, "predict")  # one line for a bad value (conf/predict/predict.yaml)
-    if cfg.all_faces and cfg.face != "detect":
+    if cfg.all_faces and cfg.face == "center":
         raise UserError("all_faces=true needs face=detect (the centre crop is one answer per photo)")
     out = Path(str(cfg.out)).expanduser()
     if not out.parent.is_dir():
@@ -258,8 +264,16 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     photos = list_photos(str(cfg.images))
     info = find_export(str(cfg.model))
 
-    serve = default_serve_config(device=str(cfg.device), format=str(cfg.format), num_threads=cfg.num_threads)
-    serve = dataclasses.replace(serve, format=served_format(serve, info, pick_device(serve.device)))
+    serve = default_serve_config(
+        device=str(cfg.device), format=str(cfg.format), num_threads=cfg.num_threads, face=str(cfg.face)
+    )
+    serve = served_face(dataclasses.replace(serve, format=served_format(serve, info, pick_device(serve.device))), info)
+    face = serve.face  # cfg.face, or for auto the model's own
+    if cfg.all_faces and face != "detect":
+        raise UserError(
+            f"all_faces=true needs face=detect (face={cfg.face} is center for {info.tag}, which was trained on "
+            "CelebA-aligned faces; the centre crop is one answer per photo)"
+        )
     try:
         predictor = Predictor(info, serve)
     except ModelError as exc:
@@ -276,7 +290,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         max_side=int(cfg.face_max_side),
         min_score=float(cfg.face_min_score),
     )
-    options = FaceOptions(detect=cfg.face == "detect", all_faces=bool(cfg.all_faces))
+    options = FaceOptions(detect=face == "detect", all_faces=bool(cfg.all_faces))
     batch_size = int(cfg.batch_size)
     log.info(
         "predicting:  %d photos of %s with %s (%s on %s), face=%s, %d decoding threads, batches of %d",
@@ -285,7 +299,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         info.tag,
         serve.format,
         predictor.device,
-        cfg.face,
+        face + (" (the model's own)" if cfg.face == FACE_AUTO else ""),
         threads,
         batch_size,
     )
@@ -294,7 +308,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     progress = Progress(len(photos.paths), "predicting", unit="photos")
     started = time.perf_counter()
     try:
-        with atomic_path(out) as temp, open(temp, "w", newline="") as file:
+        with atomic_path(out) as temp, open(temp, "w", newline="", encoding="utf-8") as file:
             writer = csv.writer(file, lineterminator="\n")
             writer.writerow(_header(info))
             batch: list[tuple[str, int, PreparedFace]] = []
@@ -321,7 +335,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         progress.close()
     seconds = time.perf_counter() - started
     skipped_file = skipped_path(out)
-    with atomic_path(skipped_file) as temp, open(temp, "w", newline="") as file:
+    with atomic_path(skipped_file) as temp, open(temp, "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(["path", "reason"])
         writer.writerows(tally.skipped)
@@ -338,7 +352,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         "images_per_s": len(photos.paths) / max(seconds, 1e-9),
         "out": str(out),
         "skipped_file": str(skipped_file),
-        "face": str(cfg.face),
+        "face": face,
     }
 
 

@@ -100,6 +100,8 @@ def _build(
         image_size=list(datamodule.image_size),
         crop=None if datamodule.crop is None else list(datamodule.crop),
         jpeg_scaling=bool(getattr(datamodule, "jpeg_scaling", False)),
+        # data.align=detect: the images were aligned by the detector, so the service detects faces for this model.
+        face_alignment="detect" if getattr(datamodule, "align", "none") == "detect" else "celeba",
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         _convert_="all",

@@ -7,7 +7,11 @@
   positives it missed in orange, and how many of all attributes it got wrong;
 * ``val/pr_curve/<Attribute>`` (PR CURVES tab), at the end of fit: each attribute's precision-recall curve on the
   last validated epoch's whole validation split (the probabilities behind ``val/auroc``, no extra pass);
-* ``test/per_attribute`` (IMAGES tab), after testing: a bar chart of each attribute's test accuracy and AUROC.
+* ``test/per_attribute`` (IMAGES tab), after testing: a bar chart of each attribute's test accuracy and AUROC;
+* ``test/reliability`` (IMAGES tab), after testing: the reliability diagram of the test split (all attributes and
+  the worst-calibrated few, faceattr/reliability.py), beside the logged ``test/ece``.
+
+Unknown labels (:data:`UNKNOWN_LABEL`) are left out of the PR curves and the diagram, and captioned as unknown.
 
 Without a TensorBoard logger it does nothing; only rank zero draws and writes. matplotlib is imported when a
 picture is drawn, not when this module is.
@@ -25,9 +29,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.utilities.data import dim_zero_cat
 
+from faceattr.attributes import UNKNOWN_LABEL
+
 # Decisions are probability >= 0.5, the threshold of val/acc.
 DECISION_THRESHOLD = 0.5
-RIGHT, WRONG, MISSED = "#1a7f37", "#d1242f", "#d4640b"
+RIGHT, WRONG, MISSED, UNKNOWN = "#1a7f37", "#d1242f", "#d4640b", "#6e7781"
 
 
 def tensorboard_writer(trainer: L.Trainer):
@@ -42,15 +48,17 @@ def face_lines(
     probs: Sequence[float], labels: Sequence[float], attributes: Sequence[str], top_k: int
 ) -> list[tuple[str, str]]:
     """The caption of one face as (text, colour) lines: how many attributes are wrong, the ``top_k`` most probable
-    predicted attributes (green: labelled so, red: not), then up to ``top_k`` missed positives (orange)."""
-    probs, labels = np.asarray(probs, dtype=float), np.asarray(labels) > 0.5
+    predicted attributes (green: labelled so, red: not, grey: label unknown), then up to ``top_k`` missed positives
+    (orange). Unknown labels count as neither right nor wrong."""
+    probs, raw = np.asarray(probs, dtype=float), np.asarray(labels)
+    known, labels = raw != UNKNOWN_LABEL, raw == 1
     predicted = probs >= DECISION_THRESHOLD
-    wrong = int((predicted != labels).sum())
-    lines = [
-        (f"{wrong} of {len(attributes)} wrong" if wrong else f"all {len(attributes)} right", WRONG if wrong else RIGHT)
-    ]
+    wrong = int(((predicted != labels) & known).sum())
+    count = int(known.sum())
+    lines = [(f"{wrong} of {count} wrong" if wrong else f"all {count} right", WRONG if wrong else RIGHT)]
     order = np.argsort(-probs, kind="stable")
-    lines += [(f"{attributes[i]} {probs[i]:.2f}", RIGHT if labels[i] else WRONG) for i in order if predicted[i]][:top_k]
+    colours = np.where(known, np.where(labels, RIGHT, WRONG), UNKNOWN)
+    lines += [(f"{attributes[i]} {probs[i]:.2f}", str(colours[i])) for i in order if predicted[i]][:top_k]
     lines += [(f"missed {attributes[i]} {probs[i]:.2f}", MISSED) for i in order if labels[i] and not predicted[i]][
         :top_k
     ]
@@ -117,7 +125,7 @@ def attribute_bar_chart(per_attribute: dict[str, dict[str, Any]], title: str) ->
     axes.barh(y - 0.2, np.nan_to_num(acc), height=0.4, label="accuracy", color="#4c72b0")
     axes.barh(y + 0.2, np.nan_to_num(auroc), height=0.4, label="AUROC", color="#dd8452")
     axes.set_yticks(y, names, fontsize=7)
-    axes.set_xlim(max(0.0, math.floor(lowest * 10) / 10), 1.0)
+    axes.set_xlim(max(0.0, min(math.floor(lowest * 10) / 10, 0.9)), 1.0)  # all 1.0: still a range
     axes.grid(axis="x", alpha=0.3)
     axes.legend(loc="lower right", fontsize=7)
     axes.set_title(title, fontsize=9)
@@ -134,6 +142,7 @@ class TensorBoardPictures(L.Callback):
         top_k: how many predicted attributes (and missed ones) each face lists.
         pr_curves: write per-attribute PR curves of the validation split at the end of fit.
         bar_chart: draw the per-attribute test accuracy/AUROC chart after testing.
+        reliability: draw the test split's reliability diagram after testing.
         pr_thresholds: points on each PR curve.
     """
 
@@ -145,6 +154,7 @@ class TensorBoardPictures(L.Callback):
         pr_curves: bool = True,
         bar_chart: bool = True,
         pr_thresholds: int = 127,
+        reliability: bool = True,
     ) -> None:
         self.every_n_epochs = every_n_epochs
         self.faces = faces
@@ -152,6 +162,7 @@ class TensorBoardPictures(L.Callback):
         self.pr_curves = pr_curves
         self.bar_chart = bar_chart
         self.pr_thresholds = pr_thresholds
+        self.reliability = reliability
         self._validation: tuple[torch.Tensor, torch.Tensor] | None = None  # last epoch's (probs, labels)
 
     def _grid_due(self, trainer: L.Trainer) -> bool:
@@ -199,13 +210,28 @@ class TensorBoardPictures(L.Callback):
             return
         probs, labels = self._validation
         for index, name in enumerate(pl_module.attributes):
+            known = labels[:, index] != UNKNOWN_LABEL
             writer.add_pr_curve(
                 f"val/pr_curve/{name}",
-                labels[:, index],
-                probs[:, index],
+                labels[known, index],
+                probs[known, index],
                 trainer.global_step,
                 num_thresholds=self.pr_thresholds,
             )
+        writer.flush()
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        # Before the module's own hook computes and resets the metrics, which hold the test probabilities and labels.
+        if not self.reliability or not any(isinstance(logger, TensorBoardLogger) for logger in trainer.loggers):
+            return
+        probs, labels = pl_module.metrics["test"].samples()  # gathered from every rank: all ranks call it
+        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
+        if writer is None or len(probs) == 0:
+            return
+        from faceattr.reliability import reliability_figure
+
+        figure = reliability_figure(probs.float().cpu(), labels.cpu(), pl_module.attributes)
+        writer.add_image("test/reliability", _render(figure), trainer.global_step, dataformats="HWC")
         writer.flush()
 
     def on_test_end(self, trainer, pl_module) -> None:

@@ -4,8 +4,8 @@ Each PATH is a run directory (outputs/<date>/<time>-<id>), a sweep directory (mu
 above them; every run found below is read (run.json, configs, TensorBoard events via TensorBoard's own reader),
 ranked, printed, and written as summary.md, summary.csv and summary.png into --out (the same table and plot as the
 end-of-sweep summary). Runs made on different days, by different sweeps, compare side by side. Runs whose overrides
-differ only in seed= are also grouped (mean, std and 95% interval per group, ranked by mean; summary_groups.csv),
-whichever sweep they come from.
+differ only in seed= or data.fold= are also grouped (mean, std and 95% interval per group, ranked by mean;
+summary_groups.csv), whichever sweep they come from.
 """
 
 from __future__ import annotations

@@ -1,10 +1,15 @@
 """A real `bentoml serve` of the tiny run's model, for the serving tests (test_serve_api.py, test_serve_limits.py,
 test_serve_faults.py): start it, find its worker processes, check that it still serves. test_serve_api.py and
-test_serve_limits.py share one (``shared_server`` in conftest.py, with :data:`SHARED_LIMITS`)."""
+test_serve_limits.py share one (``shared_server`` in conftest.py, with :data:`SHARED_LIMITS`). And, for what needs
+a model of its own (other attribute names, a face mode, a card) but no server process: a probe model exported in
+seconds (:func:`probe_model`) and the service run in this process (:func:`service_in_process`)."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -15,10 +20,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import matplotlib
 import psutil
+import torch
 from conftest import REPO, cli_env, run_cli
 
 #: matplotlib's sample photographs: a portrait of Grace Hopper, a clip-art gift box (an RGBA PNG without a face).
@@ -149,3 +156,101 @@ SHARED_LIMITS = {
     "FACEATTR_SERVE_MAX_DECODE_PIXELS": "8000000",
     "FACEATTR_SERVE_MAX_IMAGES_PER_REQUEST": "8",
 }
+
+
+class ProbeModel(torch.nn.Module):
+    """A model with ``n`` outputs whose probabilities depend on the photo (its mean colour), some clearly above 0.5
+    and some clearly below: what :func:`probe_model` exports instead of a trained network."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.register_buffer("weight", torch.linspace(-4.0, 4.0, 3 * n).reshape(3, n))
+        self.register_buffer("bias", torch.linspace(-3.0, 3.0, n))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.bias + (images.mean(dim=(2, 3)) - 0.5) @ self.weight)
+
+
+def probe_model(
+    folder: Path,
+    attributes: tuple[str, ...],
+    face_alignment: str = "celeba",
+    test_rates: dict[str, dict[str, float]] | None = None,
+    card: str | None = None,
+) -> Path:
+    """An export folder, as export writes one (``model.pt`` and ``faceattr.json`` with the model's contract), of a
+    :class:`ProbeModel` with ``attributes`` at 32x32 (and ``MODEL_CARD.md`` when ``card`` is given): for the tests of
+    the serving code on a model of any attribute names, in seconds."""
+    from faceattr.artefacts import quiet_torchscript
+    from faceattr.contract import ModelContract
+    from faceattr.layout import METADATA_FILE, MODEL_CARD_FILE
+
+    contract = ModelContract(
+        backbone="probe",
+        attributes=attributes,
+        image_size=(32, 32),
+        crop=(178, 178),
+        jpeg_scaling=True,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        face_alignment=face_alignment,
+    )
+    metadata = {"contract": contract.to_json(), "formats": {"torchscript": "model.pt"}}
+    if test_rates is not None:  # what export measures on the test split, e.g. {"positive_rates": {name: rate}}
+        metadata["metrics"] = {"test": test_rates}
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(metadata, ensure_ascii=False)
+    with quiet_torchscript():
+        torch.jit.script(ProbeModel(len(attributes)).eval()).save(
+            str(folder / "model.pt"), _extra_files={METADATA_FILE: text}
+        )
+    (folder / METADATA_FILE).write_text(text, encoding="utf-8")
+    if card is not None:
+        (folder / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
+    return folder
+
+
+@contextlib.contextmanager
+def stored_probe_model(name: str, **kwargs) -> Iterator[tuple[str, Path]]:
+    """A :func:`probe_model` saved into this process's BentoML store as model ``name`` (removed afterwards): its tag
+    and folder."""
+    import bentoml
+
+    with bentoml.models.create(name) as model:
+        probe_model(Path(model.path), **kwargs)
+    try:
+        yield str(model.tag), Path(bentoml.models.get(model.tag).path)  # the store's folder, once saved
+    finally:
+        bentoml.models.delete(model.tag)
+
+
+_loaded_services = 0
+
+
+@contextlib.contextmanager
+def service_in_process(tag: str, **settings: str) -> Iterator[Any]:
+    """faceattr/serve/service.py imported afresh (as each `bentoml serve` worker imports it) to serve model ``tag``
+    of this process's BentoML store with ``FACEATTR_SERVE_<KEY>`` ``settings``, behind BentoML's own ASGI app, in this
+    process, without BentoML's metrics: yields a Starlette TestClient with the module as ``client.service``."""
+    global _loaded_services
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from starlette.testclient import TestClient
+
+    saved_env, saved_config = dict(os.environ), copy.deepcopy(BentoMLContainer.config.get())
+    os.environ.update({"FACEATTR_SERVE_MODEL": tag, **{f"FACEATTR_SERVE_{k.upper()}": v for k, v in settings.items()}})
+    try:
+        _loaded_services += 1
+        spec = importlib.util.spec_from_file_location(
+            f"faceattr_service_{_loaded_services}", REPO / "faceattr" / "serve" / "service.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.FaceAttr.inject_config()  # what each worker does at start: the service's settings into BentoML's
+        with TestClient(ServiceAppFactory(module.FaceAttr, is_main=True, enable_metrics=False)()) as client:
+            client.service = module
+            yield client
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        BentoMLContainer.config.set(saved_config)

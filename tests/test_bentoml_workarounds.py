@@ -82,7 +82,7 @@ def _served_in_process(service) -> TestClient:
     return TestClient(ServiceAppFactory(service, is_main=True, enable_metrics=False)())
 
 
-def _probe_service(name: str):
+def _probe_service(name: str, amend=None):
     """A service with faceattr's request and answer specs (schemas.py) behind the upload reader and the OpenAPI 3
     document, whose endpoints echo what they were given."""
     predict_input, batch_input = upload_inputs("center")
@@ -99,7 +99,7 @@ def _probe_service(name: str):
 
     routes = {"/predict": upload_route(predict_input), "/predict_batch": upload_route(batch_input, 3)}
     Probe.add_asgi_middleware(UploadGuard, max_bytes=10_000, routes=routes)
-    Probe.add_asgi_middleware(OpenAPI3Document)
+    Probe.add_asgi_middleware(OpenAPI3Document, amend=amend)
     return Probe
 
 
@@ -139,3 +139,24 @@ def test_the_openapi_document_is_rewritten_as_valid_openapi_3(bentoml_config):
         assert images == {"type": "string", "format": "binary"}
         predict = next(api for api in client.get("/schema.json").json()["routes"] if api["route"] == "/predict")
         assert predict["input"]["properties"]["image"]["type"] == "file"
+
+
+def test_the_swagger_ui_shows_the_documents_info_which_openapi3document_rewrites(bentoml_config):
+    """What pages.describe_service relies on: BentoML's Swagger UI (``/``) renders ``/docs.json``, whose ``info`` is
+    BentoML's own README outside a Bento (its badges and "customize this README", version "None"), and ``amend``
+    replaces it in the document served."""
+    written = _probe_service("InfoProbe").openapi_spec.asdict()
+    assert "This is a Machine Learning Service created with BentoML" in written["info"]["description"]
+    assert written["info"]["version"] == "None"
+
+    def amend(document: dict[str, Any]) -> dict[str, Any]:
+        return {**document, "info": {"title": "probe", "version": "1.2.3", "description": "What it answers."}}
+
+    with _served_in_process(_probe_service("AmendedInfoProbe", amend)) as client:
+        served = client.get("/docs.json").json()
+        validate(served)
+        assert served["info"] == {"title": "probe", "version": "1.2.3", "description": "What it answers."}
+        assert set(served["paths"]) == set(written["paths"])  # the rest of the document as it was
+        page = client.get("/")
+        assert page.status_code == 200 and "swagger-initializer.js" in page.text
+        assert 'url: "./docs.json"' in client.get("/static_content/swagger-initializer.js").text

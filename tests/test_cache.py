@@ -42,7 +42,7 @@ def test_cache_is_built_once_then_reused(synthetic_root, tmp_path):
         header = json.loads((cache / f"{split}.json").read_text())
         array = np.load(cache / f"{split}.npy", mmap_mode="r")
         assert array.shape == (len(dm.splits[split]), 3, 32, 32) and array.dtype == np.uint8
-        assert header["shape"] == list(array.shape) and header["skipped"] == []
+        assert header["shape"] == list(array.shape) and header["skipped"] == [] and header["no_face"] == []
         assert header["num_images"] == len(dm.splits[split]) and header["image_size"] == [32, 32]
     assert not [p for p in cache.iterdir() if p.name.endswith(".partial")]  # nothing half-written left
     before = {p.name: stamp(p) for p in cache.glob("*.*")}

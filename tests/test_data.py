@@ -253,3 +253,24 @@ def test_the_subsample_has_its_own_seed_so_a_seed_sweep_keeps_the_images():
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         seeds = [compose("train", overrides=[f"seed={seed}", "data.limit=100"]).data.seed for seed in (1, 2)]
     assert seeds[0] == seeds[1] == 0
+
+
+def test_attributes_null_are_the_files_columns_in_file_order(synthetic_root, broken):
+    dm = datamodule(synthetic_root)
+    dm.setup()
+    assert dm.attribute_names == dm.column_names == CELEBA_ATTRIBUTES  # the generated file: the official 40
+    path = broken / "list_attr_celeba.txt"
+    lines = path.read_text().splitlines()
+    renamed = [f"mine_{i:02d}" for i in reversed(range(40))]
+    lines[1] = " ".join(renamed)
+    path.write_text("\n".join(lines) + "\n")
+    dm = datamodule(broken)
+    dm.setup()
+    assert dm.attribute_names == tuple(renamed)
+    original = datamodule(synthetic_root)
+    original.setup()
+    assert torch.equal(dm.splits["train"].labels, original.splits["train"].labels)  # same values, new names
+    lines[1] = " ".join(["Hair/Colour", *renamed[1:]])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UserError, match=r"attribute name 'Hair/Colour' \(attribute 1 of .*list_attr_celeba.txt\)"):
+        datamodule(broken).setup()

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import json
 import shutil
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_main, run_script
@@ -18,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.errors import UserError
 
-FIGURES = ("acc", "bacc", "auroc", "f1", "loss")
+FIGURES = ("acc", "bacc", "auroc", "f1", "ece", "brier", "loss")
 
 
 def compose(config: str, *overrides: str):
@@ -49,7 +51,7 @@ def test_eval_reproduces_the_runs_own_test_figures(run_copy):
     assert saved["num_images"] == summary["num_images"] > 0 and saved["acc"] == summary["acc"]
     rows = list(csv.DictReader((run_copy / "eval" / "test_per_attribute.csv").open()))
     assert [row["attribute"] for row in rows] == list(CELEBA_ATTRIBUTES)
-    assert set(rows[0]) == {"attribute", "positive_rate", "acc", "bacc", "auroc", "f1", "threshold"}
+    assert set(rows[0]) == {"attribute", "positive_rate", "acc", "bacc", "auroc", "f1", "threshold", "ece", "brier"}
     mean_acc = sum(float(row["acc"]) for row in rows) / len(rows)
     assert mean_acc == pytest.approx(summary["acc"], abs=1e-5)
     # The run record carries the same per-attribute table for the tested checkpoint.
@@ -59,9 +61,95 @@ def test_eval_reproduces_the_runs_own_test_figures(run_copy):
     lines = summary["table"].splitlines()
     accuracies = [float(line.split()[2]) for line in lines[1:-1]]
     assert accuracies == sorted(accuracies, reverse=True) and lines[-1].startswith("mean")
+    # Calibration: the reliability diagram is a PNG; on generated data, Male and Young are the default groups.
+    assert (run_copy / "eval" / "test_reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert saved["groups"]["groups"] == ["Male", "Young"] and (run_copy / "eval" / "test_groups.csv").is_file()
     events = EventAccumulator(summary["tensorboard"])
     events.Reload()
     assert {"eval/test/acc", "eval/test/bacc", "eval/test/acc/Smiling"} <= set(events.Tags()["scalars"])
+
+
+def _celeba_test_labels(root: Path) -> tuple[list[str], np.ndarray]:
+    """The attribute names and the test partition's labels (1/0), read from CelebA's text files here, by hand."""
+    lines = (root / "list_attr_celeba.txt").read_text().splitlines()
+    names = lines[1].split()
+    labels = {row.split()[0]: [int(v) for v in row.split()[1:]] for row in lines[2:]}
+    partition = [row.split() for row in (root / "list_eval_partition.txt").read_text().splitlines()]
+    test = [name for name, part in partition if part == "2"]
+    return names, (np.array([labels[name] for name in test]) == 1).astype(np.uint8)
+
+
+@pytest.mark.slow
+def test_groups_agree_with_an_independent_recomputation(run_copy):
+    """Done-when of issue 22: eval's per-group and worst-group accuracies equal scikit-learn's on the checkpoint's
+    own test predictions, with group membership read from the annotation file by hand."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from faceattr.model import FaceAttrModule
+
+    summary = evaluate_groups(run_copy)
+    checkpoint = Path(summary["checkpoint"])
+    module = FaceAttrModule.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    data = OmegaConf.load(run_copy / "config.yaml").data
+    datamodule = instantiate(data, num_workers=0)
+    datamodule.setup("test")
+    with torch.no_grad():
+        probs = torch.cat([torch.sigmoid(module(x.float() / 255)) for x, _, _ in datamodule.test_dataloader()])
+    probs = probs.numpy()
+    names, labels = _celeba_test_labels(Path(data.root))
+    assert len(labels) == len(probs) > 0
+    predicted = (probs >= np.float32(0.5)).astype(np.uint8)
+    male, young = labels[:, names.index("Male")], labels[:, names.index("Young")]
+    rows = {(r["attribute"], r["group"]): r for r in csv.DictReader((run_copy / "eval" / "test_groups.csv").open())}
+    checked = 0
+    for a, name in enumerate(names):
+        cells = {"all": np.ones(len(labels), bool)}
+        if name != "Male":
+            cells |= {f"Male={v}": male == v for v in (0, 1)}
+        if name != "Young":
+            cells |= {f"Young={v}": young == v for v in (0, 1)}
+        if name not in ("Male", "Young"):
+            cells |= {f"Male={m},Young={y}": (male == m) & (young == y) for m in (0, 1) for y in (0, 1)}
+        assert {g for (attribute, g) in rows if attribute == name} == set(cells)  # never against itself
+        for group, inside in cells.items():
+            row = rows[name, group]
+            assert int(row["n"]) == inside.sum()
+            if inside.any():
+                expected = accuracy_score(labels[inside, a], predicted[inside, a])
+                assert float(row["acc"]) == pytest.approx(expected, abs=1e-6), (name, group)
+                checked += 1
+        if 0 < labels[:, a].sum() < len(labels):
+            expected = roc_auc_score(labels[:, a], probs[:, a])
+            assert float(rows[name, "all"]["auroc"]) == pytest.approx(expected, abs=1e-6)
+        # Worst-group accuracy: the 4 groups of (label) x (group value), for each group attribute but itself.
+        accuracies = {}
+        for group_name, values in (("Male", male), ("Young", young)):
+            if group_name == name:
+                continue
+            for y, v in itertools.product((0, 1), repeat=2):
+                inside = (labels[:, a] == y) & (values == v)
+                if inside.any():
+                    accuracies[f"{name}={y},{group_name}={v}"] = accuracy_score(labels[inside, a], predicted[inside, a])
+        worst = summary["groups"]["worst"][name]
+        assert worst["worst_group_acc"] == pytest.approx(min(accuracies.values()), abs=1e-6)
+        assert accuracies[worst["worst_group"]] == pytest.approx(worst["worst_group_acc"], abs=1e-6)
+        assert worst["avg_acc"] == pytest.approx(accuracy_score(labels[:, a], predicted[:, a]), abs=1e-6)
+    assert checked > 200
+    saved = json.loads((run_copy / "eval" / "test.json").read_text())
+    assert saved["groups"]["worst"]["Blond_Hair"] == summary["groups"]["worst"]["Blond_Hair"]
+    assert set(saved["groups"]["gaps"]["Blond_Hair"]) == {"Male", "Young", "Male,Young"}
+    lines = summary["worst_groups"].splitlines()
+    assert lines[0].split()[:4] == ["attribute", "group", "n", "acc"] and len(lines) == 11
+
+
+def evaluate_groups(run_dir: Path, *overrides: str) -> dict:
+    from faceattr.evaluation import evaluate
+
+    return evaluate(
+        compose("eval", f"ckpt={run_dir}", "data.num_workers=0", "groups=[Male,Young]", "tensorboard=false", *overrides)
+    )
 
 
 @pytest.mark.slow
@@ -76,15 +164,20 @@ def test_eval_on_validation_with_calibrated_thresholds(run_copy):
             "thresholds=calibrated",
             "data.num_workers=0",
             "tensorboard=false",
+            "groups=[]",
         )
     )
     assert summary["thresholds"].startswith("calibrated (F1-optimal on")
+    assert summary["groups"] is None and not (run_copy / "eval" / "valid_groups.csv").exists()  # groups=[]: off
+    assert (run_copy / "eval" / "valid_reliability.png").is_file()
     rows = list(csv.DictReader((run_copy / "eval" / "valid_per_attribute.csv").open()))
     assert len({row["threshold"] for row in rows}) > 1  # per-attribute thresholds, not one 0.5
     with pytest.raises(UserError, match="split='train': expected one of test, valid"):
         evaluate(compose("eval", f"ckpt={run_copy}", "split=train"))
     with pytest.raises(UserError, match="thresholds='often': expected a number in"):
         evaluate(compose("eval", f"ckpt={run_copy}", "thresholds=often"))
+    with pytest.raises(UserError, match=r"unknown attribute\(s\) Nope in groups; valid names: 5_o_Clock_Shadow, "):
+        evaluate(compose("eval", f"ckpt={run_copy}", "groups=[Male,Nope]", "data.num_workers=0"))
 
 
 @pytest.mark.slow
@@ -98,8 +191,11 @@ def test_eval_cli_prints_the_table_and_the_mean_figures(run_copy, tmp_path):
         "auroc",
         "f1",
         "threshold",
+        "ece",
+        "brier",
     ]
     assert "mean:        acc=" in proc.stdout and "bacc=" in proc.stdout
+    assert "the ten worst groups (by Male, Young):" in proc.stdout and "ece=" in proc.stdout
     # (A bad eval.py command line, in eval.py's own process, is one line and status 2: tests/test_schemas.py.)
 
 
@@ -206,3 +302,26 @@ def test_the_reference_preset_runs_on_generated_data(tmp_path, synthetic_root):
         tmp_path=tmp_path,
     )
     assert status == 0
+
+
+def test_default_groups_are_male_and_young_where_the_data_has_both():
+    from types import SimpleNamespace
+
+    from faceattr.eval_groups import resolve_groups
+
+    celeba = SimpleNamespace(column_names=CELEBA_ATTRIBUTES)
+    assert resolve_groups(None, celeba) == ["Male", "Young"]
+    assert resolve_groups([], celeba) == []
+    assert resolve_groups(None, SimpleNamespace(column_names=("Smiling", "Male", "Glasses"))) == []
+
+
+def test_the_worst_group_preset_states_the_benchmark_protocol():
+    config = compose("train", "experiment=celeba_worst_group")
+    assert list(config.data.attributes) == ["Blond_Hair"] and list(config.data.balance_groups) == ["Blond_Hair", "Male"]
+    assert (
+        config.model.backbone == "resnet50" and list(config.data.image_size) == [224, 224] and config.data.crop == 178
+    )
+    assert config.optimizer._target_ == "torch.optim.SGD" and config.optimizer.momentum == 0.9
+    assert (config.optimizer.lr, config.optimizer.weight_decay, config.data.batch_size) == (1e-4, 1e-4, 128)
+    assert config.trainer.max_epochs == 50 and config.callbacks.early_stopping is None
+    assert not config.data.train_augment

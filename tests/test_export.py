@@ -54,10 +54,14 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     assert f"checkpoint:  {record['best_checkpoint']}" in stdout
     assert "from run.json" in stdout
     # Artefacts in the run dir, and the same files in the BentoML store.
-    for name in ("model.pt", "model.onnx", "faceattr.json", "config.yaml"):
+    for name in ("model.pt", "model.onnx", "faceattr.json", "config.yaml", "MODEL_CARD.md"):
         assert (run_dir / "export" / name).is_file(), name
     model_dir = _stored_model(store)
     assert (model_dir / "model.pt").read_bytes() == (run_dir / "export" / "model.pt").read_bytes()
+    # The model card: in the store's model folder (so in every Bento), the same as beside the artefacts, naming the tag.
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert card == (run_dir / "export" / "MODEL_CARD.md").read_text()
+    assert card.startswith(f"# Model card: faceattr:{model_dir.name}\n")
     meta = json.loads((model_dir / "faceattr.json").read_text())
     # The model's contract, read back through the one reader every consumer uses.
     contract = read_contract(meta, "the stored model")
@@ -90,6 +94,17 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     assert meta["metrics"]["run_test"]["test/auroc"] == pytest.approx(record["test"]["test/auroc"])
     # The service's preprocessing of CelebA's aligned images equals training's: same accuracy at 0.5.
     assert test["at_0.5"]["acc"] == pytest.approx(record["test"]["test/acc"], abs=1e-4)
+    # The tested positive rates (labels) and the served ones (decisions), per attribute, for drift dashboards.
+    assert list(test["positive_rates"]) == list(CELEBA_ATTRIBUTES) == list(test["predicted_positive_rates"])
+    per_attribute = record["test_per_attribute"]
+    for name in CELEBA_ATTRIBUTES:
+        assert test["positive_rates"][name] == pytest.approx(per_attribute[name]["positive_rate"], abs=1e-5), name
+        assert 0.0 <= test["predicted_positive_rates"][name] <= 1.0
+    # export.calibration=none (the default): no temperature, and the test ECE is the same before and after.
+    assert set(contract.temperatures) == {1.0} and not contract.temperature_scaled
+    calibration = test["calibration"]
+    assert calibration["method"] == "none" and calibration["ece_before"] == calibration["ece_after"]
+    assert 0.0 < calibration["ece_after"]["macro"] < 1.0
     # BentoML's own view of the model: `bentoml models list` and the metadata of model.yaml.
     listing = subprocess.run(
         [sys.executable, "-m", "bentoml", "models", "list"],
@@ -103,6 +118,17 @@ def test_run_dir_export_writes_both_formats_with_parity_and_metadata(exported):
     assert read_contract(info["metadata"], "the store's metadata") == contract
     assert "config" in info["metadata"]
     assert info["labels"]["formats"] == "torchscript+onnx"
+    # `bentoml models get <tag>` says where the card is: a label and a metadata entry naming the file.
+    shown = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "get", f"faceattr:{model_dir.name}", "-o", "json"],
+        env=cli_env(tmp),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    shown = json.loads(shown)
+    assert shown["labels"]["model_card"] == "MODEL_CARD.md"
+    assert shown["metadata"]["model_card"]["file"] == "MODEL_CARD.md"
 
 
 @pytest.mark.slow
@@ -352,7 +378,7 @@ def test_data_root_without_the_checkpoints_attributes_is_one_line(tiny_run, synt
     with pytest.raises(
         UserError,
         match=rf"data_root={data} does not fit the checkpoint: its annotation file has no "
-        r"column for 1 of the checkpoint's 40 attributes \(Young\); pass the CelebA "
+        r"column for 1 of the checkpoint's 40 attributes \(Young\); pass the data "
         "folder the model was trained on",
     ):
         export(cfg)
@@ -364,9 +390,9 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path, monkeypa
 
     ckpt = f"ckpt={tiny_run}"
     valid = (
-        "valid: ckpt, name, store, output_dir, data_root, test_metrics, parity.num_images, parity.atol, "
+        "valid: ckpt, name, store, output_dir, data_root, test_metrics, groups, parity.num_images, parity.atol, "
         "calibration.max_images, calibration.default_threshold, calibration.batch_size, calibration.num_workers, "
-        "export.formats, export.opset; groups: export=onnx|torchscript"
+        "export.formats, export.opset, export.calibration; groups: export=onnx|torchscript"
     )
     cases = {
         "foo=1": f"unknown export option 'foo'; {valid}",
@@ -380,6 +406,8 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path, monkeypa
         "calibration.default_threshold=2": "calibration.default_threshold=2: expected a number in [0, 1]",
         "store=maybe": "store='maybe': expected true or false",
         "export.opset=5": "export.opset=5: expected null or an ONNX opset >= 7",
+        "export.calibration=platt": "export.calibration='platt': expected none or temperature",
+        "groups=Male": "groups='Male': expected null or a list of attribute names, e.g. [Male]",
         "parity=3": "parity=3: parity is a group of settings, set them one by one: parity.num_images=..., "
         "parity.atol=...",
         "~calibration": "export option calibration.max_images is missing",
@@ -507,7 +535,9 @@ def test_parity_failure_fails_loudly_and_stores_nothing(tiny_run, tmp_path, monk
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return self.inner(images) * 0.99
 
-    monkeypatch.setattr(build, "probability_model", lambda module: Skewed(real(module)).eval())
+    monkeypatch.setattr(
+        build, "probability_model", lambda module, temperatures: Skewed(real(module, temperatures)).eval()
+    )
     monkeypatch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
     cfg = compose_export(
         f"ckpt={tiny_run}", "export=torchscript", f"output_dir={tmp_path}", "calibration.num_workers=0"

@@ -16,9 +16,9 @@ import torch
 from PIL import Image, ImageOps
 
 from faceattr import preprocess as rule
+from faceattr.faces.photo import EXIF_ORIENTATION
 from faceattr.preprocess import center_crop, crop_box, decode_scale, preprocess, size_pair
 from faceattr.serve.images import (
-    EXIF_ORIENTATION,
     ImageError,
     ImageLimits,
     PixelBudget,

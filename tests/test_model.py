@@ -11,6 +11,7 @@ import timm
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from faceattr.attributes import UNKNOWN_LABEL
 from faceattr.best_metric import BestMetric
 from faceattr.errors import UserError
 from faceattr.model import FaceAttrModule
@@ -25,13 +26,18 @@ def make_module(**kwargs) -> FaceAttrModule:
 
 
 class Separable(Dataset):
-    """Attribute k is on when channel k is bright: learnable in a few steps."""
+    """Attribute k is on when channel k is bright: learnable in a few steps. ``unknown``: the fraction of labels
+    stored as UNKNOWN_LABEL (the image still shows the attribute or not)."""
 
-    def __init__(self, n: int = 64) -> None:
+    def __init__(self, n: int = 64, attributes: int = 3, unknown: float = 0.0) -> None:
         g = torch.Generator().manual_seed(0)
-        self.labels = torch.randint(0, 2, (n, 3), generator=g, dtype=torch.uint8)
+        self.labels = torch.randint(0, 2, (n, attributes), generator=g, dtype=torch.uint8)
         noise = torch.randint(0, 60, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-        self.images = noise + self.labels.view(n, 3, 1, 1) * 180
+        bright = torch.zeros(n, 3, 1, 1, dtype=torch.uint8)
+        bright[:, :attributes] = self.labels.view(n, attributes, 1, 1)
+        self.images = noise + bright * 180
+        if unknown:
+            self.labels[torch.rand(n, attributes, generator=g) < unknown] = UNKNOWN_LABEL
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -40,11 +46,11 @@ class Separable(Dataset):
         return self.images[i], self.labels[i]
 
 
-def loader(n: int = 64) -> DataLoader:
+def loader(n: int = 64, attributes: int = 3, unknown: float = 0.0) -> DataLoader:
     def collate(items):
         return torch.stack([i for i, _ in items]), torch.stack([lbl for _, lbl in items]), 0
 
-    return DataLoader(Separable(n), batch_size=16, collate_fn=collate)
+    return DataLoader(Separable(n, attributes, unknown), batch_size=16, collate_fn=collate)
 
 
 def fit_one_epoch_and_save(module: FaceAttrModule, path):
@@ -327,3 +333,143 @@ def test_best_metric_keeps_the_best_epoch_not_the_last():
         trainer.callback_metrics = {"val/loss": torch.tensor(value)}
         lowest.on_validation_end(trainer, None)
     assert lowest.best == pytest.approx(0.2)
+
+
+# --- Unknown labels, one attribute, calibration at test time. ---
+
+
+def test_unknown_labels_weigh_nothing_in_the_loss_and_pos_weight_still_applies():
+    module = make_module(pos_weight=True)
+    module.pos_weight = torch.tensor([1.0, 4.0, 9.0])
+    g = torch.Generator().manual_seed(3)
+    logits = (3 * torch.randn(40, 3, generator=g)).requires_grad_()
+    labels = torch.randint(0, 2, (40, 3), generator=g).float()
+    labels[torch.rand(40, 3, generator=g) < 0.3] = UNKNOWN_LABEL
+    known = labels != UNKNOWN_LABEL
+    loss = module.loss(logits, labels)
+    # By hand: -[w y log p + (1 - y) log(1 - p)], averaged over the known labels only.
+    p, y, w = torch.sigmoid(logits.detach().double()), labels.double(), module.pos_weight.double().expand(40, 3)
+    by_hand = -(w * y * p.log() + (1 - y) * (1 - p).log())[known].mean()
+    assert float(loss.detach()) == pytest.approx(float(by_hand), rel=1e-5)
+    loss.backward()
+    assert (logits.grad[~known] == 0).all() and (logits.grad[known] != 0).all()
+    # With every label known it is torch's own mean BCE, as before unknown labels existed.
+    full = labels.clone()
+    full[~known] = 0
+    reference = torch.nn.functional.binary_cross_entropy_with_logits(logits, full, pos_weight=module.pos_weight)
+    assert float(module.loss(logits, full).detach()) == pytest.approx(float(reference), rel=1e-6)
+
+
+def test_unknown_labels_are_left_out_of_every_metric_as_scikit_learn_computes_them_on_the_known():
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, brier_score_loss, f1_score, roc_auc_score
+
+    from faceattr.model.metrics import AttributeMetrics, f1_thresholds
+    from faceattr.reliability import calibration_error
+
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 2, (300, 4), generator=g, dtype=torch.uint8)
+    probs = (0.35 * labels + 0.65 * torch.rand(300, 4, generator=g)).clamp(0, 1)
+    labels[torch.rand(300, 4, generator=g) < 0.25] = UNKNOWN_LABEL
+    labels[:, 3][labels[:, 3] == 1] = 0  # known labels of one class only: AUROC undefined
+    thresholds = torch.tensor([0.5, 0.4, 0.6, 0.5])
+    metrics = AttributeMetrics(4)
+    metrics.set_thresholds(thresholds)
+    for start in range(0, 300, 64):
+        metrics.update(probs[start : start + 64], labels[start : start + 64].int())
+    values = metrics.compute()
+    assert int(values["num_images"]) == 300
+    for a in range(4):
+        known = labels[:, a] != UNKNOWN_LABEL
+        y, p = labels[known, a].numpy(), probs[known, a].numpy()
+        decided = p >= float(thresholds[a])
+        assert 0.6 < known.float().mean() < 0.9  # the masked entries are there
+        if a < 3:
+            assert float(values["auroc"][a]) == pytest.approx(roc_auc_score(y, p), abs=1e-6), a
+        else:
+            assert math.isnan(float(values["auroc"][a]))
+        assert float(values["acc"][a]) == pytest.approx(accuracy_score(y, decided), abs=1e-9), a
+        assert float(values["f1"][a]) == pytest.approx(f1_score(y, decided, zero_division=0), abs=1e-9), a
+        if a < 3:
+            assert float(values["bacc"][a]) == pytest.approx(balanced_accuracy_score(y, decided), abs=1e-9), a
+        assert float(values["positive_rate"][a]) == pytest.approx(y.mean(), abs=1e-9), a
+        brier = brier_score_loss(y, p.astype("float64"), pos_label=1)
+        assert float(values["brier"][a]) == pytest.approx(brier, abs=1e-9), a
+        only_known = calibration_error(probs[known, a : a + 1], labels[known, a : a + 1])
+        assert float(values["ece"][a]) == pytest.approx(float(only_known[0]), abs=1e-12), a
+        threshold, calibrated = f1_thresholds(probs[known, a : a + 1], labels[known, a : a + 1])
+        masked_thresholds, masked_calibrated = f1_thresholds(probs, labels)
+        assert float(masked_thresholds[a]) == float(threshold[0]) and bool(masked_calibrated[a]) == bool(calibrated)
+    # One attribute is measured as its column among four.
+    single = AttributeMetrics(1)
+    single.set_thresholds(thresholds[:1])
+    single.update(probs[:, :1], labels[:, :1].int())
+    alone = single.compute()
+    for column in ("positive_rate", "acc", "bacc", "auroc", "f1", "ece", "brier"):
+        assert float(alone[column][0]) == pytest.approx(float(values[column][0]), abs=1e-12), column
+
+
+def test_one_attribute_with_unknown_labels_trains_validates_and_tests_with_a_reliability_diagram(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from faceattr.visuals import TensorBoardPictures
+
+    module = FaceAttrModule(
+        backbone="test_resnet",
+        attributes=["Smiling"],
+        image_size=32,
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+    )
+    trainer = L.Trainer(
+        max_epochs=4,
+        accelerator="cpu",
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[TensorBoardPictures(every_n_epochs=0)],
+    )
+    trainer.fit(module, train_dataloaders=loader(64, 1, 0.2), val_dataloaders=loader(32, 1, 0.2))
+    assert {"val/auroc", "val/acc", "val/auroc/Smiling"} <= set(trainer.logged_metrics)
+    trainer.test(module, dataloaders=loader(48, 1, 0.2), verbose=False)
+    logged = trainer.logged_metrics
+    assert {"test/auroc", "test/acc", "test/bacc", "test/f1", "test/ece", "test/brier", "test/ece/Smiling"} <= set(
+        logged
+    )
+    assert float(logged["test/auroc"]) > 0.9
+    row = module.results["test"]["per_attribute"]["Smiling"]
+    assert row["ece"] == pytest.approx(float(logged["test/ece"]), abs=1e-6) and 0 <= row["brier"] < 0.25
+    assert module.results["test"]["macro"]["ece"] == pytest.approx(row["ece"], abs=1e-6)
+    known = (Separable(48, 1, 0.2).labels != UNKNOWN_LABEL).sum()
+    assert module.results["test"]["macro"]["num_images"] == 48 and 30 < int(known) < 48
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    assert "test/reliability" in events.Tags()["images"] and "test/per_attribute" in events.Tags()["images"]
+    assert events.Images("test/reliability")[0].width > 200
+    assert "val/pr_curve/Smiling" in events.PluginTagToContent("pr_curves")
+
+
+def test_face_alignment_is_saved_and_reaches_the_contract(tmp_path):
+    module = make_module(face_alignment="detect")
+    assert module.hparams.face_alignment == "detect" and module.contract.face_alignment == "detect"
+    assert module.contract.default_face_mode == "detect"
+    assert make_module().contract.face_alignment == "celeba"
+    path = fit_one_epoch_and_save(module, tmp_path / "m.ckpt")
+    assert FaceAttrModule.load_from_checkpoint(path, map_location="cpu").contract.face_alignment == "detect"
+    with pytest.raises(ValueError, match="face_alignment 'sideways'"):
+        make_module(face_alignment="sideways")
+
+
+def test_face_captions_count_unknown_labels_neither_right_nor_wrong():
+    from faceattr.visuals import MISSED, RIGHT, UNKNOWN, WRONG, face_lines
+
+    attributes = ["Smiling", "Male", "Bangs", "Eyeglasses"]
+    lines = face_lines([0.9, 0.7, 0.2, 0.1], [UNKNOWN_LABEL, 0, 1, UNKNOWN_LABEL], attributes, top_k=3)
+    assert lines == [
+        ("2 of 2 wrong", WRONG),
+        ("Smiling 0.90", UNKNOWN),
+        ("Male 0.70", WRONG),
+        ("missed Bangs 0.20", MISSED),
+    ]
+    assert face_lines([0.9, 0.1], [1.0, float(UNKNOWN_LABEL)], attributes[:2], top_k=1)[0] == ("all 1 right", RIGHT)

@@ -14,14 +14,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image
-from serve_process import SAMPLES, exported_model
+from serve_process import SAMPLES, exported_model, probe_model
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
 from faceattr.config.command_line import check_command_line
 from faceattr.config.schemas import CONFIG_DIRS
 from faceattr.errors import UserError
 from faceattr.layout import EXPORT_DIR
-from faceattr.prediction import FACE_COLUMNS, predict_images, skipped_path, summary_lines
+from faceattr.prediction import FACE_COLUMNS, PRESENT_SEPARATOR, predict_images, skipped_path, summary_lines
 from faceattr.serve.runtime import read_model_info
 
 pytestmark = pytest.mark.slow  # the fixture is the tiny run's export (a CLI run, shared with the serving tests)
@@ -74,7 +74,7 @@ def config(**values):
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -110,7 +110,7 @@ def test_a_folder_gives_one_row_per_photo_and_lists_the_others(export_run, photo
     assert np.abs(np.array([float(hopper[a]) for a in CELEBA_ATTRIBUTES]) - expected).max() <= 1e-6
     thresholds = info.contract.threshold_of()
     clear = [a for a, p in zip(CELEBA_ATTRIBUTES, expected) if abs(p - thresholds[a]) > 1e-5]
-    assert {a for a in clear if a in hopper["present"].split()} == {
+    assert {a for a in clear if a in hopper["present"].split(PRESENT_SEPARATOR)} == {
         a for a, p in zip(CELEBA_ATTRIBUTES, expected) if a in clear and p >= thresholds[a]
     }
 
@@ -139,6 +139,29 @@ def test_detect_gives_a_row_per_face_and_the_no_face_policy(export_run, photos, 
     assert rows["gift.png"]["face_x0"] == "" and rows["hopper.jpg"]["face_x0"] != ""
 
 
+def test_the_csv_carries_the_models_attribute_names_and_face_auto_is_the_models_own(photos, tmp_path):
+    """A model whose attribute names came from a data=folder CSV (spaces, unicode, a comma and quotes), trained on
+    detector-aligned faces: the CSV has a column per name as the model names it (UTF-8, quoted where CSV needs it),
+    ``present`` lists them unambiguously, and face=auto (predict.yaml's default) detects faces, as the service does
+    for that model."""
+    names = ("Brille auf", "Lächeln", "黒髪", 'Hair "long", curly')
+    folder = probe_model(tmp_path / "export", names, face_alignment="detect")
+    out = tmp_path / "names.csv"
+    summary = predict_images(config(model=str(folder), images=str(photos), out=str(out)))
+    assert summary["face"] == "detect"
+    rows = read_csv(out)
+    assert list(rows[0]) == ["path", "face", *FACE_COLUMNS, *names, "present"]
+    assert {r["path"] for r in rows} == {"group.jpg", "hopper.jpg", "more/gray.webp"}  # the gift has no face
+    assert all(r["face_x0"] != "" for r in rows)
+    for row in rows:
+        expected = [name for name in names if float(row[name]) >= 0.5]
+        assert (row["present"].split(PRESENT_SEPARATOR) if row["present"] else []) == expected
+    assert any(row["present"] for row in rows)
+    with pytest.raises(UserError, match="all_faces=true needs face=detect"):
+        centred = probe_model(tmp_path / "centred", names)  # CelebA-aligned: auto is center
+        predict_images(config(model=str(centred), images=str(photos), out=str(tmp_path / "x.csv"), all_faces=True))
+
+
 def test_mistakes_are_one_line(export_run, photos, tmp_path):
     run_without_export = tmp_path / "run"
     shutil.copytree(export_run, run_without_export, ignore=shutil.ignore_patterns(EXPORT_DIR, "tensorboard"))
@@ -156,7 +179,7 @@ def test_mistakes_are_one_line(export_run, photos, tmp_path):
             predict_images(cfg)
         assert message in str(error.value) and hint in str(error.value) and "\n" not in str(error.value), values
     assert not (tmp_path / "x.csv").exists()
-    with pytest.raises(UserError, match=r"^face='sideways': expected center or detect$"):
+    with pytest.raises(UserError, match=r"^face='sideways': expected auto, center or detect$"):
         check_command_line("predict", ["model=m", "images=i", "face=sideways"])
     with pytest.raises(UserError, match=r"^unknown predict option 'ckpt'"):
         check_command_line("predict", ["model=m", "images=i", "ckpt=x"])

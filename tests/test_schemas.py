@@ -81,7 +81,7 @@ def test_the_yaml_files_give_every_value():
         (["test=maybe"], "test='maybe': expected true or false"),
         (["monitor.mode=up"], "monitor.mode='up': expected min or max"),
         (["model=bogus"], "model=bogus: no such option (available: convnext_tiny, efficientnet_b0, resnet10t, "),
-        (["data=3"], "data=3: no such option (available: celeba, synthetic)"),
+        (["data=3"], "data=3: no such option (available: celeba, folder, synthetic)"),
         (["modell=resnet18"], "unknown train option 'modell'; valid: seed, ckpt_path, resume, monitor.metric, "),
         (["+foo=1"], "unknown train option 'foo'; valid:"),
         (["trainer.foo=1"], "unknown train option 'trainer.foo': the chosen trainer config has no such key (+trainer"),
@@ -136,10 +136,11 @@ def test_a_resumed_config_is_checked_the_same_way(tmp_path):
         ("data.num_workers=-1", "data.num_workers=-1: expected null or an integer >= 0"),
         ("data.eval_batch_size=many", "data.eval_batch_size='many': expected null or an integer >= 1"),
         ("tensorboard=sometimes", "tensorboard='sometimes': expected true or false"),
+        ("groups=Male", "groups='Male': expected null, [] or a list of attribute columns"),
         (
             "data.image_size=64",
             "unknown eval option 'data.image_size'; valid: ckpt, split, thresholds, data.root, "
-            "data.num_workers, data.eval_batch_size, output_dir, tensorboard",
+            "data.num_workers, data.eval_batch_size, groups, output_dir, tensorboard",
         ),
         ("+foo=1", "unknown eval option 'foo'"),
         (
@@ -326,7 +327,7 @@ def test_a_default_yaml_without_every_setting_is_refused_in_one_line(tmp_path, m
     import faceattr.serve.config as serve_config
 
     text = (SERVE_CONF / "default.yaml").read_text()
-    (tmp_path / "default.yaml").write_text(text.replace("decimals: 6\n", "").replace("face: center\n", ""))
+    (tmp_path / "default.yaml").write_text(text.replace("decimals: 6\n", "").replace("face: auto\n", ""))
     monkeypatch.setattr(serve_config, "conf_dirs", lambda: [tmp_path])
     with pytest.raises(ServeConfigError) as error:
         load_serve_config({})

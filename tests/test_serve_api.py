@@ -260,6 +260,55 @@ def test_predict_reads_one_upload_with_text_or_json_options_and_is_counted(serve
     assert "Traceback" not in served["log"].read_text()
 
 
+def _present_counts(metrics: str) -> dict[str, float]:
+    """faceattr_attribute_present_total by attribute, summed over the API workers (BentoML's multiprocess view)."""
+    found = re.findall(r'^faceattr_attribute_present_total\{attribute="([^"]+)"\} ([0-9.e+]+)$', metrics, re.MULTILINE)
+    counts: dict[str, float] = {}
+    for name, value in found:
+        counts[name] = counts.get(name, 0.0) + float(value)
+    return counts
+
+
+def test_model_card_landing_page_and_drift_counters_on_the_real_server(served, photos):
+    """Through `bentoml serve`'s workers: /model_card answers the store folder's card (404 in one line without one),
+    the Swagger UI's document describes this model, and /metrics counts the attributes found present in every
+    answered image, summed over the workers, beside the test split's rates of the model's metadata."""
+    card = served["model_dir"] / "MODEL_CARD.md"
+    exported = card.read_text(encoding="utf-8") if card.is_file() else None
+    try:
+        card.unlink(missing_ok=True)
+        missing = httpx.get(served["url"] + "/model_card")
+        assert missing.status_code == 404 and "export it again" in missing.json()["error"]
+        card.write_text("# Model card\n\nÜberprüft.\n", encoding="utf-8")
+        answer = httpx.get(served["url"] + "/model_card")
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/markdown")
+        assert answer.content.decode("utf-8") == "# Model card\n\nÜberprüft.\n"
+    finally:
+        card.unlink(missing_ok=True)
+        if exported is not None:
+            card.write_text(exported, encoding="utf-8")
+    info = httpx.get(served["url"] + "/docs.json").json()["info"]
+    assert served["tag"] in info["description"] and "created with BentoML" not in info["description"]
+
+    before = _present_counts(httpx.get(served["url"] + "/metrics").text)
+    files = [("images", (name, photos[name])) for name in ("colour.jpg", "grayscale.jpg", "colour.webp")]
+    answers = [post(served, "/predict_batch", files).json()["predictions"] for _ in range(4)]  # across the workers
+    answers.append([post(served, "/predict", {"image": ("a.jpg", photos["colour.jpg"])}).json()])
+    expected: dict[str, float] = {}
+    for prediction in (p for batch in answers for p in batch):
+        for name in prediction["present"]:
+            expected[name] = expected.get(name, 0.0) + 1
+    assert expected, "no attribute present in any answer: the counter would be untested"
+    after = _present_counts(httpx.get(served["url"] + "/metrics").text)
+    assert {name: after[name] - before.get(name, 0.0) for name in after if after[name] != before.get(name)} == expected
+    test = json.loads((served["model_dir"] / "faceattr.json").read_text())["metrics"]["test"]
+    metrics = httpx.get(served["url"] + "/metrics").text
+    for gauge, key in (("positive", "positive_rates"), ("predicted", "predicted_positive_rates")):
+        found = re.findall(rf'^faceattr_attribute_test_{gauge}_rate\{{attribute="([^"]+)"\}} (\S+)$', metrics, re.M)
+        rates = {name: rate for name, rate in test[key].items() if rate is not None}
+        assert rates and {name: float(value) for name, value in found} == pytest.approx(rates), key
+
+
 def test_face_detect_per_request_answers_about_the_faces_found(served, photos, reference):
     probabilities, thresholds = reference
     metrics = httpx.get(served["url"] + "/metrics").text

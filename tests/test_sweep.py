@@ -342,3 +342,125 @@ def test_optuna_preset_searches_the_promised_space():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert set(sweeper.params) == {"optimizer.lr", "optimizer.weight_decay", "data.batch_size", "model.backbone"}
     assert sweeper.max_failure_rate == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Groups of repeats: seeds and folds (faceattr/sweep/repeat_groups.py), from run records and then a real 5-fold sweep.
+
+
+def write_job(job_dir: Path, overrides: list[str], score: float, config: dict | None = None) -> None:
+    """A finished job as training leaves it: run.json (its overrides and scores), and optionally its config."""
+    from omegaconf import OmegaConf
+
+    job_dir.mkdir(parents=True)
+    record = {"status": "completed", "overrides": overrides, "monitor": "val/auroc", "best_score": score}
+    (job_dir / "run.json").write_text(json.dumps({**record, "test": {"test/auroc": score - 0.05}}))
+    if config is not None:
+        OmegaConf.save(OmegaConf.create(config), job_dir / "config.yaml")
+
+
+def student_t(values: list[float]) -> tuple[float, float, float, float]:
+    """mean, std and the 95% interval of the mean, computed here independently of the summary."""
+    import statistics
+
+    from scipy.stats import t
+
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    half = t.ppf(0.975, len(values) - 1) * std / len(values) ** 0.5
+    return mean, std, mean - half, mean + half
+
+
+def test_folds_form_groups_as_seeds_do_and_the_summary_says_folds_vary(tmp_path):
+    from faceattr.sweep.summary import build_summary, format_table
+    from faceattr.sweep.summary_files import write_summary
+
+    scores = {"0.1": [0.70, 0.72, 0.69, 0.75, 0.71], "0.01": [0.80, 0.78, 0.83, 0.79, 0.81]}
+    job = 0
+    for lr, values in scores.items():
+        for fold, score in enumerate(values):
+            write_job(tmp_path / str(job), [f"optimizer.lr={lr}", "data.folds=5", f"data.fold={fold}"], score)
+            job += 1
+    summary = build_summary([tmp_path])
+    assert summary.repeat_keys == ["data.fold"]
+    write_summary(summary, tmp_path)
+    groups = read_csv(tmp_path / "summary_groups.csv")
+    assert [(g["group"], g["varies"], g["folds"], g["members"]) for g in groups] == [
+        ("optimizer.lr=0.01", "data.fold", "0 1 2 3 4", "5 6 7 8 9"),  # best mean val/auroc first
+        ("optimizer.lr=0.1", "data.fold", "0 1 2 3 4", "0 1 2 3 4"),
+    ]
+    assert "seeds" not in groups[0]  # seeds did not vary
+    for group, lr in zip(groups, ("0.01", "0.1"), strict=True):
+        mean, std, low, high = student_t(scores[lr])
+        assert int(group["val_auroc_best_n"]) == 5
+        assert float(group["val_auroc_best_mean"]) == pytest.approx(mean)
+        assert float(group["val_auroc_best_std"]) == pytest.approx(std)
+        assert float(group["val_auroc_best_ci95_low"]) == pytest.approx(low)
+        assert float(group["val_auroc_best_ci95_high"]) == pytest.approx(high)
+        assert float(group["test_auroc_mean"]) == pytest.approx(mean - 0.05)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "## Fold groups" in markdown and "2 fold groups (runs that differ only in data.fold)" in markdown
+    table = format_table(summary)
+    assert re.search(r"\| runs +\| folds +\|", table) and "0,1,2,3,4" in table
+    mean, std, low, high = student_t(scores["0.01"])
+    assert f"{mean:.4f} ± {std:.4f} [{low:.4f}, {high:.4f}]" in table
+
+
+def test_seeds_and_folds_varying_together_make_one_group_of_repeats(tmp_path):
+    """Repeated k-fold (2 seeds x 2 folds): one group of 4 runs, with both keys named; a key set only in the runs'
+    configs (data.fold=0 here, the default) counts for the members' values but does not vary."""
+    from faceattr.sweep.summary import build_summary, format_table
+    from faceattr.sweep.summary_files import write_summary
+
+    for job, (seed, fold) in enumerate((("1", "0"), ("1", "1"), ("2", "0"), ("2", "1"))):
+        write_job(tmp_path / str(job), [f"seed={seed}", "data.folds=2", f"data.fold={fold}"], 0.7 + job / 100)
+    summary = build_summary([tmp_path])
+    assert summary.repeat_keys == ["seed", "data.fold"]
+    write_summary(summary, tmp_path)
+    (group,) = read_csv(tmp_path / "summary_groups.csv")
+    assert (group["varies"], group["seeds"], group["folds"], group["val_auroc_best_n"]) == (
+        "seed data.fold",
+        "1 1 2 2",
+        "0 1 0 1",
+        "4",
+    )
+    assert "1 seed/fold group (runs that differ only in seed and data.fold)" in format_table(summary)
+
+    seeds_only = tmp_path / "seeds"
+    for job, seed in enumerate("123"):
+        config = {"seed": int(seed), "data": {"folds": None, "fold": 0}}
+        write_job(seeds_only / str(job), [f"seed={seed}"], 0.7, config)
+    summary = build_summary([seeds_only])
+    assert summary.repeat_keys == ["seed"] and [run.repeats["data.fold"] for run in summary.runs] == ["0"] * 3
+    assert "3 seed" not in format_table(summary) and "1 seed group (runs that differ only in seed)" in format_table(
+        summary
+    )
+
+
+def test_a_five_fold_sweep_summary_holds_mean_and_interval_over_the_folds(tmp_path, synthetic_root):
+    """`python train.py -m data.folds=5 data.fold=0,1,2,3,4` (tiny, one process, the basic launcher)."""
+    sweep_dir = tmp_path / "multirun"
+    proc = run_script(
+        "train.py",
+        "-m",
+        *TINY,
+        f"data.root={synthetic_root}",
+        "data.batch_size=64",  # 2 training steps a job
+        "data.folds=5",
+        "data.fold=0,1,2,3,4",
+        "trainer.max_epochs=1",
+        f"hydra.sweep.dir={sweep_dir}",
+        tmp_path=tmp_path,
+    )
+    records = [json.loads((sweep_dir / str(job) / "run.json").read_text()) for job in range(5)]
+    assert [r["status"] for r in records] == ["completed"] * 5
+    (group,) = read_csv(sweep_dir / "summary_groups.csv")
+    assert (group["varies"], group["folds"], group["completed"]) == ("data.fold", "0 1 2 3 4", "5")
+    mean, std, low, high = student_t([r["best_score"] for r in records])
+    assert float(group["val_auroc_best_mean"]) == pytest.approx(mean)
+    assert float(group["val_auroc_best_std"]) == pytest.approx(std) and std > 0  # five different validation folds
+    assert float(group["val_auroc_best_ci95_low"]) == pytest.approx(low)
+    assert float(group["val_auroc_best_ci95_high"]) == pytest.approx(high)
+    test_mean = student_t([r["test"]["test/auroc"] for r in records])[0]
+    assert float(group["test_auroc_mean"]) == pytest.approx(test_mean)
+    assert "1 fold group (runs that differ only in data.fold)" in proc.stdout
+    assert f"{mean:.4f} ± {std:.4f} [{low:.4f}, {high:.4f}]" in (sweep_dir / "summary.md").read_text()

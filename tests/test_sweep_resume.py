@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from faceattr.errors import UserError
 from faceattr.sweep.history import MetricHistory
 from faceattr.sweep.pruning import pruning_decision
+from faceattr.sweep.repeat_groups import interval
 from faceattr.sweep.resume_sweep import check_before_launch
-from faceattr.sweep.seed_groups import interval
 from faceattr.sweep.summary import build_summary
 
 TINY_NO_MODEL = tuple(o for o in TINY if not o.startswith("model="))

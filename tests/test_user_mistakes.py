@@ -137,7 +137,7 @@ def test_train_and_eval_share_one_definition_of_each_bound(tmp_path, tiny_run):
 def _eval(tmp_path, tiny_run, output_dir: Path, monkeypatch) -> str:
     import faceattr.evaluation as evaluation
 
-    monkeypatch.setattr(evaluation, "build", never("building the data module"))
+    monkeypatch.setattr(evaluation, "run_datamodule", never("building the data module"))
     monkeypatch.setattr(evaluation, "_trainer", never("the test loop"))
     proc = run_script("eval.py", f"ckpt={tiny_run}", f"output_dir={output_dir}", tmp_path=tmp_path, check=False)
     return one_error_line(proc)

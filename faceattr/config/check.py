@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ValidationError
+from omegaconf.errors import InterpolationResolutionError, ValidationError
 
 from faceattr.config.schemas import SCHEMAS, Setting, free_groups, settings, valid_keys
 from faceattr.constraints import expected, problem_with
@@ -91,7 +91,12 @@ def check_config(cfg: DictConfig, name: str, given: dict[str, Any] | None = None
             and OmegaConf.is_missing(parent_node, last)
         ):
             raise UserError(f"{key} is required: python {name}.py {key}=... ({expected(setting.field)})")
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
+        try:
+            value = OmegaConf.select(cfg, key, default=_ABSENT)
+        except InterpolationResolutionError:
+            # e.g. ${paths.output_dir} (Hydra's run dir) when the command line is checked before Hydra starts: the
+            # check after composing (and the consumer) sees the value.
+            continue
         if value is _ABSENT:
             optional = "Optional" in str(setting.field.type) and isinstance(parent_node, DictConfig)
             if key.split(".", 1)[0] not in free and not optional:

@@ -38,5 +38,9 @@ class EvalConfig:
         MISSING, check=_threshold_or_calibrated, problem="expected a number in [0, 1] (e.g. 0.5) or calibrated"
     )
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    # null = Male and Young where the data has both; [] = off; a list = those attribute columns.
+    groups: Optional[list[str]] = setting(
+        MISSING, problem="expected null, [] or a list of attribute columns, e.g. [Male,Young]"
+    )
     output_dir: Optional[str] = setting(MISSING, problem="expected a path or null")
     tensorboard: bool = MISSING

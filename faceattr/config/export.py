@@ -8,7 +8,10 @@ from typing import Optional
 
 from omegaconf import MISSING
 
-from faceattr.constraints import BATCH_SIZE, NON_NEGATIVE, WORKERS, at_least, between, setting
+from faceattr.constraints import BATCH_SIZE, NON_NEGATIVE, WORKERS, at_least, between, one_of, setting
+
+#: export.calibration's values: the artefacts' probabilities as the model gives them, or temperature-scaled.
+CALIBRATIONS = ("none", "temperature")
 
 
 @dataclass
@@ -31,6 +34,7 @@ class CalibrationConfig:
 class ExportFormatConfig:
     formats: list[str] = setting(MISSING, problem="expected a list, e.g. [onnx]")
     opset: Optional[int] = setting(MISSING, check=at_least(7), problem="expected null or an ONNX opset >= 7")
+    calibration: str = setting(MISSING, check=one_of(CALIBRATIONS), problem="expected none or temperature")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ExportConfig:
     output_dir: Optional[str] = setting(MISSING, problem="expected a path or null")
     data_root: Optional[str] = setting(MISSING, problem="expected a path or null")
     test_metrics: bool = MISSING
+    groups: Optional[list[str]] = setting(MISSING, problem="expected null or a list of attribute names, e.g. [Male]")
     parity: ParityConfig = field(default_factory=ParityConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     # The group conf/export/ (export=onnx | torchscript).

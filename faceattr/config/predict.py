@@ -22,7 +22,7 @@ class PredictConfig:
     )
     images: str = setting(MISSING, check=_not_blank, problem="expected a folder of photos or a glob pattern")
     out: str = setting(MISSING, check=_not_blank, problem="expected a CSV file path")
-    face: str = setting(MISSING, check=one_of(("center", "detect")), problem="expected center or detect")
+    face: str = setting(MISSING, check=one_of(("auto", "center", "detect")), problem="expected auto, center or detect")
     all_faces: bool = MISSING
     no_face: str = setting(MISSING, check=one_of(("skip", "center")), problem="expected skip or center")
     face_max_side: int = setting(MISSING, check=at_least(32), problem="expected an integer >= 32 (pixels)")

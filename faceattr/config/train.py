@@ -28,6 +28,7 @@ from faceattr.constraints import (
     NON_NEGATIVE,
     SEED,
     WORKERS,
+    at_least,
     one_of,
     setting,
 )
@@ -60,6 +61,22 @@ class DataKnobs:
     cache: Optional[str] = MISSING
     # Decode JPEGs at a reduced DCT scale (decode_scale in faceattr/preprocess.py).
     jpeg_scaling: Optional[bool] = MISSING
+    # k-fold cross-validation (faceattr/data/splits.py): the number of folds (null = off) and the validation fold;
+    # that the fold is below the number of folds is the datamodule's check.
+    folds: Optional[int] = setting(MISSING, check=at_least(2), problem="expected null or an integer >= 2 (folds)")
+    fold: Optional[int] = setting(MISSING, check=at_least(0), problem="expected an integer >= 0 (below data.folds)")
+    # Attribute columns whose value combinations the training sampler balances (faceattr/data/sampling.py).
+    balance_groups: Optional[list[str]] = MISSING
+    # Face alignment of the training images (faceattr/data/face_align.py).
+    align: Optional[str] = setting(MISSING, check=one_of(("none", "detect")), problem="expected none or detect")
+    # data=folder: the CSV, the made split's ratios and its record (faceattr/data/folder.py, splits.py).
+    labels: Optional[str] = MISSING
+    split_ratios: Optional[list[float]] = setting(
+        MISSING,
+        check=lambda v: len(v) == 3 and all(x > 0 for x in v) and abs(sum(v) - 1) <= 1e-6,
+        problem="expected three positive fractions for train, valid and test that sum to 1, e.g. [0.8,0.1,0.1]",
+    )
+    split_record: Optional[str] = MISSING
 
 
 @dataclass

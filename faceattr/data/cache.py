@@ -20,6 +20,12 @@ old header is removed before and the new one written after, all under an exclusi
 ``<dir>/.lock`` (as the generated-data cache does), so concurrent runs build a split once and never read half of
 one. Its size is checked against the free space first; a build that runs out of disk anyway leaves nothing.
 
+With ``data.align=detect`` (``faceattr/data/face_align.py``) the cached images are the aligned faces: detection and
+alignment run once, in this build, and the key holds the detector settings (through the loader's repr). A photo in
+which the detector finds no face is recorded in the header's ``no_face`` list (skipped for that reason, not as
+corrupt) and left out of the split: the split's ``filenames`` and ``labels`` are those of the photos with a face.
+Its count and first paths are logged when the cache is built and whenever it is read, without detecting again.
+
 Bad images behave as without the cache: with ``skip_corrupt=false`` the build stops with the same one-line error;
 with ``skip_corrupt=true`` the item is recorded as skipped in the header, and reading it gives ``None``, which
 ``collate_skipping_corrupt`` drops and counts. A cache holding skipped items is refused by a run with
@@ -44,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from faceattr.atomic import atomic_path, remove_stale_temporaries, write_json
 from faceattr.data.celeba import CelebAImages
+from faceattr.data.face_align import NoFaceError
 from faceattr.errors import UserError, format_size
 from faceattr.progress import Progress
 
@@ -54,6 +61,8 @@ CACHE_VERSION = 1
 SETTING = "data.cache"
 #: Images decoded per batch of the build's DataLoader.
 BUILD_BATCH = 64
+#: Paths of photos without a face named in the log (the header lists them all).
+NO_FACE_SHOWN = 5
 
 
 def cache_bytes(num_images: int, image_size: Sequence[int]) -> int:
@@ -83,16 +92,22 @@ class CachedImages(CelebAImages):
     """The images of ``source`` read from its cache file: the same items, ``(uint8 (3, H, W), labels)``, with only
     ``transform`` (the augmentation, or None) left to run per item; a skipped item is ``None``.
 
+    ``rows``: the array rows (``source``'s indices) kept, in order, when some are left out (photos without a face);
+    None: all. ``filenames``, ``labels`` and ``skipped`` are those of the kept rows.
+
     The array is opened (memory-mapped, read-only) in each process on first use, so DataLoader workers share the
     page cache and pickling the dataset copies no pixels.
     """
 
-    def __init__(self, source: CelebAImages, array_path: Path, skipped: np.ndarray, transform=None) -> None:
-        super().__init__(
-            source.image_dir, source.filenames, source.labels, transform, source.skip_corrupt, source.loader
-        )
+    def __init__(self, source: CelebAImages, array_path: Path, skipped: np.ndarray, transform=None, rows=None) -> None:
+        filenames, labels = source.filenames, source.labels
+        if rows is not None:
+            rows = np.asarray(rows, dtype=np.int64)
+            filenames, labels, skipped = filenames[rows], labels[torch.from_numpy(rows)], skipped[rows]
+        super().__init__(source.image_dir, filenames, labels, transform, source.skip_corrupt, source.loader)
         self.array_path = str(array_path)
         self.skipped = skipped
+        self.rows = rows
         self._array: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
@@ -108,7 +123,8 @@ class CachedImages(CelebAImages):
     def __getitem__(self, index: int):
         if self.skipped[index]:
             return None
-        image = torch.from_numpy(np.array(self._images()[index]))
+        row = index if self.rows is None else self.rows[index]
+        image = torch.from_numpy(np.array(self._images()[row]))
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
@@ -116,7 +132,8 @@ class CachedImages(CelebAImages):
     def __getitems__(self, indices: list[int]) -> list:
         """The items of a batch (what a DataLoader asks for): one read of the array and one of the labels, then
         the augmentation per image."""
-        images = torch.from_numpy(self._images()[np.asarray(indices, dtype=np.int64)])
+        rows = np.asarray(indices, dtype=np.int64)
+        images = torch.from_numpy(self._images()[rows if self.rows is None else self.rows[rows]])
         labels = self.labels[torch.as_tensor(indices, dtype=torch.int64)]
         items = []
         for position, index in enumerate(indices):
@@ -131,7 +148,8 @@ class CachedImages(CelebAImages):
 
 
 class _Numbered(Dataset):
-    """``(index, item or None)`` of ``images`` (built with ``skip_corrupt=True``), for the build's DataLoader."""
+    """``(index, image or None, no face)`` of ``images`` (built with ``skip_corrupt=True``), for the build's
+    DataLoader: None for a corrupt image, and ``no face`` True for a photo the detector finds no face in."""
 
     def __init__(self, images: CelebAImages) -> None:
         self.images = images
@@ -140,8 +158,11 @@ class _Numbered(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int):
-        item = self.images[index]
-        return index, None if item is None else item[0]
+        try:
+            item = self.images[index]
+        except NoFaceError:
+            return index, None, True
+        return index, None if item is None else item[0], False
 
 
 def _keep_list(items):
@@ -195,8 +216,9 @@ def _check_space(directory: Path, split: str, num_images: int, image_size: Seque
 
 def _build(
     source: CelebAImages, split: str, array_path: Path, image_size: Sequence[int], num_workers: int
-) -> list[int]:
-    """Write the array file of ``source``'s pre-augmentation images; returns the skipped (corrupt) indices."""
+) -> tuple[list[int], list[int]]:
+    """Write the array file of ``source``'s pre-augmentation images; returns the skipped (corrupt) indices and
+    those of the photos without a face."""
     tolerant = CelebAImages(
         source.image_dir, source.filenames, source.labels, source.transform, skip_corrupt=True, loader=source.loader
     )
@@ -204,7 +226,9 @@ def _build(
     shape = (len(source), 3, *image_size)
     blank = np.zeros(shape[1:], dtype=np.uint8)
     skipped: list[int] = []
-    progress = Progress(len(source), f"caching {split}")
+    no_face: list[int] = []
+    aligning = getattr(source.loader, "aligner", None) is not None
+    progress = Progress(len(source), f"{'detecting faces and caching' if aligning else 'caching'} {split}")
     try:
         with atomic_path(array_path, hint=f"{SETTING}=...") as temporary, open(temporary, "wb") as file:
             np.lib.format.write_array_header_1_0(
@@ -212,8 +236,11 @@ def _build(
                 {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape},
             )
             for batch in loader:
-                for index, image in batch:
-                    if image is None:
+                for index, image, faceless in batch:
+                    if faceless:
+                        no_face.append(index)
+                        file.write(blank.tobytes())
+                    elif image is None:
                         if not source.skip_corrupt:
                             source[index]  # raises the one-line error of the uncached path
                         skipped.append(index)
@@ -224,7 +251,30 @@ def _build(
             file.flush()
     finally:
         progress.close()
-    return skipped
+    return skipped, no_face
+
+
+def _kept_rows(source: CelebAImages, split: str, no_face: list[int]) -> np.ndarray | None:
+    """The rows of the photos with a face (None: all), after logging those without one; a one-line UserError when
+    no photo of the split has a face."""
+    if not no_face:
+        return None
+    shown = ", ".join(source.path(index) for index in no_face[:NO_FACE_SHOWN])
+    more = f" and {len(no_face) - NO_FACE_SHOWN} more" if len(no_face) > NO_FACE_SHOWN else ""
+    if len(no_face) == len(source):
+        raise UserError(
+            f"the detector finds no face in any of the {len(source)} {split} photos (data.align=detect; e.g. "
+            f"{shown}): check the photos, or lower data.detector.min_score or raise data.detector.max_side"
+        )
+    log.warning(
+        "%d of the %d %s photos show no face the detector finds (data.align=detect); left out: %s%s",
+        len(no_face),
+        len(source),
+        split,
+        shown,
+        more,
+    )
+    return np.setdiff1d(np.arange(len(source)), np.asarray(no_face, dtype=np.int64))
 
 
 def cached(
@@ -262,12 +312,13 @@ def cached(
                 array_path,
                 format_size(cache_bytes(len(source), image_size)),
             )
-            skipped = _build(source, split, array_path, image_size, num_workers)
-            header = {**wanted, "shape": [len(source), 3, *image_size], "skipped": skipped}
+            skipped, no_face = _build(source, split, array_path, image_size, num_workers)
+            header = {**wanted, "shape": [len(source), 3, *image_size], "skipped": skipped, "no_face": no_face}
             write_json(header_path, header, hint=f"{SETTING}=...")
     mask = np.zeros(len(source), dtype=bool)
     mask[header["skipped"]] = True
-    return CachedImages(source, array_path, mask, augmentation)
+    rows = _kept_rows(source, split, header.get("no_face", []))
+    return CachedImages(source, array_path, mask, augmentation, rows)
 
 
 def _still_valid(source: CelebAImages, skipped: list[int]) -> bool:

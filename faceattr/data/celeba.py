@@ -6,9 +6,10 @@ Layouts (``root`` may also be the parent of a ``celeba/`` folder, as torchvision
 * Kaggle ``jessicali9530/celeba-dataset``: ``list_attr_celeba.csv``, ``list_eval_partition.csv``,
   ``img_align_celeba/img_align_celeba/``
 
-Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0 train, 1 valid, 2 test. The annotation
-files are read as UTF-8 (:func:`read_annotation_text`): a file an editor saved as UTF-16 or Latin-1 is refused with
-one line naming it.
+The attributes are the file's columns, in file order (CelebA's own file: the official 40); a CelebA-format folder
+with other columns is read the same way. Labels are stored as uint8 0/1 (CelebA's -1 becomes 0); partitions are 0
+train, 1 valid, 2 test. The annotation files are read as UTF-8 (:func:`read_annotation_text`): a file an editor saved
+as UTF-16 or Latin-1 is refused with one line naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,27 +38,31 @@ GET_CELEBA = (
 
 @dataclass(frozen=True)
 class CelebAIndex:
-    """Everything the annotation files say: one row per image, in file order."""
+    """Everything the annotation files say: one row per image, in file order, every attribute column of the file.
+
+    Also what a plain folder's CSV says (:func:`faceattr.data.folder.read_folder`, layout ``folder``): there the
+    filenames are paths relative to ``image_dir``, labels may be unknown (255) and partitions -1 (no split column).
+    """
 
     image_dir: Path
     layout: str
     filenames: np.ndarray  # (N,) fixed-width byte strings: no per-item Python objects to copy into workers
     attribute_names: tuple[str, ...]
-    labels: torch.Tensor  # (N, A) uint8 in {0, 1}
-    partitions: torch.Tensor  # (N,) int64 in {0, 1, 2}
+    labels: torch.Tensor  # (N, A) uint8: 1, 0 (or UNKNOWN_LABEL in a folder CSV)
+    partitions: torch.Tensor  # (N,) int64 in {0, 1, 2} (-1: not assigned yet)
+    source: Path | None = None  # the annotation file
+    skipped_rows: int = 0  # bad rows left out (data.skip_corrupt=true)
 
-    def select(self, attributes: list[str] | tuple[str, ...]) -> CelebAIndex:
-        """Keep only ``attributes`` (in the given order) as label columns."""
-        unknown = [name for name in attributes if name not in self.attribute_names]
+    def columns_of(self, names: Sequence[str], setting: str) -> list[int]:
+        """The label columns of ``names`` (in that order); a one-line UserError naming the file's columns for a name
+        it does not have (``setting`` says where the name was given)."""
+        unknown = [name for name in names if name not in self.attribute_names]
         if unknown:
             raise UserError(
-                f"unknown attribute(s) {', '.join(unknown)} in data.attributes; valid names: "
+                f"unknown attribute(s) {', '.join(unknown)} in {setting}; valid names: "
                 + ", ".join(self.attribute_names)
             )
-        columns = [self.attribute_names.index(name) for name in attributes]
-        return CelebAIndex(
-            self.image_dir, self.layout, self.filenames, tuple(attributes), self.labels[:, columns], self.partitions
-        )
+        return [self.attribute_names.index(name) for name in names]
 
 
 def _resolve_layout(root: Path) -> tuple[Path, str]:
@@ -197,6 +203,7 @@ def read_celeba(root: str | Path) -> CelebAIndex:
         attribute_names=names,
         labels=labels,
         partitions=torch.tensor([partition_of[name] for name in filenames], dtype=torch.int64),
+        source=attr_path,
     )
 
 

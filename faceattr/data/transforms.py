@@ -7,6 +7,12 @@ service and export run on an image, so training, evaluation and serving see the 
 float, scales to [0, 1] and normalizes on the device (see ``FaceAttrModule._unpack``). The data path stays uint8 end
 to end (4x less memory and host-to-device traffic than float).
 
+With ``align="detect"`` (``data.align``) the loader first finds the photo's largest face and aligns it onto CelebA's
+178x218 frame as the service's ``face=detect`` does (:class:`faceattr.data.face_align.FaceAligner`), then applies
+the same crop and resize: the model input the service computes for that photo. That path raises
+:class:`~faceattr.data.face_align.NoFaceError` for a photo without a face; the pre-decoded cache, which align=detect
+needs, lists and leaves out those photos.
+
 A plain image tensor (what ``CelebAImages`` passes) goes straight to torchvision's flip kernel, the one v2's dispatch
 would pick: the output is identical, without v2's per-call input inspection. Any other input (tv_tensors, several
 inputs) takes v2's normal path.
@@ -14,39 +20,59 @@ inputs) takes v2's normal path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from faceattr.data.face_align import ALIGN_MODES, DetectorSettings, FaceAligner
 from faceattr.preprocess import RULE_VERSION, decode_file, preprocess, size_pair
 
 
 class ImageLoader:
     """``path -> uint8 (3, h, w)`` at ``image_size``: the training ``crop`` of the aligned frame (None: the whole
-    frame), from a JPEG decoded as :func:`faceattr.preprocess.decode_scale` says for ``jpeg_scaling``.
+    frame), from a JPEG decoded as :func:`faceattr.preprocess.decode_scale` says for ``jpeg_scaling``; with
+    ``align="detect"``, of the photo's largest face aligned onto that frame (``detector``: the
+    :class:`~faceattr.data.face_align.DetectorSettings`, a mapping or None for the service's defaults; the face is
+    aligned from the full-size photo, so ``jpeg_scaling`` does not apply).
 
-    Raises ``ValueError`` or ``OSError`` for a file that is not a readable image (``CelebAImages`` names it).
+    Raises ``ValueError`` or ``OSError`` for a file that is not a readable image (``CelebAImages`` names it), and
+    :class:`~faceattr.data.face_align.NoFaceError` for a photo without a face (align=detect).
     """
 
-    def __init__(self, image_size: int | Sequence[int], crop: int | Sequence[int] | None, jpeg_scaling: bool) -> None:
+    def __init__(
+        self,
+        image_size: int | Sequence[int],
+        crop: int | Sequence[int] | None,
+        jpeg_scaling: bool = False,
+        align: str = "none",
+        detector: DetectorSettings | Mapping[str, Any] | None = None,
+    ) -> None:
+        if align not in ALIGN_MODES:
+            raise ValueError(f"align={align!r}: expected {' or '.join(ALIGN_MODES)}")
         self.image_size = size_pair(image_size)
         self.crop = None if crop is None else size_pair(crop)
         self.jpeg_scaling = bool(jpeg_scaling)
+        self.align = align
+        self.aligner = FaceAligner(DetectorSettings.of(detector)) if align == "detect" else None
 
     def __call__(self, path: str) -> torch.Tensor:
         with open(path, "rb") as file:  # (pathlib's parsing costs ~15 us an image here)
             data = file.read()
-        image = preprocess(decode_file(data, self.image_size, self.crop, self.jpeg_scaling), self.image_size, self.crop)
-        return torch.from_numpy(image).permute(2, 0, 1)
+        if self.aligner is not None:
+            decoded = self.aligner(data)
+        else:
+            decoded = decode_file(data, self.image_size, self.crop, self.jpeg_scaling)
+        return torch.from_numpy(preprocess(decoded, self.image_size, self.crop)).permute(2, 0, 1)
 
     def __repr__(self) -> str:
         crop = None if self.crop is None else list(self.crop)
+        aligned = "" if self.aligner is None else f", align=detect by {self.aligner!r}"
         return (
             f"ImageLoader(image_size={list(self.image_size)}, crop={crop}, jpeg_scaling={self.jpeg_scaling}, "
-            f"rule=faceattr.preprocess v{RULE_VERSION})"
+            f"rule=faceattr.preprocess v{RULE_VERSION}{aligned})"
         )
 
 

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from faceattr.config_checks import build
+from faceattr.data.face_align import NoFaceError
 from faceattr.data.transforms import ImageLoader
 from faceattr.errors import UserError
 
@@ -30,14 +32,17 @@ class ImageSet:
     root: Path
     paths: list[str]
     labels: torch.Tensor  # (N, A) uint8
+    datamodule: Any = None  # the set-up data module they come from (column_names, group_labels)
 
 
 class PreprocessedImages(Dataset):
     """Items ``(uint8 (3, h, w) model input, index)`` through the image rule (training's and the service's)."""
 
-    def __init__(self, paths: list[str], image_size, crop, jpeg_scaling: bool = False) -> None:
+    def __init__(
+        self, paths: list[str], image_size, crop, jpeg_scaling: bool = False, align: str = "none", detector=None
+    ) -> None:
         self.paths = paths
-        self.loader = ImageLoader(image_size, crop, jpeg_scaling)
+        self.loader = ImageLoader(image_size, crop, jpeg_scaling, align=align, detector=detector)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -49,46 +54,56 @@ class PreprocessedImages(Dataset):
         except (OSError, ValueError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
             raise UserError(f"validation image {path} is unreadable ({reason}); fix or remove it") from None
+        except NoFaceError:
+            raise UserError(
+                f"the detector finds no face in {path} (data.align=detect), which the run's cache had one in: "
+                "the photo or data.detector changed since training; train again"
+            ) from None
 
 
 def split_set(
-    hparams: dict[str, Any], run_config: dict[str, Any], data_root: str | None, split: str = "valid"
+    hparams: dict[str, Any],
+    run_config: dict[str, Any],
+    data_root: str | None,
+    split: str = "valid",
+    run_dir: Path | None = None,
 ) -> tuple[ImageSet | None, str]:
-    """The ``split`` (valid or test) the run was evaluated on (same root, attributes, subsample and seed), or None
-    and why. The test split is always the whole official partition.
+    """The ``split`` (valid or test) the run was evaluated on, or None and why: the run's own datamodule
+    (:func:`faceattr.data.run_data.run_datamodule`: the same data source, split, folds, subsample and seed; any
+    data target: CelebA, the generated data, a plain folder), with the checkpoint's attributes.
 
     ``data_root`` (``data_root=`` on the command line) replaces the run's ``data.root``; it must exist and its
     annotation file must have every attribute of the checkpoint. The run's root may be gone (another machine): then
-    there is no validation data and the reason says so.
+    there is no validation data and the reason says so. ``run_dir``: where the run is now (its split record).
     """
-    from faceattr.data import CelebADataModule
+    from faceattr.contract import ModelContract
+    from faceattr.data.run_data import run_data_config
 
     data = run_config.get("data") or {}
     explicit = data_root is not None
     root = data_root if explicit else data.get("root")
     if not root:
-        return None, "no data.root: the checkpoint has no run config (pass data_root=<CelebA folder>)"
+        return None, "no data.root: the checkpoint has no run config (pass data_root=<data folder>)"
     root_path = Path(str(root)).expanduser()
     if not root_path.exists():
         if explicit:
             raise UserError(f"data_root={root}: no such directory")
-        return None, f"the run's data.root {root} does not exist here (pass data_root=<CelebA folder>)"
-    seed = data.get("seed", run_config.get("seed", 0))
-    datamodule = CelebADataModule(
-        root=str(root_path),
-        attributes=list(hparams["attributes"]),
-        image_size=list(hparams["image_size"]),
-        crop=None if hparams.get("crop") is None else list(hparams["crop"]),
-        val_limit=data.get("val_limit") if not explicit else None,
-        seed=int(seed) if seed is not None else 0,
-        num_workers=0,
+        return None, f"the run's data.root {root} does not exist here (pass data_root=<data folder>)"
+    config = run_data_config(
+        run_config,
+        ModelContract.from_hparams(hparams),
+        {"num_workers": 0},
+        root=str(root_path) if explicit else None,
+        run_dir=run_dir,
+        root_setting="data_root",
     )
+    if config.get("align", "none") == "none":
+        config.cache = None  # export decodes the files itself: only their paths and labels are needed here
+    datamodule = build(config, "data", _convert_="all")
     try:
         datamodule.setup("validate")
     except UserError:
-        from faceattr.data.celeba import read_celeba
-
-        available = read_celeba(root_path).attribute_names  # raises the data's own error if that is the problem
+        available = datamodule.read_index().attribute_names  # raises the data's own error if that is the problem
         missing = [name for name in hparams["attributes"] if name not in available]
         if not missing:
             raise
@@ -96,12 +111,12 @@ def split_set(
         raise UserError(
             f"{source} does not fit the checkpoint: its annotation file has no column for {len(missing)} of the "
             f"checkpoint's {len(hparams['attributes'])} attributes ({', '.join(missing[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}); pass the CelebA folder the model was trained on"
+            f"{', ...' if len(missing) > 5 else ''}); pass the data folder the model was trained on"
         ) from None
     images = datamodule.splits[split]
     paths = [images.path(i) for i in range(len(images))]
     name = "validation" if split == "valid" else split
-    return ImageSet(root_path, paths, images.labels.clone()), f"{name} split of {root_path}"
+    return ImageSet(root_path, paths, images.labels.clone(), datamodule), f"{name} split of {root_path}"
 
 
 def predict(
@@ -113,15 +128,18 @@ def predict(
     num_workers: int,
     keep: int,
     jpeg_scaling: bool = False,
+    align: str = "none",
+    detector: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocess ``paths`` by the image rule (for a model trained with ``jpeg_scaling`` or not) and run the
-    Lightning model (eager) on them.
+    """Preprocess ``paths`` by the image rule (for a model trained with ``jpeg_scaling`` or not; faces found and
+    aligned first for a model trained with ``data.align=detect``: pass its ``align`` and ``detector``, the datamodule
+    of :func:`split_set` has them) and run the Lightning model (eager) on them.
 
-    Returns the first ``keep`` uint8 inputs ``(keep, 3, h, w)`` (for the parity check) and the probabilities of
-    all images ``(N, A)``.
+    Returns the first ``keep`` uint8 inputs ``(keep, 3, h, w)`` (for the parity check) and the logits of all
+    images ``(N, A)`` (export fits temperatures on them, then applies the sigmoid).
     """
     loader = DataLoader(
-        PreprocessedImages(paths, image_size, crop, jpeg_scaling),
+        PreprocessedImages(paths, image_size, crop, jpeg_scaling, align, detector),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -132,7 +150,7 @@ def predict(
             if kept < keep:
                 inputs.append(images[: keep - kept])
                 kept += len(inputs[-1])
-            outputs.append(torch.sigmoid(module(images.float().div(255))).float())
+            outputs.append(module(images.float().div(255)).float())
     empty = torch.empty(0, 3, *image_size, dtype=torch.uint8)
     return (torch.cat(inputs) if inputs else empty), (torch.cat(outputs) if outputs else torch.empty(0, 0))
 

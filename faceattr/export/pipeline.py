@@ -3,15 +3,18 @@
 ``export(cfg)`` is what ``python export.py`` runs (see ``conf/export.yaml``):
 
 1. resolve ``ckpt`` (file, run dir or sweep dir) and rebuild the model from the checkpoint alone;
-2. preprocess the run's validation images the way the service will, run the Lightning model on them, calibrate
-   per-attribute thresholds and compute validation metrics (optimistic at the calibrated thresholds: tuned there);
-3. measure the service's decision rule (those thresholds) on the run's whole test split (``test_metrics``);
-   the model's contract (``faceattr/contract.py``, from the checkpoint's hyper-parameters) takes the thresholds and
-   the face template;
-4. write each format to ``<run dir>/export/`` and check it against the Lightning model on validation images
-   (fails above ``parity.atol``);
-5. save a new version of the BentoML model ``name`` with the artefacts, ``faceattr.json`` (the contract, then the
-   export's figures and provenance) and ``config.yaml``.
+2. preprocess the run's validation images the way the service will and run the Lightning model on them; with
+   ``export.calibration=temperature`` fit one temperature per attribute on their logits; calibrate per-attribute
+   thresholds on the (scaled) probabilities and compute validation metrics (optimistic at the calibrated
+   thresholds: tuned there); the model's contract (``faceattr/contract.py``, from the checkpoint's
+   hyper-parameters) takes the temperatures, the thresholds and the face template;
+3. measure the served model (those temperatures and thresholds) on the run's whole test split (``test_metrics``):
+   decision metrics, positive rates, calibration before and after scaling, the groups (``faceattr/export/figures.py``);
+4. write each format to ``<run dir>/export/`` and check it against the Lightning model's scaled probabilities on
+   validation images (fails above ``parity.atol``; ``faceattr/export/build.py``);
+5. write ``MODEL_CARD.md`` from those figures (``faceattr/export/model_card.py``) and save a new version of the
+   BentoML model ``name`` with the artefacts, ``faceattr.json`` (the contract, then the export's figures and
+   provenance), ``config.yaml`` and the card (``faceattr/export/store.py``).
 """
 
 from __future__ import annotations
@@ -20,30 +23,34 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import faceattr
-from faceattr.artefacts import load_torchscript, onnx_session
-from faceattr.atomic import remove_stale_temporaries, writable_directory, write_json, write_text
+from faceattr.atomic import remove_stale_temporaries, writable_directory, write_json
 from faceattr.contract import CONTRACT_KEY, ModelContract
 from faceattr.errors import UserError
 from faceattr.export import build
-from faceattr.export.calibrate import predict, split_metrics, split_set
+from faceattr.export.calibrate import ImageSet, predict, split_metrics, split_set
+from faceattr.export.figures import ECE_BINS, SplitFigures, split_figures
+from faceattr.export.model_card import render_card
 from faceattr.export.options import check_options
-from faceattr.export.store import check_model_name, save_model
+from faceattr.export.store import check_model_name, store_export
 from faceattr.faces import CELEBA_TEMPLATE, estimate_template, find_landmark_file
-from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE
+from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE, MODEL_CARD_FILE
 from faceattr.model.loading import load_module
 from faceattr.model.metrics import f1_thresholds
 from faceattr.preprocess import ALIGNED_SIZE
 from faceattr.run_finder import Resolved, check_run_config, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: The group attributes of ``groups: null``, where the data has them (CelebA's; Mitchell et al.'s smile detector).
+DEFAULT_GROUPS = ("Male", "Young")
 
 
 def _formats(cfg: DictConfig) -> list[str]:
@@ -60,40 +67,14 @@ def _output_dir(cfg: DictConfig, checkpoint: Path, run_dir: Path | None) -> Path
     return (run_dir if run_dir is not None else checkpoint.parent) / EXPORT_DIR
 
 
-def _parity(run, inputs: torch.Tensor, reference: torch.Tensor) -> float:
-    """Largest |difference| between ``run(inputs)`` and ``reference``: all images in one batch, then the first
-    three one at a time (a batch size other than the traced one)."""
-    floats = inputs.float().div(255)
-    diff = float((run(floats) - reference).abs().max()) if len(floats) else 0.0
-    for i in range(min(3, len(floats))):
-        diff = max(diff, float((run(floats[i : i + 1]) - reference[i : i + 1]).abs().max()))
-    return diff
-
-
-def _runner(fmt: str, path: Path, contract: ModelContract):
-    if fmt == "torchscript":
-        module, _ = load_torchscript(path)
-
-        def run(x: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return module(x).float()
-
-        return run
-    session = onnx_session(path)
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run([contract.output_name], {contract.input_name: x.numpy()})[0])
-
-    return run
-
-
 @dataclass
 class Calibration:
-    """What the validation split gave: parity inputs and their reference outputs, thresholds, metrics."""
+    """What the validation split gave: parity inputs and their reference outputs, temperatures, thresholds, metrics."""
 
     inputs: torch.Tensor  # uint8 (N, 3, h, w): parity-check images
-    reference: torch.Tensor  # the Lightning model's probabilities on ``inputs``
+    reference: torch.Tensor  # the Lightning model's (temperature-scaled) probabilities on ``inputs``
     parity_source: str
+    temperatures: tuple[float, ...]  # one per attribute, as the contract rounds them (all 1: not scaled)
     thresholds: torch.Tensor
     calibrated: torch.Tensor  # bool per attribute
     method: str
@@ -108,14 +89,33 @@ def _describe(contract: ModelContract) -> None:
     )
 
 
+def _temperatures(cfg: DictConfig, contract: ModelContract, logits: torch.Tensor, labels: torch.Tensor, note: str):
+    """``export.calibration``: all 1 (none), or one temperature per attribute fitted on the validation logits."""
+    if cfg.export.get("calibration", "none") != "temperature":
+        return contract.temperatures
+    if len(labels) == 0:
+        raise UserError(f"export.calibration=temperature fits on validation images, and there are none: {note}")
+    from faceattr.reliability import fit_temperatures
+
+    temperatures = contract.with_temperatures(fit_temperatures(logits, labels).tolist()).temperatures
+    ordered = sorted(temperatures)
+    log.info(
+        f"temperature: fitted per attribute on {len(labels)} validation images (NLL): T from {ordered[0]:.3f} to "
+        f"{ordered[-1]:.3f}, median {ordered[len(ordered) // 2]:.3f}"
+    )
+    return temperatures
+
+
 def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resolved) -> Calibration:
-    """Step 2: the Lightning model on the validation images -> parity references, thresholds, validation metrics."""
-    image_size, crop, attributes = contract.image_size, contract.crop, contract.attributes
+    """Step 2: the Lightning model on the validation images -> temperatures, parity references, thresholds (on the
+    scaled probabilities), validation metrics."""
+    image_size, attributes = contract.image_size, contract.attributes
     hparams = dict(module.hparams)
     calib_cfg, num_parity = cfg.calibration, int(cfg.parity.num_images)
     default = float(calib_cfg.default_threshold)
-    validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid")
+    validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid", resolved.run_dir)
     if validation is None:
+        _temperatures(cfg, contract, torch.empty(0, len(attributes)), torch.empty(0, len(attributes)), note)
         log.warning(
             f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
             "random images"
@@ -128,30 +128,26 @@ def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resol
             inputs,
             reference,
             f"{len(inputs)} random images (no validation data)",
+            contract.temperatures,
             torch.full((len(attributes),), default),
             torch.zeros(len(attributes), dtype=torch.bool),
             "default (no validation data)",
             {},
         )
 
+    _groups(cfg, validation.datamodule)  # a group the data lacks fails here, before anything slow
     limit = calib_cfg.get("max_images")
     count = len(validation.paths) if limit is None else min(len(validation.paths), max(int(limit), num_parity))
     t0 = time.time()
-    inputs, probs = predict(
-        module,
-        validation.paths[:count],
-        image_size,
-        crop,
-        int(calib_cfg.batch_size),
-        int(calib_cfg.num_workers),
-        keep=num_parity,
-        jpeg_scaling=contract.jpeg_scaling,
-    )
+    inputs, logits = _predict(cfg, module, contract, validation, count, keep=num_parity)
     labels = validation.labels[:count]
     log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
+    temperatures = _temperatures(cfg, contract, logits, labels, note)
+    probs = build.scaled_probabilities(logits, temperatures)
     if limit != 0 and len(labels) > 0:
         thresholds, calibrated = f1_thresholds(probs, labels, default)
         method = f"F1-optimal per attribute on {len(labels)} validation images"
+        method += " (temperature-scaled probabilities)" if any(t != 1.0 for t in temperatures) else ""
     else:
         thresholds = torch.full((len(attributes),), default)
         calibrated = torch.zeros(len(attributes), dtype=torch.bool)
@@ -172,45 +168,80 @@ def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resol
     if metrics:
         log.info(f"  val:       {_summary(metrics)} (calibrated thresholds tuned on these images: optimistic)")
     return Calibration(
-        inputs, probs[: len(inputs)], f"{len(inputs)} validation images", thresholds, calibrated, method, metrics
+        inputs,
+        probs[: len(inputs)],
+        f"{len(inputs)} validation images",
+        temperatures,
+        thresholds,
+        calibrated,
+        method,
+        metrics,
     )
+
+
+def _predict(cfg: DictConfig, module, contract: ModelContract, images: ImageSet, count: int | None, keep: int):
+    """The first ``keep`` preprocessed inputs and the Lightning model's logits on the first ``count`` of ``images``
+    (all: None), read as training read them (faces detected and aligned for a data.align=detect model)."""
+    batch_size, workers = int(cfg.calibration.batch_size), int(cfg.calibration.num_workers)
+    paths = images.paths if count is None else images.paths[:count]
+    data, size, crop, scaling = images.datamodule, contract.image_size, contract.crop, contract.jpeg_scaling
+    align, detector = getattr(data, "align", "none"), getattr(data, "detector", None)
+    return predict(module, paths, size, crop, batch_size, workers, keep, scaling, align=align, detector=detector)
 
 
 def _summary(metrics: dict[str, Any]) -> str:
     parts = [f"auroc={metrics['auroc']:.4f}"] if "auroc" in metrics else []
-    for key, values in metrics.items():
-        if isinstance(values, dict):
-            parts.append(f"{key}: " + " ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    for key in ("at_0.5", "at_thresholds", "at_thresholds_tuned_here"):
+        if isinstance(metrics.get(key), dict):
+            parts.append(f"{key}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics[key].items()))
     return ", ".join(parts) + f" ({metrics.get('num_images', 0)} images)"
 
 
-def _test_metrics(
-    cfg: DictConfig, module, contract: ModelContract, resolved: Resolved, thresholds: torch.Tensor
-) -> dict[str, Any]:
-    """Step 3: the service's decision rule on the run's whole test split (empty when off or there is no data)."""
+def _groups(cfg: DictConfig, datamodule) -> list[str]:
+    """``groups``: the ones given (one line naming the data's columns for a name it lacks), or (null) Male and Young
+    where the data has those columns."""
+    columns = tuple(datamodule.column_names)
+    chosen = cfg.get("groups")
+    if chosen is None:
+        return [name for name in DEFAULT_GROUPS if name in columns]
+    unknown = [str(name) for name in chosen if str(name) not in columns]
+    if unknown:
+        raise UserError(f"groups: the data has no column {', '.join(unknown)}; its columns: {', '.join(columns)}")
+    return list(dict.fromkeys(str(name) for name in chosen))
+
+
+def _test_metrics(cfg: DictConfig, module, contract: ModelContract, resolved: Resolved) -> SplitFigures:
+    """Step 3: the served model (temperatures and thresholds of ``contract``) on the run's whole test split: the
+    figures of :mod:`faceattr.export.figures` (empty when off or there is no data)."""
     if not cfg.get("test_metrics", True):
-        return {}
-    test, note = split_set(dict(module.hparams), resolved.run_config, cfg.get("data_root"), "test")
+        return SplitFigures()
+    test, note = split_set(dict(module.hparams), resolved.run_config, cfg.get("data_root"), "test", resolved.run_dir)
     if test is None:
         log.info(f"test:        skipped: {note}")
-        return {}
+        return SplitFigures()
+    groups = _groups(cfg, test.datamodule)
+    group_labels = test.datamodule.group_labels("test", groups) if groups else None
     t0 = time.time()
-    _, probs = predict(
-        module,
-        test.paths,
-        contract.image_size,
-        contract.crop,
-        int(cfg.calibration.batch_size),
-        int(cfg.calibration.num_workers),
-        keep=0,
-        jpeg_scaling=contract.jpeg_scaling,
-    )
-    metrics = split_metrics(probs, test.labels, thresholds)
+    _, logits = _predict(cfg, module, contract, test, None, keep=0)
+    method = str(cfg.export.get("calibration", "none"))
+    figures = split_figures(logits, test.labels, contract, method, group_labels, groups)
+    metrics = figures.metrics
     log.info(
         f"  test:      {_summary(metrics)} of {note} ({time.time() - t0:.1f}s; at_thresholds = what the service "
         "decides)"
     )
-    return metrics
+    calibration = metrics.get("calibration") or {}
+    if calibration:
+        before, after = calibration["ece_before"]["macro"], calibration["ece_after"]["macro"]
+        log.info(f"  test ECE:  {before} before temperature scaling, {after} served (macro, {ECE_BINS} bins)")
+    worst = (metrics.get("groups") or {}).get("worst") or {}
+    if worst:
+        name, entry = min(worst.items(), key=lambda item: item[1]["worst_group_acc"])
+        log.info(
+            f"  groups:    {', '.join(groups)}; lowest worst-group accuracy {entry['worst_group_acc']:.4f} "
+            f"({name}: {entry['worst_group']}; average {entry['avg_acc']:.4f})"
+        )
+    return figures
 
 
 def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
@@ -224,6 +255,27 @@ def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
     if any(path.is_file() and path.resolve() == exported for path in candidates):
         return dict(record.test)
     return {}
+
+
+def _training_data(run_config: dict[str, Any]) -> dict[str, Any]:
+    """What the model was trained on, for the card: the run's data root and module, and whether the faces were
+    generated (``data.synthetic`` set, or the generator's marker in the data root)."""
+    from faceattr.data.synthetic import read_marker
+
+    data = run_config.get("data") or {}
+    if not data:
+        return {}
+    root, synthetic = data.get("root"), data.get("synthetic")
+    marker = read_marker(Path(str(root)).expanduser()) if root else None
+    generated = dict(synthetic) if isinstance(synthetic, dict) else None
+    if generated is None and marker:
+        generated = {key: marker[key] for key in ("num_images", "seed") if key in marker}
+    return {
+        "root": root,
+        "data_module": str(data.get("_target_", "")).rsplit(".", 1)[-1] or None,
+        "limit": data.get("limit"),
+        "generated": generated,
+    }
 
 
 def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: Calibration, test_metrics) -> dict:
@@ -253,6 +305,7 @@ def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: 
             "picked": resolved.reason,
             "run_test_is_this_checkpoint": bool(run_test),
         },
+        "training_data": _training_data(resolved.run_config),
         # The training hyper-parameters the contract does not hold (provenance only).
         "hparams": {k: v for k, v in dict(module.hparams).items() if k not in contract_fields},
     }
@@ -260,9 +313,10 @@ def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: 
 
 def _face_template(cfg: DictConfig, resolved: Resolved, contract: ModelContract) -> ModelContract:
     """``contract`` with the five-landmark template the service aligns detected faces onto: the mean of the training
-    data's ``list_landmarks_align_celeba`` file when its data root has one, else the built-in CelebA mean."""
+    data's ``list_landmarks_align_celeba`` file when its data root has one, else the built-in CelebA mean (always for a
+    data.align=detect model: training aligned its photos onto that)."""
     root = cfg.get("data_root") or (resolved.run_config.get("data") or {}).get("root")
-    path = find_landmark_file(str(root)) if root else None
+    path = find_landmark_file(str(root)) if root and contract.face_alignment != "detect" else None
     template = CELEBA_TEMPLATE
     if path is not None:
         try:
@@ -273,73 +327,6 @@ def _face_template(cfg: DictConfig, resolved: Resolved, contract: ModelContract)
     return contract.with_face_template(template.points, template.source)
 
 
-def _write_artefacts(
-    cfg: DictConfig, module, contract: ModelContract, calibration: Calibration, metadata: dict, out_dir: Path
-) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Step 4: each format, written atomically and parity-checked; UserError (nothing stored) above the tolerance."""
-    formats = _formats(cfg)
-    inputs = calibration.inputs
-    example = inputs[:2].float().div(255) if len(inputs) >= 2 else torch.rand(2, 3, *contract.image_size)
-    exported = build.probability_model(module)
-    files: dict[str, Path] = {}
-    parity: dict[str, Any] = {}
-    atol = float(cfg.parity.atol)
-    for fmt in formats:
-        path = out_dir / ARTEFACT_FILES[fmt]
-        t0 = time.time()
-        embedded = dict(metadata, format=fmt)
-        if fmt == "torchscript":
-            build.export_torchscript(exported, example, path, embedded)
-        else:
-            build.export_onnx(exported, example, path, embedded, cfg.export.get("opset"))
-        seconds = time.time() - t0
-        diff = _parity(_runner(fmt, path, contract), inputs, calibration.reference)
-        source = calibration.parity_source
-        parity[fmt] = {"max_abs_diff": diff, "atol": atol, "images": source, "export_s": round(seconds, 2)}
-        log.info(
-            f"{fmt + ':':<12} {path} ({path.stat().st_size / 1e6:.2f} MB, {seconds:.1f}s); parity vs Lightning "
-            f"on {source}: max |diff| = {diff:.2e} (atol {atol:.0e})"
-        )
-        if not diff <= atol:  # also catches NaN
-            raise UserError(
-                f"parity check failed for {fmt}: max |probability difference| vs the Lightning model = {diff:.3e} > "
-                f"parity.atol={atol:g} on {source}; {path} is NOT saved to the model store"
-            )
-        files[ARTEFACT_FILES[fmt]] = path
-    return files, parity
-
-
-def _store(
-    cfg: DictConfig,
-    contract: ModelContract,
-    files: dict[str, Path],
-    metadata: dict[str, Any],
-    run_config: dict[str, Any],
-    out_dir: Path,
-) -> str | None:
-    """Step 5: ``config.yaml`` and ``faceattr.json`` beside the artefacts, then a new model version in the store."""
-    metadata_path, config_path = out_dir / METADATA_FILE, out_dir / EXPORT_CONFIG
-    export_cfg = OmegaConf.to_container(cfg, resolve=True)
-    write_text(config_path, yaml.safe_dump({"train": run_config, "export": export_cfg}, sort_keys=False))
-    if not cfg.get("store", True):
-        return None
-    store_meta = dict(
-        metadata, config=yaml.safe_dump(run_config, sort_keys=False) if run_config else "", export_config=export_cfg
-    )
-    labels = {
-        "backbone": contract.backbone,
-        "image_size": "x".join(map(str, contract.image_size)),
-        "formats": "+".join(metadata["formats"]),
-        "project": "faceattr",
-    }
-    write_json(metadata_path, metadata)
-    tag, store_path = save_model(
-        str(cfg.name), {**files, METADATA_FILE: metadata_path, EXPORT_CONFIG: config_path}, labels, store_meta
-    )
-    log.info(f"bentoml:     saved {tag} ({store_path})")
-    return tag
-
-
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export one checkpoint (the steps of the module doc); returns the summary written to ``faceattr.json``."""
     started = time.time()
@@ -347,6 +334,11 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     formats = _formats(cfg)
     if cfg.get("store", True):
         check_model_name(cfg.name)  # fail before the slow part
+    if cfg.export.get("calibration") == "temperature" and cfg.calibration.get("max_images") == 0:
+        raise UserError(
+            "export.calibration=temperature fits on the validation images, which calibration.max_images=0 turns off: "
+            "give calibration.max_images=null (all) or a number"
+        )
     resolved = resolve_checkpoint(cfg.ckpt)  # step 1
     log.info(f"checkpoint:  {resolved.checkpoint}")
     log.info(f"  picked:    {resolved.reason}")
@@ -359,16 +351,23 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     remove_stale_temporaries(out_dir)  # left by an export that was killed mid-write
 
     calibration = _calibrate(cfg, module, contract, resolved)
-    test_metrics = _test_metrics(cfg, module, contract, resolved, calibration.thresholds)
-    contract = contract.with_thresholds(
+    contract = contract.with_temperatures(calibration.temperatures).with_thresholds(
         calibration.thresholds.tolist(), calibration.calibrated.tolist(), calibration.method
     )
+    figures = _test_metrics(cfg, module, contract, resolved)
     contract = _face_template(cfg, resolved, contract)
-    metadata = _metadata(contract, module, resolved, calibration, test_metrics)
+    metadata = _metadata(contract, module, resolved, calibration, figures.metrics)
 
-    files, metadata["parity"] = _write_artefacts(cfg, module, contract, calibration, metadata, out_dir)
+    atol, opset = float(cfg.parity.atol), cfg.export.get("opset")
+    parity = build.ParityImages(calibration.inputs, calibration.reference, calibration.parity_source)
+    files, metadata["parity"] = build.write_checked(module, contract, formats, parity, metadata, out_dir, atol, opset)
     metadata["formats"] = {fmt: ARTEFACT_FILES[fmt] for fmt in formats}
-    tag = _store(cfg, contract, files, metadata, resolved.run_config, out_dir)
+    exported_on = datetime.now(UTC).date().isoformat()
+
+    def card(tag: str | None) -> str:
+        return render_card(metadata, figures.group_rows, tag, exported_on)
+
+    tag = store_export(cfg, contract, files, metadata, resolved.run_config, out_dir, card)
     if tag:
         metadata["tag"] = tag
     metadata["export_s"] = round(time.time() - started, 2)
@@ -382,7 +381,7 @@ def summary_lines(cfg: DictConfig, metadata: dict[str, Any]) -> list[str]:
     """What export.py prints when it is done: the files, the time, and how to serve the stored model."""
     files = sorted(metadata["formats"].values())
     lines = [
-        f"files:       {metadata['output_dir']} ({', '.join(files)}, {METADATA_FILE}, {EXPORT_CONFIG})",
+        f"files:       {metadata['output_dir']} ({', '.join([*files, METADATA_FILE, EXPORT_CONFIG, MODEL_CARD_FILE])})",
         f"done in {metadata['export_s']:.1f}s",
     ]
     tag = metadata.get("tag")

@@ -34,6 +34,17 @@ def _session(model: bytes, threads: int):
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+def check_settings(max_side: int, min_score: float, min_landmark_prob: float, threads: int = 1) -> None:
+    """ValueError with one line when a :class:`FaceDetector` setting is out of range (before any model is read)."""
+    if int(max_side) < retinaface.MIN_SIDE:
+        raise ValueError(f"max_side={max_side}: expected at least {retinaface.MIN_SIDE} pixels")
+    for name, value in (("min_score", min_score), ("min_landmark_prob", min_landmark_prob)):
+        if not 0.0 <= float(value) < 1.0:
+            raise ValueError(f"{name}={value}: expected a probability in [0, 1)")
+    if int(threads) < 1:
+        raise ValueError(f"threads={threads}: expected at least 1")
+
+
 class FaceDetector:
     """``detector(image)``: the faces of an RGB Pillow image, largest box first (empty: no face).
 
@@ -50,13 +61,7 @@ class FaceDetector:
     def __init__(
         self, max_side: int = 320, min_score: float = 0.5, min_landmark_prob: float = 0.9, threads: int = 1
     ) -> None:
-        if int(max_side) < retinaface.MIN_SIDE:
-            raise ValueError(f"max_side={max_side}: expected at least {retinaface.MIN_SIDE} pixels")
-        for name, value in (("min_score", min_score), ("min_landmark_prob", min_landmark_prob)):
-            if not 0.0 <= float(value) < 1.0:
-                raise ValueError(f"{name}={value}: expected a probability in [0, 1)")
-        if int(threads) < 1:
-            raise ValueError(f"threads={threads}: expected at least 1")
+        check_settings(max_side, min_score, min_landmark_prob, threads)
         self.max_side = int(max_side)
         self.min_score = float(min_score)
         self.min_landmark_prob = float(min_landmark_prob)

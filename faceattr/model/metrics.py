@@ -1,48 +1,113 @@
-"""Multi-label attribute metrics (torchmetrics): the figures papers report, per attribute and macro-averaged.
+"""Per-attribute metrics (torchmetrics states): the figures papers report, per attribute and macro-averaged.
 
 One stage's metrics are two torchmetrics states, so DDP ranks are reduced by torchmetrics itself:
 
-* AUROC per attribute, from the probabilities (NaN, not torchmetrics' 0, where a split lacks a class);
-* the confusion counts per attribute (``MultilabelStatScores``) of the decisions ``probability >= threshold``, from
+* the probabilities and labels of the epoch (:class:`AttributeAUROC`), from which come the AUROC per attribute (NaN,
+  not torchmetrics' 0, where a split lacks a class), the expected calibration error and the Brier score
+  (faceattr/reliability.py);
+* the confusion counts per attribute (:class:`AttributeCounts`) of the decisions ``probability >= threshold``, from
   which accuracy, balanced accuracy, F1 and the positive rate follow.
 
+Every attribute is its own binary problem, so one attribute (``data.attributes=[Smiling]``) is measured like forty
+(torchmetrics' ``Multilabel*`` metrics refuse fewer than two labels). A label stored as :data:`UNKNOWN_LABEL` is
+masked out of every figure (torchmetrics' ``ignore_index``), never counted as a negative.
+
 Macro figures average over attributes: ``acc`` is the literature's "mean accuracy" (mean per-attribute accuracy),
-``bacc`` the mean balanced accuracy, ``f1`` the macro F1, ``auroc`` the macro AUROC over attributes with both classes.
+``bacc`` the mean balanced accuracy, ``f1`` the macro F1, ``auroc`` the macro AUROC over attributes with both classes,
+``ece`` and ``brier`` the mean per-attribute calibration error and Brier score.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn as nn
-from torchmetrics.classification import MultilabelAUROC, MultilabelStatScores
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities.data import dim_zero_cat
 
+from faceattr.attributes import UNKNOWN_LABEL
+from faceattr.reliability import brier_score, calibration_error
+
 # Per-attribute columns, in the order of eval's CSV.
-PER_ATTRIBUTE = ("positive_rate", "acc", "bacc", "auroc", "f1", "threshold")
+PER_ATTRIBUTE = ("positive_rate", "acc", "bacc", "auroc", "f1", "threshold", "ece", "brier")
 # Macro figures logged per stage as ``<stage>/<name>``.
 MACRO = ("auroc", "acc", "bacc", "f1")
+# Calibration figures, logged at test time as ``test/<name>`` (macro) and ``test/ece/<Attribute>``.
+CALIBRATION = ("ece", "brier")
 
 
-class AttributeAUROC(MultilabelAUROC):
-    """Per-attribute AUROC; NaN (not torchmetrics' 0) for an attribute whose targets are all one class."""
+def attribute_auroc(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-attribute AUROC ``(A,)`` float64 over the known labels; NaN for an attribute without both classes."""
+    known = labels != UNKNOWN_LABEL
+    positives, count = ((labels == 1) & known).sum(dim=0).tolist(), known.sum(dim=0).tolist()
+    values = []
+    for a in range(labels.shape[1]):
+        if 0 < positives[a] < count[a]:
+            # Labels are 0, 1 or UNKNOWN_LABEL by construction (the data module checks them): no validation pass.
+            auroc = binary_auroc(probs[:, a], labels[:, a].long(), ignore_index=UNKNOWN_LABEL, validate_args=False)
+            values.append(auroc.double())
+        else:
+            values.append(torch.tensor(float("nan"), dtype=torch.float64, device=probs.device))
+    return torch.stack(values) if values else torch.zeros(0, dtype=torch.float64, device=probs.device)
+
+
+class AttributeAUROC(Metric):
+    """The epoch's probabilities ``preds`` and labels ``target`` (concatenated over batches and ranks);
+    ``compute()`` is :func:`attribute_auroc`."""
+
+    full_state_update = False
 
     def __init__(self, num_labels: int, **kwargs) -> None:
-        super().__init__(num_labels=num_labels, average=None, **kwargs)
+        super().__init__(**kwargs)
+        self.num_labels = int(num_labels)
+        self.add_state("preds", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.preds.append(probs.float())
+        self.target.append(labels.to(torch.uint8))
 
     def compute(self) -> torch.Tensor:
-        with warnings.catch_warnings():  # torchmetrics warns, then returns 0, for a one-class attribute
-            warnings.filterwarnings("ignore", message=".*samples in targets.*")
-            per_label = super().compute()
-        target = dim_zero_cat(self.target)
-        positives = (target == 1).sum(dim=0)
-        defined = (positives > 0) & (positives < target.shape[0])
-        return torch.where(defined, per_label, torch.full_like(per_label, float("nan")))
+        return attribute_auroc(*samples(self.preds, self.target, self.num_labels))
+
+
+def samples(preds, target, num_labels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The concatenated ``(probs, labels)`` of :class:`AttributeAUROC`'s states (empty ``(0, A)`` without any)."""
+    if isinstance(preds, list) and not preds:
+        return torch.zeros(0, num_labels), torch.zeros(0, num_labels, dtype=torch.uint8)
+    return dim_zero_cat(preds), dim_zero_cat(target)
+
+
+class AttributeCounts(Metric):
+    """Per-attribute confusion counts of boolean decisions over the known labels; ``compute()`` gives them as
+    ``(A, 4)`` [tp, fp, tn, fn] with the number of images (0-d), reduced over DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self, num_labels: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("counts", default=torch.zeros(num_labels, 4, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("images", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, decisions: torch.Tensor, labels: torch.Tensor) -> None:
+        positive, negative = labels == 1, labels == 0
+        self.counts += torch.stack(
+            [
+                (decisions & positive).sum(dim=0),
+                (decisions & negative).sum(dim=0),
+                (~decisions & negative).sum(dim=0),
+                (~decisions & positive).sum(dim=0),
+            ],
+            dim=1,
+        )
+        self.images += labels.shape[0]
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.counts.clone(), self.images.clone()
 
 
 def rates_from_counts(stats: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-attribute accuracy, balanced accuracy, F1 and positive rate from ``(A, 5)`` counts [tp, fp, tn, fn, sup].
+    """Per-attribute accuracy, balanced accuracy, F1 and positive rate from ``(A, 4+)`` counts [tp, fp, tn, fn, ...].
 
     Balanced accuracy is the mean of the true-positive and true-negative rates; for an attribute with one class only
     it is the rate that is defined. F1 is 0 where an attribute has no positive and none was predicted (torchmetrics'
@@ -55,8 +120,8 @@ def rates_from_counts(stats: torch.Tensor) -> dict[str, torch.Tensor]:
     tnr = torch.where(tn + fp > 0, tn / (tn + fp).clamp(min=1), nan)
     f1_denominator = 2 * tp + fp + fn
     return {
-        "positive_rate": (tp + fn) / total.clamp(min=1),
-        "acc": (tp + tn) / total.clamp(min=1),
+        "positive_rate": torch.where(total > 0, (tp + fn) / total.clamp(min=1), nan),
+        "acc": torch.where(total > 0, (tp + tn) / total.clamp(min=1), nan),
         "bacc": torch.nanmean(torch.stack([tpr, tnr]), dim=0),
         "f1": torch.where(f1_denominator > 0, 2 * tp / f1_denominator.clamp(min=1), torch.zeros_like(tp)),
     }
@@ -76,26 +141,36 @@ class AttributeMetrics(nn.Module):
 
     def __init__(self, num_labels: int) -> None:
         super().__init__()
+        self.num_labels = int(num_labels)
         self.auroc = AttributeAUROC(num_labels)
-        self.counts = MultilabelStatScores(num_labels=num_labels, average=None, threshold=0.5)
+        self.counts = AttributeCounts(num_labels)
         self.register_buffer("thresholds", torch.full((num_labels,), 0.5), persistent=False)
 
     def set_thresholds(self, thresholds: torch.Tensor) -> None:
         self.thresholds.copy_(thresholds.to(self.thresholds))
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
-        """``probs`` float ``(N, A)`` in [0, 1] (computed in float32), ``labels`` int ``(N, A)`` in {0, 1}."""
+        """``probs`` float ``(N, A)`` in [0, 1] (computed in float32), ``labels`` int ``(N, A)``: 1, 0 or
+        :data:`UNKNOWN_LABEL` (masked out)."""
         probs = probs.float()
         self.auroc.update(probs, labels)
-        self.counts.update((probs >= self.thresholds.view(1, -1)).float(), labels)
+        self.counts.update(probs >= self.thresholds.view(1, -1), labels)
+
+    def samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The epoch's ``(probs, labels)`` so far, gathered from every DDP rank (in rank order)."""
+        with self.auroc.sync_context():
+            return samples(self.auroc.preds, self.auroc.target, self.num_labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Per-attribute tensors ``(A,)`` for each name of :data:`PER_ATTRIBUTE`, and ``num_images`` (0-d)."""
-        stats = self.counts.compute()
+        stats, images = self.counts.compute()
         per_attribute = rates_from_counts(stats)
-        per_attribute["auroc"] = self.auroc.compute().double()
+        probs, labels = self.samples()
+        per_attribute["auroc"] = attribute_auroc(probs, labels)
+        per_attribute["ece"] = calibration_error(probs, labels)
+        per_attribute["brier"] = brier_score(probs, labels)
         per_attribute["threshold"] = self.thresholds.double().clone()
-        per_attribute["num_images"] = stats[0, :4].sum()
+        per_attribute["num_images"] = images
         return per_attribute
 
     def reset(self) -> None:
@@ -121,16 +196,18 @@ def attribute_table(values: dict[str, torch.Tensor], attributes: list[str]) -> d
 
 
 def f1_thresholds(probs: torch.Tensor, labels: torch.Tensor, default: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-attribute F1-optimal thresholds and a mask of the attributes that could be calibrated."""
-    num, attrs = probs.shape
+    """Per-attribute F1-optimal thresholds over the known labels, and a mask of the attributes that could be
+    calibrated (those whose known labels have both classes)."""
+    attrs = probs.shape[1]
     thresholds = torch.full((attrs,), float(default), dtype=torch.float64)
     calibrated = torch.zeros(attrs, dtype=torch.bool)
     for a in range(attrs):
-        y = labels[:, a].to(torch.float64)
-        positives = float(y.sum())
+        known = labels[:, a] != UNKNOWN_LABEL
+        y = (labels[known, a] == 1).to(torch.float64)
+        num, positives = len(y), float(y.sum())
         if num == 0 or positives == 0 or positives == num:
             continue
-        p, order = probs[:, a].to(torch.float64).sort(descending=True)
+        p, order = probs[known, a].to(torch.float64).sort(descending=True)
         tp = y[order].cumsum(0)
         k = torch.arange(1, num + 1, dtype=torch.float64)
         f1 = 2 * tp / (k + positives)

@@ -1,5 +1,9 @@
 """The LightningModule: a timm backbone with one logit per attribute, BCE loss and torchmetrics metrics.
 
+Labels stored as ``UNKNOWN_LABEL`` (faceattr/attributes.py) weigh nothing in the loss and are left out of every
+metric; one attribute trains like forty. At test time the module also logs the calibration of its probabilities
+(``test/ece``, ``test/brier``, ``test/ece/<Attribute>``: faceattr/reliability.py).
+
 Contract of ``forward``: float images ``(N, 3, H, W)``, RGB in [0, 1]; returns logits ``(N, A)``. Normalization
 lives in the module, so batches stay uint8 until they reach the device (``_unpack``), and exported models take
 [0, 1] images.
@@ -18,9 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 
-from faceattr.contract import ModelContract
+from faceattr.attributes import UNKNOWN_LABEL
+from faceattr.contract import FACE_ALIGNMENTS, ModelContract
 from faceattr.model.backbone import create_backbone
-from faceattr.model.metrics import MACRO, attribute_table, build_metrics, macro
+from faceattr.model.metrics import CALIBRATION, MACRO, attribute_table, build_metrics, macro
 from faceattr.model.rng import rng_states, set_rng_states
 from faceattr.preprocess import RULE_VERSION, size_pair
 
@@ -40,6 +45,8 @@ class FaceAttrModule(L.LightningModule):
         crop: centre crop applied to the aligned 178x218 image before resizing (recorded for export and serving).
         jpeg_scaling: the training JPEGs were decoded at a reduced DCT scale (``data.jpeg_scaling``).
         preprocess_rule: the version of the image rule (faceattr/preprocess.py) the training images went through.
+        face_alignment: how the training images were aligned (faceattr/contract.py ``FACE_ALIGNMENTS``): "celeba"
+            (CelebA's aligned frame) or "detect" (faceattr's detector, ``data.align=detect``); part of the contract.
         mean, std: per-channel normalization applied inside ``forward``; ``None`` = the backbone's own (timm's
             ``pretrained_cfg``: ImageNet statistics for ResNets, 0.5/0.5 for ViTs).
         pretrained: start from timm's pretrained weights (needs the network), unless ``weights`` is given.
@@ -47,6 +54,7 @@ class FaceAttrModule(L.LightningModule):
         drop_rate: dropout before the classifier.
         backbone_kwargs: extra keyword arguments of the timm model (e.g. ``img_size`` for ViTs).
         pos_weight: weight positives by (1 - rate) / rate of the training split, for rare attributes.
+            Unknown labels (``UNKNOWN_LABEL``) are masked out of the loss: it is the mean over the known ones.
         channels_last: run the backbone in channels-last memory format.
         compile: ``torch.compile`` the backbone.
         optimizer: partial of a torch optimizer, called with the parameter groups.
@@ -61,6 +69,7 @@ class FaceAttrModule(L.LightningModule):
         crop: int | Sequence[int] | None = None,
         jpeg_scaling: bool = False,
         preprocess_rule: int = RULE_VERSION,
+        face_alignment: str = "celeba",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         pretrained: bool = False,
@@ -74,6 +83,8 @@ class FaceAttrModule(L.LightningModule):
         scheduler: Callable | None = None,
     ) -> None:
         super().__init__()
+        if face_alignment not in FACE_ALIGNMENTS:
+            raise ValueError(f"face_alignment {face_alignment!r}: expected one of {', '.join(FACE_ALIGNMENTS)}")
         net = create_backbone(backbone, len(attributes), pretrained, weights, drop_rate, dict(backbone_kwargs or {}))
         own = getattr(net, "pretrained_cfg", None) or {}
         mean = own.get("mean", (0.485, 0.456, 0.406)) if mean is None else mean
@@ -87,6 +98,7 @@ class FaceAttrModule(L.LightningModule):
                 "jpeg_scaling": bool(jpeg_scaling),
                 # The image rule the training images went through (faceattr/preprocess.py): part of the contract.
                 "preprocess_rule": int(preprocess_rule),
+                "face_alignment": str(face_alignment),
                 "mean": [float(v) for v in mean],
                 "std": [float(v) for v in std],
                 "pretrained": bool(pretrained),
@@ -140,8 +152,14 @@ class FaceAttrModule(L.LightningModule):
             self.pos_weight = ((1 - rate) / rate).to(self.device)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Binary cross-entropy over attributes, in float32 (also under bf16/16-mixed autocast)."""
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), pos_weight=self.pos_weight)
+        """Binary cross-entropy over attributes, in float32 (also under bf16/16-mixed autocast): the mean over the
+        known labels (an ``UNKNOWN_LABEL`` entry weighs 0, whatever the logit), positives weighted by ``pos_weight``."""
+        known = (labels != UNKNOWN_LABEL).float()
+        targets = (labels == 1).float()
+        losses = F.binary_cross_entropy_with_logits(
+            logits.float(), targets, weight=known, pos_weight=self.pos_weight, reduction="sum"
+        )
+        return losses / known.sum().clamp(min=1)
 
     @staticmethod
     def _unpack(batch) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
@@ -192,6 +210,12 @@ class FaceAttrModule(L.LightningModule):
         self.log_dict({f"{stage}/{name}": value for name, value in macros.items()}, prog_bar=True)
         for name in ("auroc", "acc"):
             self.log_dict({f"{stage}/{name}/{a}": v.float() for a, v in zip(self.attributes, values[name]) if v == v})
+        # Calibration (faceattr/reliability.py): in the results of both stages, logged for the tested model.
+        calibration = {name: macro(values[name]).float() for name in CALIBRATION}
+        if stage == "test":
+            self.log_dict({f"{stage}/{name}": value for name, value in calibration.items()})
+            self.log_dict({f"{stage}/ece/{a}": v.float() for a, v in zip(self.attributes, values["ece"]) if v == v})
+        macros |= calibration
         self.results[stage] = {
             "macro": {name: float(value) for name, value in macros.items()} | {"num_images": int(values["num_images"])},
             "per_attribute": attribute_table(values, self.attributes),

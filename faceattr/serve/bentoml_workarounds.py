@@ -9,6 +9,7 @@ BentoML's internals (``tests/test_imports.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import bentoml
@@ -50,13 +51,21 @@ class OpenAPI3Document:
     BentoML declares ``openapi: 3.0.2`` but writes pydantic's JSON Schema: ``"type": "file"`` for an upload (OpenAPI
     2 only; 3.0 writes ``type: string, format: binary``) and ``{"type": "null"}`` in an ``anyOf`` for an optional
     value (3.0 writes ``nullable: true``), so ``openapi-spec-validator`` and client generators reject it. The
-    document is rewritten by :func:`openapi3` (once per process: it does not change). ``/schema.json``, which
+    document is rewritten by :func:`openapi3`, then by ``amend`` (the service's own description and routes that are
+    not BentoML APIs: ``pages.describe_service``), once per process: it does not change. ``/schema.json``, which
     BentoML's own clients read, keeps BentoML's spelling.
+
+    Relies on BentoML's Swagger UI (``/``) rendering this document: its landing text is the document's ``info``
+    (BentoML's own README there, ``bentoml/_internal/bento/bento.py``'s ``get_default_svc_readme``, or a Bento's
+    ``description``: ``_bentoml_sdk/service/openapi.py``, ``generate_spec``).
     """
 
-    def __init__(self, app: ASGIApp, path: str = "/docs.json") -> None:
+    def __init__(
+        self, app: ASGIApp, path: str = "/docs.json", amend: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    ) -> None:
         self.app = app
         self.path = path
+        self.amend = amend
         self.document: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -77,7 +86,8 @@ class OpenAPI3Document:
             if start.get("status") != 200:  # not the document: passed on as it is
                 await self.app(scope, receive, send)
                 return
-            self.document = json.dumps(openapi3(json.loads(b"".join(chunks)))).encode()
+            document = openapi3(json.loads(b"".join(chunks)))
+            self.document = json.dumps(self.amend(document) if self.amend else document).encode()
         body = self.document
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -54,8 +54,13 @@ SELF = "_self_"
 FORMATS = ("auto", "torchscript", "onnx")
 THRESHOLD_MODES = ("calibrated", "fixed")
 RUNNERS = ("inline", "service")
-#: Where the model looks in a photo (``face``): its centre (as CelebA's aligned frame), or the face a detector finds.
+#: Where the model looks in a photo (a request's ``face``): its centre (as CelebA's aligned frame), or the face a
+#: detector finds.
 FACE_MODES = ("center", "detect")
+#: The ``face`` setting that means the model's own mode (its contract's ``default_face_mode``: ``runtime.served_face``).
+FACE_AUTO = "auto"
+#: The values of the ``face`` setting: the server's default for requests that do not choose.
+FACE_SETTINGS = (FACE_AUTO, *FACE_MODES)
 #: A photo in which ``face: detect`` finds no face (``no_face``): refused (422), or answered from its centre crop.
 NO_FACE_POLICIES = ("reject", "center")
 #: The most API workers ``api_workers: null`` starts (one per core up to this).
@@ -103,7 +108,7 @@ class ServeConfig:
     timeout_s: float = setting(check=lambda v: v > 0, problem="must be positive")
     decimals: int
     access_log: bool
-    face: str = setting(**_one_of(FACE_MODES))
+    face: str = setting(**_one_of(FACE_SETTINGS))
     no_face: str = setting(**_one_of(NO_FACE_POLICIES))
     face_max_side: int = setting(check=at_least(32), problem="must be at least 32 (pixels)")
     face_min_score: float = setting(check=lambda v: 0.0 < v < 1.0, problem="expected a score in (0, 1)")

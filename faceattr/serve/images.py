@@ -37,23 +37,13 @@ import torch
 from PIL import Image, ImageOps
 
 from faceattr.faces import CELEBA_TEMPLATE, Face, FaceDetector, Template, align_face
+from faceattr.faces.photo import UPRIGHT
+from faceattr.faces.photo import exif_orientation as _orientation
+from faceattr.faces.photo import to_rgb as _to_rgb
 from faceattr.preprocess import decode_jpeg, decode_scale, jpeg_size, preprocess, scaled_size
 
 #: Pillow format names accepted by default (JPEG includes MPO, the multi-picture JPEG that many phones write).
 DEFAULT_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP")
-#: EXIF tag of the stored orientation (1 = upright).
-EXIF_ORIENTATION = 0x0112
-#: EXIF orientation -> how the stored pixels (rows, columns, channels) are turned upright, as Pillow's
-#: ``ImageOps.exif_transpose`` turns them (2: mirrored, 3: upside down, 6: rotated 90 degrees clockwise to view, ...).
-UPRIGHT = {
-    2: lambda a: a[:, ::-1],
-    3: lambda a: a[::-1, ::-1],
-    4: lambda a: a[::-1],
-    5: lambda a: a.transpose(1, 0, 2),
-    6: lambda a: np.rot90(a, -1),
-    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-    8: lambda a: np.rot90(a, 1),
-}
 
 
 class ImageError(ValueError):
@@ -125,31 +115,6 @@ def format_names(limits: ImageLimits) -> str:
     """``JPEG, PNG or WEBP``: the accepted formats, for messages."""
     names = sorted(limits.formats)
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB; transparency is composited onto white, 16-bit and float images are scaled."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image, dtype=np.float32)
-        if image.mode != "F":
-            array = array / 257.0  # 16-bit range -> 8-bit
-        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB") if image.mode != "RGB" else image
-
-
-def _orientation(image: Image.Image) -> int:
-    """The EXIF orientation of an opened image (1: upright as stored, also for a malformed EXIF block)."""
-    try:
-        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block: Pillow's exif_transpose keeps it as stored too
-        return 1
-    return orientation if orientation in UPRIGHT else 1
 
 
 def decode_image(

@@ -1,10 +1,19 @@
 """The service's own Prometheus metrics, on ``/metrics`` beside BentoML's own (``bentoml_service_*``).
 
+Besides the work done (model calls, images, faces), the drift of what the model decides: each attribute found
+present in an answered image (``faceattr_attribute_present_total``, by the served thresholds) beside the rates export
+measured on the test split (``faceattr_attribute_test_predicted_rate``: the model's decisions there;
+``faceattr_attribute_test_positive_rate``: its labels), so that a dashboard compares them
+(docs/serving.md, Metrics and drift).
+
 Declared through ``bentoml.metrics``, which imports ``prometheus_client`` on first use, in the process that uses it,
 so that each worker writes to BentoML's multiprocess metrics directory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import bentoml
 
@@ -40,6 +49,31 @@ PHOTOS_WITHOUT_FACE = bentoml.metrics.Counter(
     documentation="Photos in which face=detect found no face (answered 422 or from the centre crop: no_face)",
 )
 
+#: One sample per attribute name (the model's own names, whatever the training data called them): a few dozen.
+ATTRIBUTE_PRESENT = bentoml.metrics.Counter(
+    name="faceattr_attribute_present",
+    documentation="Answered images (their largest face, or centre crop) in which the attribute was found present "
+    "(probability >= the served threshold); divided by faceattr_images_total{outcome='ok'}: the served positive rate",
+    labelnames=["attribute"],
+)
+#: The test split's rates that export records in the model's metadata (``metrics.test.<key>``), by gauge.
+TEST_RATES = {
+    "predicted_positive_rates": bentoml.metrics.Gauge(
+        name="faceattr_attribute_test_predicted_rate",
+        documentation="Share of the test split's images in which the model, at its thresholds, found the attribute "
+        "present, as export measured it (metrics.test.predicted_positive_rates): the rate the served one should match",
+        labelnames=["attribute"],
+        multiprocess_mode="max",  # every API worker sets the same values
+    ),
+    "positive_rates": bentoml.metrics.Gauge(
+        name="faceattr_attribute_test_positive_rate",
+        documentation="Share of the test split's labels that are 1, per attribute (metrics.test.positive_rates)",
+        labelnames=["attribute"],
+        multiprocess_mode="max",
+    ),
+}
+_present_counters: dict[str, Any] = {}
+
 
 def observe_model_call(images: int, seconds: float) -> None:
     """One call of the model: its batch size and duration."""
@@ -62,3 +96,20 @@ def observe_face_detection(seconds: float, faces: int) -> None:
         FACES_FOUND.inc(faces)
     else:
         PHOTOS_WITHOUT_FACE.inc()
+
+
+def count_present(names: list[str]) -> None:
+    """One answered image: the attributes found present in it."""
+    for name in names:
+        counter = _present_counters.get(name)
+        if counter is None:
+            counter = _present_counters[name] = ATTRIBUTE_PRESENT.labels(attribute=name)
+        counter.inc()
+
+
+def record_test_rates(rates: Callable[[str], dict[str, float]]) -> None:
+    """The served model's test-split rates, ``rates(key)`` for each key of :data:`TEST_RATES` (``{attribute: rate}``,
+    empty where the export recorded none), once per API worker."""
+    for key, gauge in TEST_RATES.items():
+        for name, rate in rates(key).items():
+            gauge.labels(attribute=name).set(rate)

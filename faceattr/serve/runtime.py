@@ -1,9 +1,10 @@
 """The served model: finding it in the BentoML store, reading its contract, loading its artefact, running batches.
 
 Artefacts are loaded only from the BentoML model store (``bentoml.models.get``): the service never loads a file
-from a path it was given. What the model needs (input size, crop, decode rule, thresholds, face template) is its
-contract (``faceattr/contract.py``), read from the export's ``faceattr.json``: a model exported by an older faceattr
-is refused with one line saying to export it again.
+from a path it was given. What the model needs (input size, crop, decode rule, thresholds, face template, the face
+mode it was trained for) is its contract (``faceattr/contract.py``), read from the export's ``faceattr.json``: a
+model exported by an older faceattr is refused with one line saying to export it again. Beside it in the model's
+folder: the model card (``MODEL_CARD.md``, which export writes and ``GET /model_card`` answers).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import torch
 
 from faceattr.artefacts import load_torchscript, onnx_session
 from faceattr.contract import ContractError, ModelContract, read_contract
-from faceattr.layout import METADATA_FILE
-from faceattr.serve.config import ServeConfig, bento_root
+from faceattr.layout import METADATA_FILE, MODEL_CARD_FILE
+from faceattr.serve.config import FACE_AUTO, ServeConfig, bento_root
 
 if TYPE_CHECKING:
     import bentoml
@@ -69,6 +70,35 @@ class ModelInfo:
     def jpeg_scaling(self) -> bool:
         """Whether uploads' JPEGs are decoded at a reduced scale, as the model's training images were."""
         return self.contract.jpeg_scaling
+
+    @property
+    def default_face_mode(self) -> str:
+        """The ``face`` mode the model was trained for (its contract's): detect for detector-aligned training faces."""
+        return self.contract.default_face_mode
+
+    @property
+    def card_path(self) -> Path:
+        """Where export writes the model card: the model's own folder (absent for a model exported without one)."""
+        return self.path / MODEL_CARD_FILE
+
+    def model_card(self) -> str | None:
+        """The model card's Markdown, or None when the model was exported without one (an older faceattr)."""
+        try:
+            return self.card_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+    def test_rates(self, key: str) -> dict[str, float]:
+        """``{attribute: rate}`` of the test split that export recorded under ``metrics.test.<key>``
+        (``positive_rates``: the share of the labels that are 1; ``predicted_positive_rates``: the share of the images
+        the model, at its thresholds, called present), for the attributes the model has and that have a rate; {} when
+        the export measured none (``test_metrics=false``, an older export)."""
+        metrics = self.metadata.get("metrics")
+        test = metrics.get("test") if isinstance(metrics, dict) else None
+        rates = test.get(key) if isinstance(test, dict) else None
+        if not isinstance(rates, dict):
+            return {}
+        return {name: float(rates[name]) for name in self.attributes if isinstance(rates.get(name), (int, float))}
 
     def artefact(self, fmt: str) -> Path:
         if fmt not in self.formats:
@@ -186,13 +216,23 @@ def served_format(config: ServeConfig, info: ModelInfo, device: str) -> str:
     return "onnx" if "onnx" in info.formats and device == "cpu" else "torchscript"
 
 
+def served_face(config: ServeConfig, info: ModelInfo) -> ServeConfig:
+    """``config`` with the ``face`` default decided: ``auto`` is the model's own (:attr:`ModelInfo.default_face_mode`:
+    detect for a model trained on detector-aligned faces, ``data.align=detect``, else center); an explicit center or
+    detect (a settings file, FACEATTR_SERVE_FACE) is kept. A request's ``face`` field still chooses for itself."""
+    if config.face != FACE_AUTO:
+        return config
+    return dataclasses.replace(config, face=info.default_face_mode)
+
+
 def served_model(config: ServeConfig, tag: str) -> tuple[ServeConfig, ModelInfo]:
     """Model ``tag`` (an exact ``name:version``, as :func:`stored_model` found it) read from the store, and ``config``
-    with the artefact format to run decided (:func:`served_format`) and checked to exist."""
+    with the artefact format to run (:func:`served_format`, checked to exist) and the face default
+    (:func:`served_face`) decided."""
     model = resolve_model(dataclasses.replace(config, model=tag))
     config = dataclasses.replace(config, format=served_format(config, model, pick_device(config.device)))
     model.artefact(config.format)
-    return config, model
+    return served_face(config, model), model
 
 
 def pick_device(device: str) -> str:

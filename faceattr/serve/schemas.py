@@ -64,11 +64,11 @@ class BatchPrediction(BaseModel):
 
 
 def face_field(default: str) -> Any:
-    """The form field ``face``, whose default is the server's ``face`` setting."""
+    """The form field ``face``, whose default is the server's ``face`` setting for the served model."""
     return Field(
         default,
         description="center: the photo's centre, cropped like CelebA's aligned faces | detect: find the face and "
-        f"align it as CelebA's were (default: the server's face setting, here {default})",
+        f"align it as CelebA's were (default: the server's face setting for this model, here {default})",
         json_schema_extra={"type": "string", "enum": list(FACE_MODES)},
     )
 

@@ -2,7 +2,8 @@
 
 ``FaceAttr`` is the HTTP API: ``POST /predict`` (multipart field ``image``) and ``POST /predict_batch`` (multipart
 field ``images``, repeated), with the form field ``face`` (and ``faces`` on /predict) choosing where the model looks
-(the centre crop, or the faces a detector finds: ``face_finding.py``). It checks, decodes, finds faces in and
+(the centre crop, or the faces a detector finds: ``face_finding.py``; by default the mode the model was trained
+for, ``runtime.served_face``), and ``GET /model_card`` (``pages.py``). It checks, decodes, finds faces in and
 preprocesses uploads in a thread pool, concurrently, runs the model on uint8 batches and turns probabilities into
 JSON (documented by ``schemas.py``). Where the model runs is ``runner`` (conf/serve):
 
@@ -15,15 +16,17 @@ JSON (documented by ``schemas.py``). Where the model runs is ``runner`` (conf/se
 
 Settings come from ``conf/serve/*.yaml`` and ``FACEATTR_SERVE_*`` variables (``faceattr/serve/config.py``). Around
 the API: the upload reader (``upload_guard.py``: each upload read, parsed and checked once, before BentoML; the
-endpoints get its bytes), the metrics (``metrics.py``), the heap trim after large images (``heap.py``) and what
-depends on BentoML's internals (``bentoml_workarounds.py``: the input spec that hands the reader's upload to the
-endpoints, and the OpenAPI 3 document).
+endpoints get its bytes), the metrics (``metrics.py``: with the attributes found present, for drift), the heap trim
+after large images (``heap.py``), the model card route and the landing page's text (``pages.py``) and what depends
+on BentoML's internals (``bentoml_workarounds.py``: the input spec that hands the reader's upload to the endpoints,
+and the OpenAPI 3 document).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -43,11 +46,28 @@ from faceattr.serve.config import ServeConfig, ServeConfigError, load_serve_conf
 from faceattr.serve.face_finding import FaceFinder, FaceOptions, face_json, face_options
 from faceattr.serve.heap import return_freed_memory_after_large_images
 from faceattr.serve.images import ImageError, PreparedFace
-from faceattr.serve.metrics import count_answered, observe_face_detection, observe_model_call
+from faceattr.serve.metrics import (
+    count_answered,
+    count_present,
+    observe_face_detection,
+    observe_model_call,
+    record_test_rates,
+)
+from faceattr.serve.pages import ModelCardRoute, describe_service
 from faceattr.serve.rejections import Rejected, rejected
-from faceattr.serve.runtime import ModelError, ModelInfo, Predictor, pick_device, served_model, stored_model
+from faceattr.serve.runtime import (
+    ModelError,
+    ModelInfo,
+    Predictor,
+    pick_device,
+    resolve_model,
+    served_face,
+    served_model,
+)
 from faceattr.serve.schemas import BatchPrediction, Prediction, upload_inputs, upload_route
 from faceattr.serve.upload_guard import UploadGuard
+
+log = logging.getLogger(__name__)
 
 #: Attempts of a call to the model service (``runner: service``) whose connection dropped (inference is idempotent).
 CONNECTION_ATTEMPTS = 3
@@ -63,21 +83,24 @@ def _one_line_errors() -> Iterator[None]:
         raise SystemExit(2) from None
 
 
-def _class_settings() -> tuple[ServeConfig, str]:
-    """The settings (API workers made concrete for the device) and the exact tag of the model to serve."""
+def _class_settings() -> tuple[ServeConfig, ModelInfo]:
+    """The settings (API workers made concrete for the device, the face default decided for the model) and the model
+    to serve, found in the store and its metadata read (not its artefact)."""
     with _one_line_errors():
         config = load_serve_config()
-        tag = str(stored_model(config).tag)
-        return config.for_device(pick_device(config.device)), tag
+        model = resolve_model(config)
+        return served_face(config, model).for_device(pick_device(config.device)), model
 
 
 # The only work at import, because BentoML reads the class definitions below when it imports this module (`bentoml
 # serve` before it starts any worker, `bentoml build`, and each worker): the decorators need the settings (workers,
-# timeout, batching), and `bento_model` needs the model's exact name:version, which `bentoml build` packages and
-# `bentoml serve` resolves before starting workers (pulling from BentoCloud if the local store lacks it). Looking the
-# tag up here also makes a missing model one line and exit status 2 before anything starts. The rest (the model's
-# metadata, the artefact to run) is checked once by `check_model` before the workers start, and loaded in __init__.
-CONFIG, MODEL_TAG = _class_settings()
+# timeout, batching), `bento_model` needs the model's exact name:version, which `bentoml build` packages and
+# `bentoml serve` resolves before starting workers (pulling from BentoCloud if the local store lacks it), and the
+# request documents need the model's face default (its contract, in its faceattr.json). Looking the model up here
+# also makes a missing or unreadable model one line and exit status 2 before anything starts. The artefact to run is
+# checked once by `check_model` before the workers start, and loaded in __init__.
+CONFIG, MODEL = _class_settings()
+MODEL_TAG = MODEL.tag
 
 
 def _served_model() -> tuple[ServeConfig, ModelInfo]:
@@ -85,7 +108,7 @@ def _served_model() -> tuple[ServeConfig, ModelInfo]:
     return served_model(CONFIG, MODEL_TAG)
 
 
-#: The requests of /predict and /predict_batch (the form field `face` defaults to the server's setting).
+#: The requests of /predict and /predict_batch (the form field `face` defaults to the server's, for this model).
 PredictInput, PredictBatchInput = upload_inputs(CONFIG.face)
 
 
@@ -133,7 +156,7 @@ class FaceAttrModel:
     logging={"access": {"enabled": CONFIG.access_log}},
 )
 class FaceAttr:
-    """Face attributes of photos: 40 CelebA attribute probabilities and those present, per image."""
+    """Face attributes of photos: the probability of each of the model's attributes and those present, per image."""
 
     if CONFIG.runner == "service":  # the model in its own process(es); `bentoml serve` starts it
         model_service = bentoml.depends(FaceAttrModel)
@@ -152,6 +175,16 @@ class FaceAttr:
         self.tag = model.tag
         self.attributes = list(model.attributes)
         self.thresholds = model.thresholds_for(config).tolist()
+        record_test_rates(model.test_rates)
+        if config.face != model.default_face_mode:
+            log.warning(
+                "face=%s (%s), but model %s was trained on %s faces: requests that do not choose get face=%s",
+                config.face,
+                config.source,
+                model.tag,
+                "detector-aligned" if model.default_face_mode == "detect" else "CelebA-aligned (centre-cropped)",
+                config.face,
+            )
         limits = config.decoding_limits()  # one decoding budget for all requests of this process
         limits.budget.on_release = return_freed_memory_after_large_images
         self.faces = FaceFinder(
@@ -238,6 +271,7 @@ class FaceAttr:
             return rejected(exc.status, str(exc))
         count_answered(1)
         results = [self._result(row, item) for row, item in zip(probabilities, prepared)]
+        count_present(results[0]["present"])  # the largest face (or the centre crop), as /predict_batch answers
         if options.all_faces:
             return JSONResponse({"model": self.tag, "faces": results})
         return JSONResponse({"model": self.tag, **results[0]})
@@ -264,6 +298,8 @@ class FaceAttr:
             return rejected(exc.status, str(exc))
         count_answered(len(firsts))
         results = [self._result(row, item) for row, item in zip(probabilities, firsts)]
+        for result in results:
+            count_present(result["present"])
         return JSONResponse({"model": self.tag, "predictions": results})
 
 
@@ -275,7 +311,8 @@ def _options(face: Any, faces: Any = "largest") -> FaceOptions:
         raise Rejected(400, str(exc)) from None
 
 
-# The upload reader in front of the endpoints; the OpenAPI document as valid OpenAPI 3.
+# The upload reader in front of the endpoints; the model card; the OpenAPI document as valid OpenAPI 3, describing
+# this service.
 FaceAttr.add_asgi_middleware(
     UploadGuard,
     max_bytes=CONFIG.max_request_bytes,
@@ -284,4 +321,5 @@ FaceAttr.add_asgi_middleware(
         "/predict_batch": upload_route(PredictBatchInput, CONFIG.max_images_per_request),
     },
 )
-FaceAttr.add_asgi_middleware(OpenAPI3Document)
+FaceAttr.add_asgi_middleware(ModelCardRoute, model=MODEL)
+FaceAttr.add_asgi_middleware(OpenAPI3Document, amend=describe_service(MODEL, CONFIG))

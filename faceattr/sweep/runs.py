@@ -25,7 +25,9 @@ CURVE_TAG = "val/auroc"
 BEST_TAG = "val/auroc_best"
 TEST_TAGS = ("test/auroc", "test/acc", "test/bacc", "test/f1", "test/loss")
 HPARAMS_PLUGIN = "hparams"
-SEED_KEY = "seed"
+#: The keys whose values make repeats of one configuration: runs that differ only in them form a group whose
+#: metrics are averaged (faceattr/sweep/repeat_groups.py): seeds, and the folds of k-fold cross-validation.
+REPEAT_KEYS = ("seed", "data.fold")
 
 
 @dataclass
@@ -48,8 +50,8 @@ class Run:
     wall_time_s: float | None = None
     num_parameters: int | None = None
     best_checkpoint: str | None = None
-    # The run's seed (its seed= override, else its config's); runs that differ only in it form a group.
-    seed: Any = None
+    # The run's value of each repeat key it has (its override, else its config's), as text: {"seed": "1"}.
+    repeats: dict[str, str] = field(default_factory=dict)
     # val/auroc per epoch: [(epoch number starting at 1, value)], from the TensorBoard events.
     curve: list[tuple[int, float]] = field(default_factory=list)
     # The HParams data TensorBoard holds for the run: {name: value}, and the event folders read.
@@ -147,7 +149,7 @@ def load_run(path: Path) -> Run:
         wall_time_s=record.wall_time_s,
         num_parameters=record.num_parameters,
         best_checkpoint=record.best_checkpoint,
-        seed=_seed(overrides or [], config),
+        repeats=_repeats(overrides or [], config),
     )
     _read_events(run)
     if run.monitor is None and run.val_auroc_best is not None:
@@ -155,18 +157,19 @@ def load_run(path: Path) -> Run:
     return run
 
 
-def seed_override(override: str) -> str | None:
-    """The value of a ``seed=`` override, None for any other override."""
+def repeat_override(override: str) -> tuple[str, str] | None:
+    """(key, value) of an override of a :data:`REPEAT_KEYS` key (``seed=1``, ``+data.fold=0``), else None."""
     key, sep, value = str(override).partition("=")
-    return value if sep and key.lstrip("+~") == SEED_KEY else None
+    key = key.lstrip("+~")
+    return (key, value) if sep and key in REPEAT_KEYS else None
 
 
-def _seed(overrides: list[str], config: Any) -> Any:
-    for override in overrides:
-        value = seed_override(override)
-        if value is not None:
-            return value
-    return _select(config, SEED_KEY)
+def _repeats(overrides: list[str], config: Any) -> dict[str, str]:
+    found = dict(pair for pair in map(repeat_override, overrides) if pair is not None)
+    for key in REPEAT_KEYS:
+        if key not in found and (value := _select(config, key)) is not None:
+            found[key] = str(value)
+    return found
 
 
 def _read_events(run: Run) -> None:

@@ -6,11 +6,13 @@ One code path for the end-of-sweep Hydra callback and ``scripts/compare_runs.py`
     print(format_table(summary))
     write_summary(summary, out_dir)  # faceattr/sweep/summary_files.py
 
-Runs whose overrides differ only in ``seed`` form a *seed group*. When some group holds runs with different seeds
-(a sweep over ``seed=1,2,3``, with or without other axes), the summary starts with one row per group: each
-metric's mean, standard deviation and 95% interval of the mean (Student's t, over the group's completed runs),
+Runs whose overrides differ only in ``seed`` and/or ``data.fold`` form a *group of repeats*
+(:mod:`faceattr.sweep.repeat_groups`): a *seed group* for a sweep over ``seed=1,2,3``, a *fold group* for k-fold
+cross-validation (``data.folds=5 data.fold=0,1,2,3,4``), with or without other axes. When some group holds runs
+with different seeds or folds, the summary starts with one row per group: each metric's mean, standard deviation
+and 95% interval of the mean (Student's t, over the group's completed runs), the seeds or folds of its members,
 groups ranked by their mean validation score, and links to the member runs; ``summary_groups.csv`` holds the same
-numbers. Without seeds varying there are no groups and the summary is the per-run table alone.
+numbers. Without seeds or folds varying there are no groups and the summary is the per-run table alone.
 """
 
 from __future__ import annotations
@@ -23,8 +25,16 @@ from pathlib import Path
 
 from faceattr.errors import UserError
 from faceattr.run_record import Status
+from faceattr.sweep.repeat_groups import (
+    CONFIDENCE,
+    NAMES,
+    Interval,
+    RepeatGroup,
+    group_kind,
+    repeat_groups,
+    varying_keys,
+)
 from faceattr.sweep.runs import Run, load_runs
-from faceattr.sweep.seed_groups import CONFIDENCE, Interval, SeedGroup, seed_groups
 
 STATUS_ORDER = {Status.COMPLETED: 0, Status.PRUNED: 1, Status.INCOMPLETE: 2, Status.FAILED: 3}
 
@@ -38,13 +48,18 @@ class Summary:
     mode: str
     title: str
     common_overrides: list[str]
-    groups: list[SeedGroup] = field(default_factory=list)  # seed groups, only when seeds vary
+    groups: list[RepeatGroup] = field(default_factory=list)  # groups of repeats, only when seeds or folds vary
 
     def varying_overrides(self, run: Run, short: bool = False) -> list[str]:
         """The run's overrides that not every run shares (all of them when there is only one run)."""
         common = set(self.common_overrides) if len(self.runs) > 1 else set()
         varying = [o for o in run.overrides if o not in common]
         return [short_override(o) for o in varying] if short else varying
+
+    @property
+    def repeat_keys(self) -> list[str]:
+        """The repeat keys that vary within the groups (``seed``, ``data.fold``); [] without groups."""
+        return varying_keys(self.groups)
 
     @property
     def counts(self) -> dict[Status, int]:
@@ -98,7 +113,7 @@ def build_summary(
         mode=mode,
         title=title,
         common_overrides=common,
-        groups=seed_groups(ranked, metric, mode),
+        groups=repeat_groups(ranked, metric, mode),
     )
 
 
@@ -171,7 +186,7 @@ def table_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 def group_metrics(summary: Summary) -> list[tuple[str, str, Callable[[Run], float | None]]]:
-    """(column, csv name, value of a run) of the metrics a seed group reports: the ranking metric, val/auroc and
+    """(column, csv name, value of a run) of the metrics a group of repeats reports: the ranking metric, val/auroc and
     the test figures."""
     metrics: list[tuple[str, str, Callable[[Run], float | None]]] = []
     if summary.metric not in ("val/auroc", "val/auroc_best"):
@@ -190,15 +205,17 @@ def _fmt_interval(stats: Interval | None) -> str:
     return f"{stats.mean:.4f} ± {stats.std:.4f} [{stats.low:.4f}, {stats.high:.4f}]"
 
 
-def _group_label(summary: Summary, group: SeedGroup) -> str:
+def _group_label(summary: Summary, group: RepeatGroup) -> str:
     common = set(summary.common_overrides)
     return " ".join(short_override(o) for o in group.overrides if o not in common) or "(all runs)"
 
 
 def group_rows(summary: Summary, link_base: Path | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the seed-group table; with ``link_base`` the members are markdown links relative to it."""
+    """Header and rows of the groups' table (a column of the members' values per varying repeat key: ``seeds``,
+    ``folds``); with ``link_base`` the members are markdown links relative to it."""
     metrics = group_metrics(summary)
-    header = ["#", "group", "runs", "seeds", *(label for label, _, _ in metrics), "members"]
+    keys = summary.repeat_keys
+    header = ["#", "group", "runs", *(NAMES[key][1] for key in keys), *(label for label, _, _ in metrics), "members"]
     rows = []
     rank = 0
     for group in summary.groups:
@@ -212,7 +229,7 @@ def group_rows(summary: Summary, link_base: Path | None = None) -> tuple[list[st
                 str(rank) if scored else "-",
                 _group_label(summary, group),
                 runs,
-                ",".join(group.seeds),
+                *(",".join(group.values(key)) for key in keys),
                 *(_fmt_interval(group.stats(value)) for _, _, value in metrics),
                 " ".join(members),
             ]
@@ -231,11 +248,14 @@ def _member_link(run: Run, link_base: Path | None) -> str:
 
 
 def _groups_heading(summary: Summary) -> str:
+    """ "2 seed groups (runs that differ only in seed): ...", "1 fold group (... only in data.fold)", ..."""
     direction = "highest" if summary.mode == "max" else "lowest"
+    count = len(summary.groups)
+    keys = summary.repeat_keys
     return (
-        f"{len(summary.groups)} seed groups (runs that differ only in seed): mean ± std [{CONFIDENCE:.0%} "
-        f"interval of the mean, Student's t] over each group's completed runs, ranked by mean best "
-        f"{summary.metric} ({direction} first)"
+        f"{count} {group_kind(keys)} group{'' if count == 1 else 's'} (runs that differ only in "
+        f"{' and '.join(keys)}): mean ± std [{CONFIDENCE:.0%} interval of the mean, Student's t] over each group's "
+        f"completed runs, ranked by mean best {summary.metric} ({direction} first)"
     )
 
 
@@ -313,14 +333,14 @@ def render_markdown(
     tensorboard: str | None = None,
     link_base: Path | None = None,
 ) -> str:
-    """``summary.md``; ``link_base``: the folder it is written to (member runs of seed groups link from there)."""
+    """``summary.md``; ``link_base``: the folder it is written to (member runs of groups link from there)."""
     header, rows = table_rows(summary)
     out = [f"# Summary: {summary.title}", "", _headline(summary) + ".", ""]
     if summary.common_overrides and len(summary.runs) > 1:
         out += ["Common overrides: `" + " ".join(summary.common_overrides) + "`", ""]
     if summary.groups:
         out += [
-            "## Seed groups",
+            f"## {group_kind(summary.repeat_keys).capitalize()} groups",
             "",
             _groups_heading(summary) + ".",
             "",

@@ -1,4 +1,4 @@
-"""The summary's files: ``summary.md``, ``summary.csv``, ``summary.png`` and, when seeds vary,
+"""The summary's files: ``summary.md``, ``summary.csv``, ``summary.png`` and, when seeds or folds vary,
 ``summary_groups.csv``; each written atomically."""
 
 from __future__ import annotations
@@ -8,10 +8,11 @@ import io
 from pathlib import Path
 
 from faceattr.atomic import write_text
+from faceattr.sweep.repeat_groups import NAMES
 from faceattr.sweep.summary import Summary, group_metrics, group_rows, render_markdown, table_rows
 
 SUMMARY_FILES = ("summary.md", "summary.csv", "summary.png")
-GROUPS_FILE = "summary_groups.csv"  # only when seeds vary
+GROUPS_FILE = "summary_groups.csv"  # only when seeds or folds vary
 
 
 CSV_COLUMNS = (
@@ -72,10 +73,12 @@ def write_csv(summary: Summary, path: Path) -> None:
 
 
 def write_groups_csv(summary: Summary, path: Path) -> None:
-    """``summary_groups.csv``: a row per seed group, each metric's n, mean, std and 95% interval, the members."""
+    """``summary_groups.csv``: a row per group of repeats: what varies in it (``varies``: seed, data.fold or both),
+    the members' values of each (``seeds``, ``folds``), each metric's n, mean, std and 95% interval, the members."""
     metrics = group_metrics(summary)
     header, rows = group_rows(summary)
-    columns = ["rank", "group", "overrides", "seeds", "runs", "completed"]
+    keys = summary.repeat_keys
+    columns = ["rank", "group", "overrides", "varies", *(NAMES[key][1] for key in keys), "runs", "completed"]
     for _, name, _ in metrics:
         columns += [f"{name}_{part}" for part in ("n", "mean", "std", "ci95_low", "ci95_high")]
     columns += ["members", "member_dirs"]
@@ -87,7 +90,8 @@ def write_groups_csv(summary: Summary, path: Path) -> None:
                 "rank": row[0] if row[0] != "-" else "",
                 "group": row[1],
                 "overrides": " ".join(group.overrides),
-                "seeds": " ".join(group.seeds),
+                "varies": " ".join(keys),
+                **{NAMES[key][1]: " ".join(group.values(key)) for key in keys},
                 "runs": len(group.runs),
                 "completed": len(group.completed),
                 "members": " ".join(run.name for run in group.runs),
@@ -109,7 +113,7 @@ def write_groups_csv(summary: Summary, path: Path) -> None:
 
 
 def write_summary(summary: Summary, out_dir: Path, tensorboard: str | None = None) -> dict[str, Path]:
-    """Write ``summary.md``, ``summary.csv``, ``summary.png`` (and with seed groups ``summary_groups.csv``) into
+    """Write ``summary.md``, ``summary.csv``, ``summary.png`` (and with groups of repeats ``summary_groups.csv``) into
     ``out_dir``; return their paths."""
     from faceattr.sweep.plot import plot_summary
 
