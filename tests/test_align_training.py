@@ -336,3 +336,14 @@ def test_a_folder_of_ordinary_photos_trains_aligned_and_the_second_run_reads_the
     contract = read_contract(json.loads((second / "export" / "faceattr.json").read_text()), "the export")
     assert contract.attributes == ("smiling", "glasses", "adult")
     assert contract.face_alignment == "detect" and contract.default_face_mode == "detect"
+
+    # The service answers for it with the same names, and finds the face by default (the model's face_alignment).
+    from serve_process import SAMPLES, service_in_process
+
+    tag = json.loads((second / "export" / "faceattr.json").read_text())["tag"]
+    with service_in_process(tag) as client:
+        answer = client.post("/predict", files={"image": ("hopper.jpg", (SAMPLES / "grace_hopper.jpg").read_bytes())})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert list(body["attributes"]) == ["smiling", "glasses", "adult"]
+    assert body["face"] is not None and len(body["face"]["landmarks"]) == 5  # detected, not the centre crop

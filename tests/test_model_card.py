@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY, run_script
+from conftest import TINY, run_main, run_script
 from test_export import compose_export
 
 from faceattr.artefacts import load_torchscript
@@ -323,7 +323,7 @@ def test_card_sections_and_caveats_follow_the_model_and_its_data():
 
 
 @pytest.mark.slow
-def test_a_single_attribute_model_exports_with_its_card(synthetic_root, tmp_path):
+def test_a_single_attribute_model_trains_evaluates_exports_with_its_card_and_serves(synthetic_root, tmp_path):
     run_dir = tmp_path / "run"
     run_script(
         "train.py",
@@ -343,6 +343,25 @@ def test_a_single_attribute_model_exports_with_its_card(synthetic_root, tmp_path
     rows = _tables(card)["Disaggregated by group"]
     assert [row["Group"] for row in rows][:3] == ["all", "Male=0", "Male=1"] and len(rows) == 9
     assert json.loads((tmp_path / "export" / "faceattr.json").read_text())["model_card"]["file"] == "MODEL_CARD.md"
+
+    # eval.py: the one attribute's table, its groups and its calibration.
+    assert run_main("eval.py", f"ckpt={run_dir}", "data.num_workers=0", tmp_path=tmp_path) == 0
+    evaluated = json.loads((run_dir / "eval" / "test.json").read_text())
+    assert evaluated["num_images"] > 0 and 0 <= evaluated["acc"] <= 1
+    table = (run_dir / "eval" / "test_per_attribute.csv").read_text().splitlines()
+    assert len(table) == 2 and table[1].startswith("Smiling,")
+    assert (run_dir / "eval" / "test_groups.csv").is_file()
+
+    # The service: one probability, under the attribute's name.
+    from serve_process import SAMPLES, service_in_process
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(tmp_path / "bentoml"))
+        with service_in_process(meta["tag"]) as client:
+            answer = client.post("/predict", files={"image": ("a.jpg", (SAMPLES / "grace_hopper.jpg").read_bytes())})
+    assert answer.status_code == 200, answer.text
+    probabilities = answer.json()["attributes"]
+    assert list(probabilities) == ["Smiling"] and 0 <= probabilities["Smiling"] <= 1
 
 
 @pytest.mark.slow
