@@ -171,7 +171,7 @@ def measure_invariance(checkpoint: Path) -> dict[str, Any]:
         if not prepared:
             return None
         with torch.no_grad():
-            return torch.sigmoid(module(prepared[0].pixels[None].float().div(255)))[0].numpy()
+            return torch.sigmoid(module(torch.from_numpy(prepared[0].pixels[None]).float().div(255)))[0].numpy()
 
     totals: dict[str, list[float]] = {"detect_align": [], "centre_crop": []}
     for photo in portraits().values():

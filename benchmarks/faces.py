@@ -259,7 +259,7 @@ def measure_invariance(detector: FaceDetector, photos: dict[str, Image.Image], t
         )
         if not prepared:
             return None
-        return predictor(prepared[0].pixels.numpy()[None])[0]
+        return predictor(prepared[0].pixels[None])[0]
 
     results: dict[str, Any] = {"model": info.tag, "template": template.source, "per_photo": {}}
     totals: dict[str, list[float]] = {"detect_align": [], "centre_crop": []}

@@ -68,10 +68,7 @@ def compare(model: Path, folder: Path, repetitions: int, log=print) -> dict[str,
 
     def decode_all() -> np.ndarray:
         return np.stack(
-            [
-                load_and_preprocess(data, info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling).numpy()
-                for data in encoded
-            ]
+            [load_and_preprocess(data, info.image_size, info.crop, jpeg_scaling=info.jpeg_scaling) for data in encoded]
         )
 
     inputs = decode_all()

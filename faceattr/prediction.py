@@ -314,7 +314,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
             batch: list[tuple[str, int, PreparedFace]] = []
 
             def run(items: list[tuple[str, int, PreparedFace]]) -> None:
-                probabilities = predictor(np.stack([item.pixels.numpy() for _, _, item in items]))
+                probabilities = predictor(np.stack([item.pixels for _, _, item in items]))
                 writer.writerows(_rows(items, probabilities, info, thresholds))
                 tally.faces += len(items)
 

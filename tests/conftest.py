@@ -238,3 +238,18 @@ def shared_server(tiny_run, tmp_path_factory) -> Iterator[dict]:
 
     with serving(tiny_run, tmp_path_factory.mktemp("serve"), SHARED_LIMITS) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def portraits() -> dict:
+    """Two real portraits in the public domain, as RGB Pillow images: skimage's astronaut (NASA, 512x512) and
+    matplotlib's Grace Hopper (512x600)."""
+    import matplotlib
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    samples = Path(matplotlib.get_data_path()) / "sample_data"
+    return {
+        "astronaut": Image.fromarray(skimage_data.astronaut()),
+        "hopper": Image.open(samples / "grace_hopper.jpg").convert("RGB"),
+    }

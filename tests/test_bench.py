@@ -315,7 +315,8 @@ def test_plain_peer_answers_like_the_exported_model_on_faceattrs_preprocessing(t
 
     contract = read_contract(json.loads((folder / "faceattr.json").read_text()), str(folder))
     model, _ = load_torchscript(folder / "model.pt")
-    pixels = torch.stack([load_and_preprocess(p.read_bytes(), contract.image_size, contract.crop) for p in paths])
+    inputs = [load_and_preprocess(p.read_bytes(), contract.image_size, contract.crop) for p in paths]
+    pixels = torch.stack([torch.from_numpy(x) for x in inputs])
     with torch.inference_mode():
         expected = model(pixels.float() / 255)
     assert [list(answer["attributes"]) for answer in answers] == [list(contract.attributes)] * 3

@@ -61,9 +61,11 @@ def test_the_service_gives_an_aligned_celeba_jpeg_the_pixels_training_computed(s
     for index in range(4):
         expected, _ = split[index]
         data = Path(split.path(index)).read_bytes()
-        assert torch.equal(load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=jpeg_scaling), expected)
+        served = load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=jpeg_scaling)
+        assert torch.equal(torch.from_numpy(served), expected)
     # The two decodings differ (scale 1/4 here): the service must follow the model's own setting.
-    assert not torch.equal(load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=not jpeg_scaling), expected)
+    other = load_and_preprocess(data, (32, 32), (178, 178), jpeg_scaling=not jpeg_scaling)
+    assert not torch.equal(torch.from_numpy(other), expected)
 
 
 def test_crop_box_maps_the_training_crop_into_any_photo():
@@ -127,9 +129,9 @@ def test_a_large_photo_decoded_reduced_stays_close_to_the_full_decode(monkeypatc
     photo = face(1200, 1000)  # 1.2 MP: a crop of 1000 photo pixels for a 64 px model decodes at 1/2 (500 >= 256)
     data = jpeg(photo, 95)
     assert decode_image(data, image_size=(64, 64), crop=(178, 178)).shape == (500, 600, 3)
-    reduced = load_and_preprocess(data, (64, 64), (178, 178)).numpy().astype(int)
+    reduced = load_and_preprocess(data, (64, 64), (178, 178)).astype(int)
     monkeypatch.setattr(rule, "LARGE_PHOTO_PIXELS", 10**9)
-    full = load_and_preprocess(data, (64, 64), (178, 178)).numpy().astype(int)
+    full = load_and_preprocess(data, (64, 64), (178, 178)).astype(int)
     assert 0 < np.abs(reduced - full).max() <= 8 and np.abs(reduced - full).mean() < 1.0
 
 
@@ -199,7 +201,7 @@ def test_a_photo_stored_turned_gets_the_model_input_of_the_upright_one(orientati
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
     data = jpeg(upright if orientation == 1 else upright.transpose(STORED_AS[orientation]), 95, exif=exif)
-    ours = load_and_preprocess(data, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    ours = load_and_preprocess(data, size, (178, 178), jpeg_scaling=k > 1).transpose(1, 2, 0)
     assert np.array_equal(ours, pillow_model_input(data, size, k, box))
     corner = size[0] // 8  # the white square covers the crop's first 40/178 rows and columns
     assert ours[1 : corner + 1, 1 : corner + 1].min() > 230 and ours[-corner:, -corner:].min() < 230
@@ -213,11 +215,11 @@ def test_cmyk_jpegs_take_pillows_path_and_get_the_answers_of_the_rgb_jpeg(case):
     assert np.array_equal(decode_image(cmyk), pillows(cmyk))
     at_scale = {"image_size": size, "crop": (178, 178), "jpeg_scaling": k > 1}
     assert decode_image(cmyk, **at_scale).shape == decode_image(rgb, **at_scale).shape  # the same decode scale
-    ours = load_and_preprocess(cmyk, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    ours = load_and_preprocess(cmyk, size, (178, 178), jpeg_scaling=k > 1).transpose(1, 2, 0)
     assert np.array_equal(ours, pillow_model_input(cmyk, size, k, box))
     # The same picture saved as an RGB JPEG (simplejpeg's path) gives the model nearly the same input: only the
     # two JPEG encodings differ.
-    plain = load_and_preprocess(rgb, size, (178, 178), jpeg_scaling=k > 1).permute(1, 2, 0).numpy()
+    plain = load_and_preprocess(rgb, size, (178, 178), jpeg_scaling=k > 1).transpose(1, 2, 0)
     assert np.abs(ours.astype(int) - plain).mean() < 3
 
 

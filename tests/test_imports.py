@@ -401,6 +401,12 @@ def test_the_product_imports_no_benchmark_script_or_test_code(imports):
     assert not offending, offending
 
 
+#: The bentofiles: the service with torch (TorchScript, GPUs) and the CPU one without (``bentoml build -f ...``).
+BENTOFILES = ("bentofile.yaml", "bentofile.cpu.yaml")
+#: What the CPU Bento leaves out.
+TORCH_PACKAGES = ("torch", "torchvision")
+
+
 def repo_python_files() -> Iterator[str]:
     """Every .py file of the repository (outside virtual environments, caches and run outputs), relative, with /."""
     for root, dirs, files in os.walk(REPO):
@@ -410,12 +416,13 @@ def repo_python_files() -> Iterator[str]:
                 yield Path(root, file).relative_to(REPO).as_posix()
 
 
-def test_bentofile_ships_exactly_the_code_the_service_imports(modules, imports):
-    """``bentoml build`` copies the files bentofile.yaml's include/exclude patterns match (BentoML's own matcher):
+@pytest.mark.parametrize("bentofile", BENTOFILES)
+def test_bentofile_ships_exactly_the_code_the_service_imports(modules, imports, bentofile):
+    """``bentoml build`` copies the files the bentofile's include/exclude patterns match (BentoML's own matcher):
     of the Python files, exactly what the service can import, and no training, benchmark or generator code."""
     from bentoml._internal.bento.build_config import BentoPathSpec
 
-    config = yaml.safe_load((REPO / "bentofile.yaml").read_text())
+    config = yaml.safe_load((REPO / bentofile).read_text())
     assert config["service"].split(":")[0] == SERVICE
     spec = BentoPathSpec(config["include"], config.get("exclude") or [], str(REPO))
     shipped = {path for path in repo_python_files() if spec.includes(path)}
@@ -424,3 +431,29 @@ def test_bentofile_ships_exactly_the_code_the_service_imports(modules, imports):
         "shipped, not imported": sorted(shipped - needed),
         "imported, not shipped": sorted(needed - shipped),
     }
+
+
+def pinned_packages(bentofile: str) -> dict[str, str]:
+    """{distribution name: pin} of a bentofile's ``python.packages``."""
+    return {
+        pin.split("==")[0].lower(): pin for pin in yaml.safe_load((REPO / bentofile).read_text())["python"]["packages"]
+    }
+
+
+def test_the_cpu_bento_is_the_service_without_torch(imports):
+    """bentofile.cpu.yaml: the service of bentofile.yaml, its files, and its pins less torch and torchvision; and the
+    service imports torch nowhere at module level (only the functions that run a TorchScript artefact or look for a
+    GPU import it), so that it starts and serves an ONNX model without torch (tests/test_torch_free.py)."""
+    full, cpu = (yaml.safe_load((REPO / name).read_text()) for name in BENTOFILES)
+    assert cpu["service"] == full["service"] and cpu["include"] == full["include"] and cpu["exclude"] == full["exclude"]
+    assert not [name for name in pinned_packages("bentofile.cpu.yaml") if name in TORCH_PACKAGES]
+    assert pinned_packages("bentofile.cpu.yaml") == {
+        name: pin for name, pin in pinned_packages("bentofile.yaml").items() if name not in TORCH_PACKAGES
+    }
+    at_import = [
+        f"{name} imports {imported}"
+        for name in import_closure(imports, SERVICE, SERVING_PACKAGE)
+        for imported in imports[name].module_level
+        if imported.split(".")[0] in TORCH_PACKAGES
+    ]
+    assert not at_import, at_import

@@ -111,9 +111,8 @@ def test_the_service_decodes_at_the_training_scale_for_a_model_trained_so(synthe
     path = _files(synthetic_root, 1)[0]
     data = path.read_bytes()
     # What training computed for this file, and what the service computes for an upload of it.
-    assert torch.equal(
-        load_and_preprocess(data, (64, 64), (178, 178), jpeg_scaling=True), ImageLoader(64, 178, True)(str(path))
-    )
+    served = torch.from_numpy(load_and_preprocess(data, (64, 64), (178, 178), jpeg_scaling=True))
+    assert torch.equal(served, ImageLoader(64, 178, True)(str(path)))
     assert decode_image(data, image_size=(64, 64), crop=(178, 178), jpeg_scaling=True).shape == (109, 89, 3)
     assert decode_image(data, image_size=(64, 64), crop=(178, 178)).shape == (218, 178, 3)
     # The decoding budget is charged the pixels actually decoded.

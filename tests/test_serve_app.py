@@ -30,7 +30,7 @@ def _unique(prefix: str) -> str:
 
 def _expected(photo: bytes) -> np.ndarray:
     """The probe model's probabilities for a photo's centre crop (the service's preprocessing, torch alone)."""
-    pixels = load_and_preprocess(photo, (32, 32), (178, 178), jpeg_scaling=True)
+    pixels = torch.from_numpy(load_and_preprocess(photo, (32, 32), (178, 178), jpeg_scaling=True))
     with torch.no_grad():
         return ProbeModel(len(NAMES))(pixels[None].float() / 255)[0].numpy()
 

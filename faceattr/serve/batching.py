@@ -13,8 +13,8 @@ dispatcher (``CorkDispatcher``) is also private API, and its wait heuristic, lea
 lone requests waiting ~100 ms for companions for a long while after a burst (measured: a single client fell
 from 83 to 12 img/s after a concurrency-32 run). ``runner: service`` still gives the BentoML two-service setup.
 
-The model runs on one dedicated thread: one batch at a time, and one OpenMP team for torch instead of one per
-thread of a pool.
+The model runs on one dedicated thread: one batch at a time, and one thread team for the runtime (onnxruntime's, or
+torch's OpenMP) instead of one per thread of a pool.
 """
 
 from __future__ import annotations

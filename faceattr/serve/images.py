@@ -20,8 +20,8 @@ finds the faces, maps each one's five landmarks onto the aligned frame's templat
 178x218 aligned image, and preprocesses that, so an aligned face gets exactly the pixels of an aligned upload.
 
 Decoded photos are uint8 RGB ``(H, W, 3)`` numpy arrays; the model inputs (:func:`load_and_preprocess`,
-:attr:`PreparedFace.pixels`) are uint8 ``(3, h, w)`` tensors, the layout the artefacts take. Nothing here imports
-bentoml, lightning or timm.
+:attr:`PreparedFace.pixels`) are uint8 ``(3, h, w)`` numpy arrays, the layout the artefacts take. Nothing here
+imports torch, bentoml, lightning or timm: the service's API workers serve an ONNX model without torch.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from faceattr.faces import CELEBA_TEMPLATE, Face, FaceDetector, Template, align_face
@@ -206,10 +205,10 @@ def _decode(
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def model_input(image: np.ndarray, image_size: Sequence[int], crop: Sequence[int] | None) -> torch.Tensor:
+def model_input(image: np.ndarray, image_size: Sequence[int], crop: Sequence[int] | None) -> np.ndarray:
     """A decoded photo (or aligned face) -> the uint8 ``(3, h, w)`` model input: :func:`faceattr.preprocess.preprocess`,
-    in the artefacts' channel-first layout."""
-    return torch.from_numpy(preprocess(image, image_size, crop)).permute(2, 0, 1)
+    in the artefacts' channel-first layout (a transposed view of the ``(h, w, 3)`` result)."""
+    return preprocess(image, image_size, crop).transpose(2, 0, 1)
 
 
 def load_and_preprocess(
@@ -218,7 +217,7 @@ def load_and_preprocess(
     crop: Sequence[int] | None,
     limits: ImageLimits = ImageLimits(),
     jpeg_scaling: bool = False,
-) -> torch.Tensor:
+) -> np.ndarray:
     """Encoded bytes -> uint8 ``(3, h, w)`` model input: :func:`decode_image` then the crop and resize (within the
     decoding budget of ``limits``, if any). ``jpeg_scaling``: the model's (its contract)."""
     with contextlib.ExitStack() as hold:
@@ -230,7 +229,7 @@ def load_and_preprocess(
 class PreparedFace:
     """One model input made from an upload, and the face it shows."""
 
-    pixels: torch.Tensor  # uint8 (3, h, w): the model input, exactly as load_and_preprocess makes it
+    pixels: np.ndarray  # uint8 (3, h, w): the model input, exactly as load_and_preprocess makes it
     face: Face | None  # None: a centre crop of the whole photo (no detection)
 
 

@@ -5,6 +5,9 @@ from a path it was given. What the model needs (input size, crop, decode rule, t
 mode it was trained for) is its contract (``faceattr/contract.py``), read from the export's ``faceattr.json``: a
 model exported by an older faceattr is refused with one line saying to export it again. Beside it in the model's
 folder: the model card (``MODEL_CARD.md``, which export writes and ``GET /model_card`` answers).
+
+torch is imported only to run a TorchScript artefact or to look for a GPU on a machine that has one: an ONNX model on
+a CPU is served with numpy and onnxruntime alone (the CPU Bento, ``bentofile.cpu.yaml``, ships no torch).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from faceattr.artefacts import load_torchscript, onnx_session
 from faceattr.contract import ContractError, ModelContract, read_contract
@@ -235,25 +237,58 @@ def served_model(config: ServeConfig, tag: str) -> tuple[ServeConfig, ModelInfo]
     return served_face(config, model), model
 
 
+#: Device files of a GPU driver (NVIDIA's; ROCm's, which torch also calls ``cuda``): without one, no GPU is visible.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd")
+
+
+def gpu_possible() -> bool:
+    """Whether a GPU may be visible to torch, known without importing it (which costs ~700 MB of RSS and ~2 s): a GPU
+    driver's device file exists and ``CUDA_VISIBLE_DEVICES`` does not hide every device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    return any(os.path.exists(path) for path in GPU_DEVICE_FILES)
+
+
+def cuda_available() -> bool:
+    """torch sees a CUDA device (torch imported only where a GPU driver is present; no torch installed: False)."""
+    if not gpu_possible():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def pick_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "cuda" if cuda_available() else "cpu"
+    if device.startswith("cuda") and not cuda_available():
         raise ModelError(f"FACEATTR_SERVE_DEVICE={device}: no CUDA device is visible; use device=cpu or auto")
     return device
 
 
 class Predictor:
-    """Runs the model's TorchScript or ONNX artefact on uint8 batches ``(N, 3, h, w)`` -> float32 ``(N, A)``."""
+    """Runs the model's TorchScript or ONNX artefact on uint8 batches ``(N, 3, h, w)`` -> float32 ``(N, A)``.
+
+    The ONNX artefact runs on numpy (float32 in ``[0, 1]``) through onnxruntime; only the TorchScript one imports
+    torch."""
 
     def __init__(self, info: ModelInfo, config: ServeConfig) -> None:
         self.info = info
         self.format = config.format
         self.device = pick_device(config.device)
         path = info.artefact(config.format)
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
         if self.format == "torchscript":
+            try:
+                import torch
+            except ImportError:
+                raise ModelError(
+                    "format=torchscript needs torch, which this environment lacks (a CPU Bento ships none): serve "
+                    "the model's ONNX artefact (format=onnx or auto), or install torch"
+                ) from None
+            if config.num_threads:
+                torch.set_num_threads(config.num_threads)
             self.module, _ = load_torchscript(path, self.device)
             self.session = None
         else:
@@ -272,6 +307,8 @@ class Predictor:
         if len(images) == 0:
             return np.zeros((0, len(self.info.attributes)), dtype=np.float32)
         if self.module is not None:
+            import torch  # already imported by __init__ for a TorchScript artefact
+
             with torch.inference_mode():
                 batch = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).float().div_(255)
                 return self.module(batch).float().cpu().numpy()

@@ -20,6 +20,11 @@ endpoints get its bytes), the metrics (``metrics.py``: with the attributes found
 after large images (``heap.py``), the model card route and the landing page's text (``pages.py``) and what depends
 on BentoML's internals (``bentoml_workarounds.py``: the input spec that hands the reader's upload to the endpoints,
 and the OpenAPI 3 document).
+
+With an ONNX model on a CPU the service imports no torch: numpy, onnxruntime, Pillow and simplejpeg do the work
+(``benchmarks/serve_memory.py``: each API worker ~205 MB after 300 requests, against ~1 GB with torch imported).
+torch is imported only to run a TorchScript artefact (``runtime.Predictor``), and the CPU Bento
+(``bentofile.cpu.yaml``) ships none (``tests/test_torch_free.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import aiohttp
 import anyio.to_thread
 import bentoml
 import numpy as np
-import torch
 from bentoml.exceptions import BentoMLException
 from starlette.responses import JSONResponse
 
@@ -211,8 +215,6 @@ class FaceAttr:
             )
         else:
             self.batcher = None
-            # Requests are preprocessed in parallel threads; one torch thread each avoids oversubscribing the cores.
-            torch.set_num_threads(1)
 
     async def _prepare(self, data: bytes, options: FaceOptions) -> list[PreparedFace]:
         """One upload as model inputs (one, or one per face with faces=all): checked, decoded, its faces found
@@ -266,7 +268,7 @@ class FaceAttr:
         try:
             options = _options(face, faces)
             prepared = await self._prepare(image, options)
-            probabilities = await self._infer(np.stack([item.pixels.numpy() for item in prepared]))
+            probabilities = await self._infer(np.stack([item.pixels for item in prepared]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
         count_answered(1)
@@ -293,7 +295,7 @@ class FaceAttr:
                 raise item
         firsts = [item[0] for item in prepared]
         try:
-            probabilities = await self._infer(np.stack([item.pixels.numpy() for item in firsts]))
+            probabilities = await self._infer(np.stack([item.pixels for item in firsts]))
         except Rejected as exc:
             return rejected(exc.status, str(exc))
         count_answered(len(firsts))
