@@ -21,16 +21,17 @@ train it again), never served with pixels it was not trained on. No torch, no fr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from faceattr.preprocess import RULE_VERSION, size_pair
 
 #: The contract's version; see the module doc. 2 is the first typed contract (earlier exports had none); 3 adds
-#: ``temperatures`` and ``face_alignment`` (a version-2 contract reads as temperatures 1 and CelebA's alignment).
-FORMAT_VERSION = 3
+#: ``temperatures`` and ``face_alignment`` (a version-2 contract reads as temperatures 1 and CelebA's alignment); 4 adds
+#: ``int8`` (the int8 artefact's measured cost; versions 2 and 3 read as a model without one).
+FORMAT_VERSION = 4
 #: The versions this faceattr reads.
-READABLE_VERSIONS = (2, 3)
+READABLE_VERSIONS = (2, 3, 4)
 #: How the training images were aligned: "celeba" (CelebA's aligned files, or files framed like them) or "detect"
 #: (faceattr's face detector and alignment, ``data.align=detect``: the service then detects faces by default).
 FACE_ALIGNMENTS = ("celeba", "detect")
@@ -52,6 +53,45 @@ def _pair(value: Any, what: str) -> tuple[int, int]:
         return size_pair(value)
     except ValueError:
         raise ContractError(f"{what} must be [height, width] of positive integers, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class Int8Figures:
+    """The int8 ONNX artefact (``export.quantize=int8``) against the fp32 one on the test split, both run by ONNX
+    Runtime on the same preprocessed images: what quantization cost (faceattr/export/quantize.py)."""
+
+    artefact: str  # its file name beside the other artefacts
+    calibration_images: int  # validation images its activation ranges were calibrated on
+    test_images: int
+    auroc_fp32: float | None  # macro AUROC (None: no attribute has both classes in the test labels)
+    auroc_int8: float | None
+    auroc_drop: float | None  # fp32 - int8: what export refuses above quantize.max_auroc_drop
+    acc_fp32: float  # mean accuracy at the contract's thresholds
+    acc_int8: float
+    acc_change: tuple[float, ...]  # per attribute (in attribute order): int8 accuracy - fp32 accuracy
+    max_abs_delta_p: float | None  # the largest |int8 probability - fp32 probability|
+
+    def to_json(self, attributes: Sequence[str]) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["acc_change"] = dict(zip(attributes, self.acc_change))
+        return values
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], attributes: Sequence[str]) -> Int8Figures:
+        change = data.get("acc_change") or {}
+        optional = {name: None if data.get(name) is None else float(data[name]) for name in _OPTIONAL_INT8}
+        return cls(
+            artefact=str(data["artefact"]),
+            calibration_images=int(data["calibration_images"]),
+            test_images=int(data["test_images"]),
+            acc_fp32=float(data["acc_fp32"]),
+            acc_int8=float(data["acc_int8"]),
+            acc_change=tuple(float(change.get(name, 0.0)) for name in attributes),
+            **optional,
+        )
+
+
+_OPTIONAL_INT8 = ("auroc_fp32", "auroc_int8", "auroc_drop", "max_abs_delta_p")
 
 
 @dataclass(frozen=True)
@@ -89,6 +129,8 @@ class ModelContract:
     #: How the training images were aligned (:data:`FACE_ALIGNMENTS`); "detect" makes face=detect the service's
     #: default for this model.
     face_alignment: str = "celeba"
+    #: The int8 ONNX artefact's measured cost (None: the model has no int8 artefact).
+    int8: Int8Figures | None = None
     format_version: int = field(default=FORMAT_VERSION)
 
     def __post_init__(self) -> None:
@@ -113,6 +155,8 @@ class ModelContract:
             )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ContractError(f"mean and std need 3 channels (std > 0), not {list(self.mean)} / {list(self.std)}")
+        if self.int8 is not None and len(self.int8.acc_change) != count:
+            raise ContractError(f"int8 accuracy changes for {len(self.int8.acc_change)} of {count} attributes")
         if self.face_template is not None and len(self.face_template) != 5:
             raise ContractError(f"face_template needs 5 landmarks, not {len(self.face_template)}")
 
@@ -152,6 +196,10 @@ class ModelContract:
     def with_temperatures(self, temperatures: Sequence[float]) -> ModelContract:
         """This contract with one temperature per attribute (in attribute order), applied inside the artefacts."""
         return replace(self, temperatures=tuple(round(float(t), 6) for t in temperatures))
+
+    def with_int8(self, figures: Int8Figures) -> ModelContract:
+        """This contract with its int8 artefact's measured cost."""
+        return replace(self, int8=figures)
 
     # --- reading ----------------------------------------------------------------------------------------------------
 
@@ -198,6 +246,7 @@ class ModelContract:
             "preprocess_rule": self.preprocess_rule,
             "temperatures": dict(zip(self.attributes, self.temperatures)),
             "face_alignment": self.face_alignment,
+            "int8": None if self.int8 is None else self.int8.to_json(self.attributes),
         }
 
     @classmethod
@@ -226,6 +275,7 @@ class ModelContract:
             uncalibrated = set(data.get("uncalibrated_attributes") or attributes)
             template = data.get("face_template") or None
             crop = data.get("crop")
+            int8 = data.get("int8")
             return cls(
                 backbone=str(data["backbone"]),
                 attributes=attributes,
@@ -244,6 +294,7 @@ class ModelContract:
                 preprocess_rule=rule,
                 temperatures=tuple(float(temperatures.get(name, 1.0)) for name in attributes),
                 face_alignment=str(data.get("face_alignment", "celeba")),
+                int8=None if int8 is None else Int8Figures.from_json(int8, attributes),
             )
         except ContractError:
             raise

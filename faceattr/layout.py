@@ -10,7 +10,7 @@ A run dir (``outputs/<date>/<time>-<id>/``, or one job of a sweep ``multirun/<da
     metric_history.json METRIC_HISTORY: a sweep job's per-epoch monitored metric (median pruning)
     split.csv           SPLIT_RECORD: the image -> train/valid/test (and fold) assignment of a data=folder run made
                         without a split column, so eval and export reuse it
-    export/             EXPORT_DIR: model.pt / model.onnx, faceattr.json, config.yaml
+    export/             EXPORT_DIR: model.pt / model.onnx (/ model.int8.onnx), faceattr.json, config.yaml
 
 The export's metadata (with the model's contract, faceattr/contract.py, which also names the artefacts' tensors)
 travels as METADATA_FILE inside each artefact and beside them. The YAML configs spell ``checkpoints`` and
@@ -31,8 +31,11 @@ EXPORT_DIR = "export"
 # A sweep job's monitored metric per validation epoch (median pruning of Optuna trials reads the others').
 METRIC_HISTORY = "metric_history.json"
 
-# Export: the artefact of each format, the metadata and the configs saved beside them.
-ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx"}
+# Export: the artefact of each format (onnx_int8: the int8 ONNX model of export.quantize=int8), the metadata and the
+# configs saved beside them.
+ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+# The formats export.formats may list (onnx_int8 is made from onnx by export.quantize=int8).
+EXPORT_FORMATS = ("torchscript", "onnx")
 METADATA_FILE = "faceattr.json"
 EXPORT_CONFIG = "config.yaml"
 # The model card (Mitchell et al. 2019) written at export beside the artefacts and into the store's model folder.

@@ -297,7 +297,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         len(photos.paths),
         cfg.images,
         info.tag,
-        serve.format,
+        predictor.artefact,  # the format, or onnx_int8 (the serve setting precision)
         predictor.device,
         face + (" (the model's own)" if cfg.face == FACE_AUTO else ""),
         threads,

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from faceattr.contract import CONTRACT_KEY, FORMAT_VERSION, ContractError, ModelContract, read_contract
+from faceattr.contract import CONTRACT_KEY, FORMAT_VERSION, ContractError, Int8Figures, ModelContract, read_contract
 from faceattr.preprocess import RULE_VERSION
 from faceattr.serve.runtime import ModelError, read_model_info
 
@@ -49,6 +49,35 @@ def test_json_round_trip_is_exact_and_plain_json():
     back = read_contract({CONTRACT_KEY: data}, "model m")
     assert back == contract
     assert back.threshold_of()["Male"] == 0.55 and back.calibrated == (True, True, False)
+
+
+def _int8(changes=(0.01, -0.02, 0.0)) -> Int8Figures:
+    return Int8Figures(
+        artefact="model.int8.onnx",
+        calibration_images=256,
+        test_images=1000,
+        auroc_fp32=0.91,
+        auroc_int8=0.905,
+        auroc_drop=0.005,
+        acc_fp32=0.88,
+        acc_int8=0.879,
+        acc_change=tuple(changes),
+        max_abs_delta_p=0.03,
+    )
+
+
+def test_int8_figures_round_trip_by_attribute_name_and_older_versions_read_without_them():
+    contract = _calibrated().with_int8(_int8())
+    data = json.loads(json.dumps(contract.to_json()))
+    assert data["format_version"] == FORMAT_VERSION == 4
+    assert data["int8"]["acc_change"] == {"Smiling": 0.01, "Male": -0.02, "Eyeglasses": 0.0}
+    assert read_contract({CONTRACT_KEY: data}, "model m") == contract
+    assert read_contract({CONTRACT_KEY: data}, "model m").int8.auroc_drop == 0.005
+    for version in (2, 3):  # written before int8 existed: no "int8" key
+        older = {k: v for k, v in _calibrated().to_json().items() if k != "int8"}
+        assert read_contract({CONTRACT_KEY: {**older, "format_version": version}}, "model m").int8 is None
+    with pytest.raises(ContractError, match="int8 accuracy changes for 2 of 3 attributes"):
+        _calibrated().with_int8(_int8((0.0, 0.0)))
 
 
 @pytest.mark.parametrize(

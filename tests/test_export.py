@@ -392,7 +392,8 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path, monkeypa
     valid = (
         "valid: ckpt, name, store, output_dir, data_root, test_metrics, groups, parity.num_images, parity.atol, "
         "calibration.max_images, calibration.default_threshold, calibration.batch_size, calibration.num_workers, "
-        "export.formats, export.opset, export.calibration; groups: export=onnx|torchscript"
+        "quantize.num_images, quantize.max_auroc_drop, export.formats, export.opset, export.calibration, "
+        "export.quantize; groups: export=onnx|torchscript"
     )
     cases = {
         "foo=1": f"unknown export option 'foo'; {valid}",
@@ -407,6 +408,8 @@ def test_unknown_or_bad_export_options_are_one_line(tiny_run, tmp_path, monkeypa
         "store=maybe": "store='maybe': expected true or false",
         "export.opset=5": "export.opset=5: expected null or an ONNX opset >= 7",
         "export.calibration=platt": "export.calibration='platt': expected none or temperature",
+        "export.quantize=int4": "export.quantize='int4': expected none or int8",
+        "quantize.num_images=0": "quantize.num_images=0: expected an integer >= 1",
         "groups=Male": "groups='Male': expected null or a list of attribute names, e.g. [Male]",
         "parity=3": "parity=3: parity is a group of settings, set them one by one: parity.num_images=..., "
         "parity.atol=...",

@@ -193,6 +193,7 @@ SERVE_CONF = REPO / "conf" / "serve"
 OVERRIDES = {
     "model": ("faceattr:1.10", "faceattr:1.10"),
     "format": ("onnx", "onnx"),
+    "precision": ("fp32", "fp32"),
     "runner": ("service", "service"),
     "device": ("cuda:1", "cuda:1"),
     "threshold_mode": ("fixed", "fixed"),

@@ -12,6 +12,8 @@ from faceattr.constraints import BATCH_SIZE, NON_NEGATIVE, WORKERS, at_least, be
 
 #: export.calibration's values: the artefacts' probabilities as the model gives them, or temperature-scaled.
 CALIBRATIONS = ("none", "temperature")
+#: export.quantize's values (faceattr/export/quantize.py's QUANTIZE).
+QUANTIZE = ("none", "int8")
 
 
 @dataclass
@@ -31,10 +33,19 @@ class CalibrationConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    num_images: int = setting(
+        MISSING, check=at_least(1), problem="expected an integer >= 1 (calibration needs at least one image)"
+    )
+    max_auroc_drop: float = setting(MISSING, problem="expected a number, e.g. 0.005")
+
+
+@dataclass
 class ExportFormatConfig:
     formats: list[str] = setting(MISSING, problem="expected a list, e.g. [onnx]")
     opset: Optional[int] = setting(MISSING, check=at_least(7), problem="expected null or an ONNX opset >= 7")
     calibration: str = setting(MISSING, check=one_of(CALIBRATIONS), problem="expected none or temperature")
+    quantize: str = setting(MISSING, check=one_of(QUANTIZE), problem="expected none or int8")
 
 
 @dataclass
@@ -48,5 +59,6 @@ class ExportConfig:
     groups: Optional[list[str]] = setting(MISSING, problem="expected null or a list of attribute names, e.g. [Male]")
     parity: ParityConfig = field(default_factory=ParityConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     # The group conf/export/ (export=onnx | torchscript).
     export: ExportFormatConfig = field(default_factory=ExportFormatConfig)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from faceattr.attributes import CELEBA_ATTRIBUTES
@@ -271,6 +272,28 @@ def _calibration(test: dict[str, Any]) -> list[str]:
     ]
 
 
+def _int8(contract: dict[str, Any]) -> list[str]:
+    """The int8 artefact's cost (export.quantize=int8): both artefacts on the same test images, through ONNX Runtime."""
+    int8 = contract.get("int8")
+    if not int8:
+        return []
+    rows = [
+        ("Macro AUROC", fmt(int8["auroc_fp32"]), fmt(int8["auroc_int8"]), fmt(int8["auroc_drop"])),
+        ("Mean accuracy at the thresholds", fmt(int8["acc_fp32"]), fmt(int8["acc_int8"]), MISSING),
+    ]
+    changes = sorted((int8.get("acc_change") or {}).items(), key=lambda item: item[1])
+    worst = ", ".join(f"{name} {change:+.4f}" for name, change in changes[:3]) or MISSING
+    return [
+        f"### int8 artefact ({int8['artefact']}; {int8['test_images']} test images, calibrated on "
+        f"{int8['calibration_images']} validation images)",
+        "",
+        *_table(("Figure", "fp32", "int8", "Drop (fp32 - int8)"), rows),
+        "",
+        f"Largest |probability difference| from fp32: {fmt(int8['max_abs_delta_p'])}; largest accuracy losses: "
+        f"{worst}.",
+    ]
+
+
 ETHICS = """## Ethical considerations
 
 - The model's outputs are about people's faces. Errors are not spread evenly: read the disaggregated table and the
@@ -335,7 +358,29 @@ def render_card(
         _groups(group_rows),
         _worst(test),
         _calibration(test),
+        _int8(contract),
         [ETHICS],
         _caveats(metadata),
     ]
     return "\n\n".join("\n".join(part) for part in parts if part) + "\n"
+
+
+def training_data(run_config: dict[str, Any]) -> dict[str, Any]:
+    """What the model was trained on, for the card: the run's data root and module, and whether the faces were
+    generated (``data.synthetic`` set, or the generator's marker in the data root)."""
+    from faceattr.data.synthetic import read_marker
+
+    data = run_config.get("data") or {}
+    if not data:
+        return {}
+    root, synthetic = data.get("root"), data.get("synthetic")
+    marker = read_marker(Path(str(root)).expanduser()) if root else None
+    generated = dict(synthetic) if isinstance(synthetic, dict) else None
+    if generated is None and marker:
+        generated = {key: marker[key] for key in ("num_images", "seed") if key in marker}
+    return {
+        "root": root,
+        "data_module": str(data.get("_target_", "")).rsplit(".", 1)[-1] or None,
+        "limit": data.get("limit"),
+        "generated": generated,
+    }

@@ -12,7 +12,9 @@
    decision metrics, positive rates, calibration before and after scaling, the groups (``faceattr/export/figures.py``);
 4. write each format to ``<run dir>/export/`` and check it against the Lightning model's scaled probabilities on
    validation images (fails above ``parity.atol``; ``faceattr/export/build.py``);
-5. write ``MODEL_CARD.md`` from those figures (``faceattr/export/model_card.py``) and save a new version of the
+5. with ``export.quantize=int8``, quantize the ONNX artefact (calibrated on validation inputs), judge it on the test
+   inputs against the fp32 one and refuse it above ``quantize.max_auroc_drop`` (``faceattr/export/quantize.py``);
+6. write ``MODEL_CARD.md`` from those figures (``faceattr/export/model_card.py``) and save a new version of the
    BentoML model ``name`` with the artefacts, ``faceattr.json`` (the contract, then the export's figures and
    provenance), ``config.yaml`` and the card (``faceattr/export/store.py``).
 """
@@ -34,14 +36,22 @@ import faceattr
 from faceattr.atomic import remove_stale_temporaries, writable_directory, write_json
 from faceattr.contract import CONTRACT_KEY, ModelContract
 from faceattr.errors import UserError
-from faceattr.export import build
+from faceattr.export import build, quantize
 from faceattr.export.calibrate import ImageSet, predict, split_metrics, split_set
 from faceattr.export.figures import ECE_BINS, SplitFigures, split_figures
-from faceattr.export.model_card import render_card
+from faceattr.export.model_card import render_card, training_data
 from faceattr.export.options import check_options
 from faceattr.export.store import check_model_name, store_export
 from faceattr.faces import CELEBA_TEMPLATE, estimate_template, find_landmark_file
-from faceattr.layout import ARTEFACT_FILES, CHECKPOINT_DIR, EXPORT_CONFIG, EXPORT_DIR, METADATA_FILE, MODEL_CARD_FILE
+from faceattr.layout import (
+    ARTEFACT_FILES,
+    CHECKPOINT_DIR,
+    EXPORT_CONFIG,
+    EXPORT_DIR,
+    EXPORT_FORMATS,
+    METADATA_FILE,
+    MODEL_CARD_FILE,
+)
 from faceattr.model.loading import load_module
 from faceattr.model.metrics import f1_thresholds
 from faceattr.preprocess import ALIGNED_SIZE
@@ -55,9 +65,9 @@ DEFAULT_GROUPS = ("Male", "Young")
 
 def _formats(cfg: DictConfig) -> list[str]:
     formats = list(cfg.export.get("formats") or [])
-    unknown = [f for f in formats if f not in ARTEFACT_FILES]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if not formats or unknown:
-        raise UserError(f"export.formats={formats}: expected a non-empty list of {', '.join(ARTEFACT_FILES)}")
+        raise UserError(f"export.formats={formats}: expected a non-empty list of {', '.join(EXPORT_FORMATS)}")
     return list(dict.fromkeys(formats))
 
 
@@ -79,6 +89,7 @@ class Calibration:
     calibrated: torch.Tensor  # bool per attribute
     method: str
     metrics: dict[str, Any]
+    quantize_inputs: torch.Tensor | None = None  # uint8 validation inputs int8 is calibrated on (quantize=int8)
 
 
 def _describe(contract: ModelContract) -> None:
@@ -115,6 +126,8 @@ def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resol
     default = float(calib_cfg.default_threshold)
     validation, note = split_set(hparams, resolved.run_config, cfg.get("data_root"), "valid", resolved.run_dir)
     if validation is None:
+        if quantize.requested(cfg):
+            raise UserError(f"export.quantize=int8 calibrates on validation images, and there are none: {note}")
         _temperatures(cfg, contract, torch.empty(0, len(attributes)), torch.empty(0, len(attributes)), note)
         log.warning(
             f"warning:     no validation data: {note}; thresholds stay at {default} and the parity check uses "
@@ -137,9 +150,11 @@ def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resol
 
     _groups(cfg, validation.datamodule)  # a group the data lacks fails here, before anything slow
     limit = calib_cfg.get("max_images")
-    count = len(validation.paths) if limit is None else min(len(validation.paths), max(int(limit), num_parity))
+    keep = max(num_parity, int(cfg.quantize.num_images)) if quantize.requested(cfg) else num_parity
+    count = len(validation.paths) if limit is None else min(len(validation.paths), max(int(limit), keep))
     t0 = time.time()
-    inputs, logits = _predict(cfg, module, contract, validation, count, keep=num_parity)
+    kept, logits = _predict(cfg, module, contract, validation, count, keep=keep)
+    inputs = kept[:num_parity]
     labels = validation.labels[:count]
     log.info(f"validation:  {count} images of {note} ({time.time() - t0:.1f}s through the Lightning model)")
     temperatures = _temperatures(cfg, contract, logits, labels, note)
@@ -176,6 +191,7 @@ def _calibrate(cfg: DictConfig, module, contract: ModelContract, resolved: Resol
         calibrated,
         method,
         metrics,
+        kept[: int(cfg.quantize.num_images)] if quantize.requested(cfg) else None,
     )
 
 
@@ -210,19 +226,22 @@ def _groups(cfg: DictConfig, datamodule) -> list[str]:
     return list(dict.fromkeys(str(name) for name in chosen))
 
 
-def _test_metrics(cfg: DictConfig, module, contract: ModelContract, resolved: Resolved) -> SplitFigures:
+def _test_metrics(cfg: DictConfig, module, contract: ModelContract, resolved: Resolved):
     """Step 3: the served model (temperatures and thresholds of ``contract``) on the run's whole test split: the
-    figures of :mod:`faceattr.export.figures` (empty when off or there is no data)."""
+    figures of :mod:`faceattr.export.figures` (empty when off or there is no data), and with ``export.quantize=int8``
+    the test split's uint8 inputs and labels (int8 is judged on them; else empty)."""
+    nothing = torch.empty(0, 3, *contract.image_size, dtype=torch.uint8), torch.empty(0, len(contract.attributes))
     if not cfg.get("test_metrics", True):
-        return SplitFigures()
+        return SplitFigures(), *nothing
     test, note = split_set(dict(module.hparams), resolved.run_config, cfg.get("data_root"), "test", resolved.run_dir)
     if test is None:
         log.info(f"test:        skipped: {note}")
-        return SplitFigures()
+        return SplitFigures(), *nothing
     groups = _groups(cfg, test.datamodule)
     group_labels = test.datamodule.group_labels("test", groups) if groups else None
     t0 = time.time()
-    _, logits = _predict(cfg, module, contract, test, None, keep=0)
+    keep = len(test.paths) if quantize.requested(cfg) else 0
+    inputs, logits = _predict(cfg, module, contract, test, None, keep=keep)
     method = str(cfg.export.get("calibration", "none"))
     figures = split_figures(logits, test.labels, contract, method, group_labels, groups)
     metrics = figures.metrics
@@ -241,7 +260,7 @@ def _test_metrics(cfg: DictConfig, module, contract: ModelContract, resolved: Re
             f"  groups:    {', '.join(groups)}; lowest worst-group accuracy {entry['worst_group_acc']:.4f} "
             f"({name}: {entry['worst_group']}; average {entry['avg_acc']:.4f})"
         )
-    return figures
+    return figures, inputs, test.labels
 
 
 def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
@@ -255,27 +274,6 @@ def _tested_checkpoint_metrics(resolved: Resolved) -> dict[str, Any]:
     if any(path.is_file() and path.resolve() == exported for path in candidates):
         return dict(record.test)
     return {}
-
-
-def _training_data(run_config: dict[str, Any]) -> dict[str, Any]:
-    """What the model was trained on, for the card: the run's data root and module, and whether the faces were
-    generated (``data.synthetic`` set, or the generator's marker in the data root)."""
-    from faceattr.data.synthetic import read_marker
-
-    data = run_config.get("data") or {}
-    if not data:
-        return {}
-    root, synthetic = data.get("root"), data.get("synthetic")
-    marker = read_marker(Path(str(root)).expanduser()) if root else None
-    generated = dict(synthetic) if isinstance(synthetic, dict) else None
-    if generated is None and marker:
-        generated = {key: marker[key] for key in ("num_images", "seed") if key in marker}
-    return {
-        "root": root,
-        "data_module": str(data.get("_target_", "")).rsplit(".", 1)[-1] or None,
-        "limit": data.get("limit"),
-        "generated": generated,
-    }
 
 
 def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: Calibration, test_metrics) -> dict:
@@ -305,7 +303,7 @@ def _metadata(contract: ModelContract, module, resolved: Resolved, calibration: 
             "picked": resolved.reason,
             "run_test_is_this_checkpoint": bool(run_test),
         },
-        "training_data": _training_data(resolved.run_config),
+        "training_data": training_data(resolved.run_config),
         # The training hyper-parameters the contract does not hold (provenance only).
         "hparams": {k: v for k, v in dict(module.hparams).items() if k not in contract_fields},
     }
@@ -332,6 +330,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     check_options(cfg)  # unknown keys and bad values: one line, before anything slow
     formats = _formats(cfg)
+    quantize.check_request(cfg, formats)
     if cfg.get("store", True):
         check_model_name(cfg.name)  # fail before the slow part
     if cfg.export.get("calibration") == "temperature" and cfg.calibration.get("max_images") == 0:
@@ -354,7 +353,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     contract = contract.with_temperatures(calibration.temperatures).with_thresholds(
         calibration.thresholds.tolist(), calibration.calibrated.tolist(), calibration.method
     )
-    figures = _test_metrics(cfg, module, contract, resolved)
+    figures, *tests = _test_metrics(cfg, module, contract, resolved)
     contract = _face_template(cfg, resolved, contract)
     metadata = _metadata(contract, module, resolved, calibration, figures.metrics)
 
@@ -362,6 +361,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     parity = build.ParityImages(calibration.inputs, calibration.reference, calibration.parity_source)
     files, metadata["parity"] = build.write_checked(module, contract, formats, parity, metadata, out_dir, atol, opset)
     metadata["formats"] = {fmt: ARTEFACT_FILES[fmt] for fmt in formats}
+    if calibration.quantize_inputs is not None:  # step 5
+        contract = quantize.add_int8(cfg, contract, files, metadata, out_dir, calibration.quantize_inputs, tests)
     exported_on = datetime.now(UTC).date().isoformat()
 
     def card(tag: str | None) -> str:
@@ -387,6 +388,6 @@ def summary_lines(cfg: DictConfig, metadata: dict[str, Any]) -> list[str]:
     tag = metadata.get("tag")
     if tag:
         hint = "" if str(cfg.name) == "faceattr" else f"FACEATTR_SERVE_MODEL={tag} "
-        onnx = "FACEATTR_SERVE_FORMAT=onnx " if list(metadata["formats"]) == ["onnx"] else ""
+        onnx = "FACEATTR_SERVE_FORMAT=onnx " if set(metadata["formats"]) <= {"onnx", quantize.INT8} else ""
         lines.append(f"serve it:    {hint}{onnx}bentoml serve   (from the repo root; see docs/serving.md)")
     return lines

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -52,6 +53,10 @@ BASE = "default"
 DEFAULTS = "defaults"
 SELF = "_self_"
 FORMATS = ("auto", "torchscript", "onnx")
+#: The ``precision`` setting: the fp32 artefact, the int8 ONNX one (export.quantize=int8), or int8 where it helps.
+PRECISIONS = ("auto", "fp32", "int8")
+#: The int8 ONNX artefact's key in a model's ``formats`` (faceattr.layout.ARTEFACT_FILES).
+INT8_ARTEFACT = "onnx_int8"
 THRESHOLD_MODES = ("calibrated", "fixed")
 RUNNERS = ("inline", "service")
 #: Where the model looks in a photo (a request's ``face``): its centre (as CelebA's aligned frame), or the face a
@@ -85,6 +90,7 @@ class ServeConfig:
 
     model: str
     format: str = setting(**_one_of(FORMATS))
+    precision: str = setting(**_one_of(PRECISIONS))
     runner: str = setting(**_one_of(RUNNERS))
     device: str = setting(
         check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),
@@ -146,6 +152,7 @@ class ServeConfig:
         keys = (
             "model",
             "format",
+            "precision",
             "runner",
             "device",
             "api_workers",
@@ -160,6 +167,20 @@ class ServeConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig) if f.name != "source"}
+
+
+def served_artefact(config: ServeConfig, formats: Mapping[str, str], device: str) -> str:
+    """The key (in the model's ``formats``) of the artefact to run, ``config.format`` being decided (onnx or
+    torchscript): the int8 ONNX artefact for ``precision: int8``, and for ``auto`` when the model has one and runs
+    ONNX on a CPU (where int8 pays: issue 23's int8 / fp32 ratio); else the format's fp32 artefact."""
+    if config.precision == "int8" and config.format != "onnx":
+        raise ServeConfigError(
+            f"precision=int8 runs the model's int8 ONNX artefact, not {config.format}: use format=onnx (or auto on a "
+            "CPU), or precision=fp32"
+        )
+    cpu = device == "cpu"
+    int8 = config.precision == "int8" or (config.precision == "auto" and INT8_ARTEFACT in formats and cpu)
+    return INT8_ARTEFACT if config.format == "onnx" and int8 else config.format
 
 
 def bento_root() -> Path | None:

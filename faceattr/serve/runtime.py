@@ -24,7 +24,7 @@ import numpy as np
 from faceattr.artefacts import load_torchscript, onnx_session
 from faceattr.contract import ContractError, ModelContract, read_contract
 from faceattr.layout import METADATA_FILE, MODEL_CARD_FILE
-from faceattr.serve.config import FACE_AUTO, ServeConfig, bento_root
+from faceattr.serve.config import FACE_AUTO, ServeConfig, ServeConfigError, bento_root, served_artefact
 
 if TYPE_CHECKING:
     import bentoml
@@ -278,7 +278,11 @@ class Predictor:
         self.info = info
         self.format = config.format
         self.device = pick_device(config.device)
-        path = info.artefact(config.format)
+        try:  # the fp32 artefact of the format, or the int8 ONNX one (``precision``)
+            self.artefact = served_artefact(config, info.formats, self.device)
+        except ServeConfigError as exc:
+            raise ModelError(str(exc)) from None
+        path = info.artefact(self.artefact)
         if self.format == "torchscript":
             try:
                 import torch
