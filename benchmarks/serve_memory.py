@@ -23,10 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +37,7 @@ import yaml
 from packaging.requirements import Requirement
 
 from benchmarks.common import REPO
+from benchmarks.served_model import Server
 from faceattr.atomic import write_json
 
 #: The photo sent by default: matplotlib's sample portrait (the one the serving tests send).
@@ -85,12 +82,6 @@ def installed_sizes(bentofile: Path) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def maps_libtorch(pid: int) -> bool:
     """Whether process ``pid`` has a libtorch shared object mapped (``/proc/<pid>/maps``)."""
     try:
@@ -111,7 +102,6 @@ def role(process: psutil.Process, server_pid: int) -> str:
 
 
 def measure(bentoml_home: Path, model: str, workers: int, requests: int, clients: int, photo: Path) -> dict[str, Any]:
-    port = _free_port()
     env = {
         **os.environ,
         "BENTOML_HOME": str(bentoml_home),
@@ -121,57 +111,36 @@ def measure(bentoml_home: Path, model: str, workers: int, requests: int, clients
         "FACEATTR_SERVE_FORMAT": "onnx",
         "FACEATTR_SERVE_API_WORKERS": str(workers),
     }
-    log = tempfile.NamedTemporaryFile("w+", prefix="faceattr-serve-memory-", suffix=".log", delete=False)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkstemp(prefix="faceattr-serve-memory-", suffix=".log")[1])
+    server = Server(env, log)  # the serving benchmark's `bentoml serve`, on a free loopback port
     try:
-        deadline = time.time() + START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"error: bentoml serve exited {server.returncode}; its log: {log.name}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit(f"error: bentoml serve not ready in {START_TIMEOUT_S} s; its log: {log.name}")
-            time.sleep(0.5)
-        data = photo.read_bytes()
+        try:
+            server.wait_ready(START_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise SystemExit(f"error: {str(exc).splitlines()[0]} (its log: {log})") from None
+        files = {"image": (photo.name, photo.read_bytes(), "image/jpeg")}
 
         def post(_: int) -> int:
             with httpx.Client(timeout=60) as client:
-                return client.post(f"{url}/predict", files={"image": (photo.name, data, "image/jpeg")}).status_code
+                return client.post(f"{server.url}/predict", files=files).status_code
 
         started = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             statuses = list(pool.map(post, range(requests)))
         seconds = time.perf_counter() - started
-        tree = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+        pid = server.process.pid
+        tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
         processes = [
             {
                 "pid": p.pid,
-                "role": role(p, server.pid),
+                "role": role(p, pid),
                 "rss_mb": round(p.memory_info().rss / 2**20, 1),
                 "maps_libtorch": maps_libtorch(p.pid),
             }
             for p in tree
         ]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
+        server.stop()
     return {
         "model": model,
         "api_workers": workers,
@@ -179,7 +148,7 @@ def measure(bentoml_home: Path, model: str, workers: int, requests: int, clients
         "answered_200": statuses.count(200),
         "seconds": round(seconds, 2),
         "processes": processes,
-        "log": log.name,
+        "log": str(log),
     }
 
 
