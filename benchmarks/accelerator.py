@@ -16,14 +16,19 @@ Three questions, each answered with the project's own code:
   the real pipeline on the generated CelebA folder, per input size: JPEG decode + crop + resize + flip + collate
   (``CelebAImages``), and the same items read from the pre-decoded cache (``data.cache``). The worker's output is
   the uint8 batch: the float conversion runs on the device. Workers needed for 10,000 img/s = 10,000 / that.
-* **Serving.** The TorchScript artefact as ``export.py`` writes it (a random checkpoint of the production-size model,
-  ``export=torchscript store=false``), run by the service's ``Predictor`` on the device on uint8 batches; and the
-  host CPU time per image of the service's preprocessing (``load_and_preprocess``: decode, crop, resize, one
-  thread), which says how many cores it takes to feed the device's rate.
+* **Serving.** The artefacts as ``export.py`` writes them (a random checkpoint of the production-size model,
+  ``export=onnx export.quantize=int8 store=false``: TorchScript, fp32 ONNX and the int8 ONNX calibrated on the
+  generated folder's validation images), each run by the service's ``Predictor`` on uint8 batches: TorchScript on
+  the device, the two ONNX artefacts on the host CPU (onnxruntime is its CPU wheel: on a GPU machine they say so),
+  with the int8 / fp32 ONNX ratio at the largest batch. Where this Python lacks onnx, onnxscript or onnxruntime (a
+  GPU machine's image may), the export is ``export=torchscript`` and the ONNX rows are recorded as skipped, in one
+  line. And the host CPU time per image of the service's preprocessing (``load_and_preprocess``: decode, crop,
+  resize, one thread), which says how many cores it takes to feed the device's rate.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
@@ -41,7 +46,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks.common import REPO
-from benchmarks.timing import interleaved, latency_summary, median, timed_calls
+from benchmarks.timing import interleaved, latency_summary, median, ratio, timed_calls
 from faceattr.errors import UserError
 
 #: Images per second a GPU training run would ask of its loader, for the "workers per" figures.
@@ -77,6 +82,7 @@ class AcceleratorSettings:
     serve_model: tuple[str, ...]  # config overrides of the served model
     serve_batches: tuple[int, ...]
     serve_calls: int  # timed calls per batch size
+    quantize_images: int  # validation images the int8 artefact is calibrated on (export's quantize.num_images)
     preprocess_images: int  # JPEGs through load_and_preprocess per repetition
 
 
@@ -95,6 +101,7 @@ MODES = {
         serve_model=("model=resnet50", "data.image_size=128"),
         serve_batches=(1, 32, 128),
         serve_calls=30,
+        quantize_images=256,
         preprocess_images=64,
     ),
     "quick": AcceleratorSettings(
@@ -111,6 +118,7 @@ MODES = {
         serve_model=("model=resnet50", "data.image_size=128"),
         serve_batches=(1, 32, 128),
         serve_calls=15,
+        quantize_images=128,
         preprocess_images=64,
     ),
     "tiny": AcceleratorSettings(
@@ -127,6 +135,7 @@ MODES = {
         serve_model=("model=tiny_resnet", "data.image_size=32"),
         serve_batches=(1, 8),
         serve_calls=2,
+        quantize_images=16,
         preprocess_images=8,
     ),
 }
@@ -387,9 +396,21 @@ def loader_one(settings: AcceleratorSettings, root: Path, data_cfg, image_size: 
 # --- serving --------------------------------------------------------------------------------------------------------
 
 
-def export_torchscript(settings: AcceleratorSettings, out: Path) -> tuple[Path, float]:
-    """A random checkpoint of the served model exported by the project's export (``export=torchscript
-    store=false``: no BentoML store needed) into ``out/export``; returns that folder and the export's seconds."""
+#: What the ONNX rows need: the ONNX exporter (onnx, onnxscript) and ONNX Runtime (int8 quantization, the runs).
+ONNX_MODULES = ("onnx", "onnxscript", "onnxruntime")
+
+
+def onnx_missing() -> str | None:
+    """Why this Python cannot make and run the ONNX artefacts (one line), or None when it can."""
+    missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
+    return f"this Python lacks {', '.join(missing)}" if missing else None
+
+
+def export_served(settings: AcceleratorSettings, out: Path, data_root: Path, onnx: bool) -> tuple[Path, float]:
+    """A random checkpoint of the served model exported by the project's export (``store=false``: no BentoML store
+    needed) into ``out/export-<formats>``; returns that folder and the export's seconds. ``onnx``: ``export=onnx
+    export.quantize=int8`` (TorchScript, fp32 ONNX, int8 ONNX calibrated on ``data_root``'s validation images and
+    judged on its test split), else ``export=torchscript``."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -399,21 +420,33 @@ def export_torchscript(settings: AcceleratorSettings, out: Path) -> tuple[Path, 
     from faceattr.export.pipeline import export
 
     checkpoint = random_checkpoint(quickstart_config(*settings.serve_model), out / "random.ckpt")
+    folder = out / ("export-onnx" if onnx else "export-torchscript")
+    overrides = [
+        f"ckpt={checkpoint}",
+        "store=false",
+        f"output_dir={folder}",
+        "calibration.num_workers=0",
+        "parity.num_images=8",
+    ]
+    if onnx:
+        overrides += [
+            "export=onnx",
+            "export.quantize=int8",
+            # int8 is calibrated on validation images and judged on the test split, so test_metrics stays on (export
+            # refuses export.quantize=int8 without it); the generated folder's test split is small.
+            f"data_root={data_root}",
+            f"calibration.max_images={settings.quantize_images}",
+            f"quantize.num_images={settings.quantize_images}",
+            # Random weights: their AUROC is chance for fp32 and int8 alike, so the drop says nothing; this measures
+            # speed only, and a drop refused here would lose the figures.
+            "quantize.max_auroc_drop=1.0",
+        ]
+    else:
+        overrides += ["export=torchscript", "test_metrics=false"]
     register_schemas()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "export",
-            overrides=[
-                f"ckpt={checkpoint}",
-                "export=torchscript",
-                "store=false",
-                f"output_dir={out / 'export'}",
-                "test_metrics=false",
-                "calibration.num_workers=0",
-                "parity.num_images=8",
-            ],
-        )
+        cfg = compose("export", overrides=overrides)
     started = time.perf_counter()
     level = logging.getLogger("faceattr").level
     logging.getLogger("faceattr").setLevel(logging.ERROR)  # export: its progress lines, its note on random images
@@ -421,7 +454,7 @@ def export_torchscript(settings: AcceleratorSettings, out: Path) -> tuple[Path, 
         export(cfg)
     finally:
         logging.getLogger("faceattr").setLevel(level)
-    return out / "export", time.perf_counter() - started
+    return folder, time.perf_counter() - started
 
 
 def preprocess_ms(images: list[Path], info, repetitions: int) -> dict[str, Any]:
@@ -451,36 +484,97 @@ def preprocess_ms(images: list[Path], info, repetitions: int) -> dict[str, Any]:
     }
 
 
-def serving(settings: AcceleratorSettings, device: torch.device, images: list[Path], tmp: Path) -> dict[str, Any]:
-    """The exported TorchScript run by the service's Predictor on ``device`` at each batch size, and the host CPU
-    cost of preprocessing one image; ``cores_to_feed`` = the largest batch's img/s x that cost."""
+def served_rows(device: torch.device, onnx: bool) -> list[dict[str, Any]]:
+    """The rows of the serving table: (runtime, precision, device, the Predictor's settings). TorchScript on the
+    device; with ``onnx``, the fp32 and int8 ONNX artefacts on the CPU (onnxruntime is its CPU wheel, so on a GPU
+    machine they run on the host)."""
+    rows = [{"runtime": "TorchScript", "precision": "fp32", "device": device.type, "format": "torchscript"}]
+    if onnx:
+        rows += [
+            {"runtime": "ONNX Runtime", "precision": precision, "device": "cpu", "format": "onnx"}
+            for precision in ("fp32", "int8")
+        ]
+    for row in rows:
+        row["host_cpu"] = row["device"] == "cpu" and device.type != "cpu"
+        row["label"] = f"{row['runtime']} {row['precision']} on {row['device']}" + (
+            " (the host: onnxruntime is the CPU wheel)" if row["host_cpu"] else ""
+        )
+    return rows
+
+
+def time_row(row: dict[str, Any], info, settings: AcceleratorSettings) -> dict[str, Any]:
+    """``row`` with its artefact run by the service's Predictor on uint8 batches: per batch size, p50/p99 latency
+    and img/s."""
     from faceattr.serve.config import default_serve_config
     from faceattr.serve.runtime import Predictor
 
-    folder, export_s = export_torchscript(settings, tmp)
-    from faceattr.serve.runtime import read_model_info
-
-    info = read_model_info(folder, f"export:{folder.name}")
-    predictor = Predictor(info, default_serve_config(format="torchscript", device=device.type))
-    result: dict[str, Any] = {
-        "backbone": info.contract.backbone,
-        "image_size": list(info.image_size),
-        "format": "torchscript",
-        "device": predictor.device,
-        "export_s": round(export_s, 1),
-        "batches": {},
-    }
+    config = default_serve_config(format=row["format"], precision=row["precision"], device=row["device"])
+    predictor = Predictor(info, config)
+    timed: dict[str, Any] = {**row, "artefact": predictor.artefact, "batches": {}}
     generator = torch.Generator().manual_seed(0)
     for batch in settings.serve_batches:
         x = torch.randint(0, 256, (batch, 3, *info.image_size), dtype=torch.uint8, generator=generator).numpy()
         seconds = timed_calls(lambda x=x: predictor(x), settings.serve_calls, warmup=5)
         summary = latency_summary(seconds, batch)
-        result["batches"][str(batch)] = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+        timed["batches"][str(batch)] = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+    return timed
+
+
+def serving(
+    settings: AcceleratorSettings, device: torch.device, images: list[Path], tmp: Path, data_root: Path
+) -> dict[str, Any]:
+    """The exported artefacts run by the service's Predictor at each batch size (:func:`served_rows`), the int8 /
+    fp32 ONNX ratio at the largest batch, and the host CPU cost of preprocessing one image; ``cores_to_feed`` = the
+    device row's img/s at the largest batch x that cost."""
+    from faceattr.serve.runtime import read_model_info
+
+    onnx_skipped = onnx_missing()
+    folder = None
+    if onnx_skipped is None:
+        try:
+            folder, export_s = export_served(settings, tmp, data_root, onnx=True)
+        except Exception as exc:  # noqa: BLE001 - the ONNX rows are optional on a GPU machine: TorchScript still runs
+            onnx_skipped = f"export=onnx export.quantize=int8 failed: {_last_line(exc)}"
+    if folder is None:
+        folder, export_s = export_served(settings, tmp, data_root, onnx=False)
+    info = read_model_info(folder, f"export:{folder.name}")
+    top = str(max(settings.serve_batches))
+    rows = [time_row(row, info, settings) for row in served_rows(device, onnx_skipped is None)]
+    result: dict[str, Any] = {
+        "backbone": info.contract.backbone,
+        "image_size": list(info.image_size),
+        "device": device.type,
+        "export": "export=torchscript" if onnx_skipped else "export=onnx export.quantize=int8",
+        "export_s": round(export_s, 1),
+        "rows": rows,
+        "onnx_skipped": onnx_skipped,
+    }
+    by_precision = {row["precision"]: row for row in rows if row["format"] == "onnx"}
+    if by_precision:
+        result["int8_vs_fp32_onnx"] = round(
+            ratio(by_precision["int8"]["batches"][top]["img_s"], by_precision["fp32"]["batches"][top]["img_s"]), 3
+        )
     pre = preprocess_ms(images[: settings.preprocess_images], info, 3)
     result["preprocess"] = pre
-    top = result["batches"][str(max(settings.serve_batches))]["img_s"]
-    result["cores_to_feed"] = round(top * pre["cpu_ms_per_image"] / 1e3, 2)
+    result["cores_to_feed"] = round(rows[0]["batches"][top]["img_s"] * pre["cpu_ms_per_image"] / 1e3, 2)
     return result
+
+
+def _serving_line(served: dict[str, Any]) -> str:
+    top = str(max(int(b) for b in served["rows"][0]["batches"]))
+    line = f"  serving {served['backbone']} at {served['image_size'][0]}: " + "; ".join(
+        f"{row['label']} "
+        + ", ".join(f"b{b} {e['img_s']:.0f} img/s ({e['p50_ms']:.1f} ms)" for b, e in row["batches"].items())
+        for row in served["rows"]
+    )
+    if "int8_vs_fp32_onnx" in served:
+        line += f"; int8 / fp32 ONNX at b{top} {served['int8_vs_fp32_onnx']:.2f}x"
+    if served["onnx_skipped"]:
+        line += f"; ONNX rows skipped: {served['onnx_skipped']}"
+    return line + (
+        f"; preprocessing {served['preprocess']['cpu_ms_per_image']:.2f} CPU ms/image -> "
+        f"{served['cores_to_feed']:.1f} cores to feed b{top} on {served['device']}"
+    )
 
 
 # --- the family -----------------------------------------------------------------------------------------------------
@@ -559,16 +653,10 @@ def run(mode: str, device_name: str, data_root: Path, data_cfg, images: list[Pat
                         f"{entry['cached_img_s']:.0f} img/s from the cache "
                         f"({entry[f'cached_workers_per_{TARGET_IMG_S}']:.1f})"
                     )
-            served = part("serving", lambda: serving(settings, device, images, Path(tmp)))
+            served = part("serving", lambda: serving(settings, device, images, Path(tmp), data_root))
             if served is not None:
                 result["serving"] = served
-                log(
-                    f"  serving {served['backbone']} at {served['image_size'][0]} (TorchScript on "
-                    f"{served['device']}): "
-                    + ", ".join(f"b{b} {e['img_s']:.0f} img/s" for b, e in served["batches"].items())
-                    + f"; preprocessing {served['preprocess']['cpu_ms_per_image']:.2f} CPU ms/image -> "
-                    f"{served['cores_to_feed']:.1f} cores to feed b{max(settings.serve_batches)}"
-                )
+                log(_serving_line(served))
     finally:
         logging.getLogger("lightning.pytorch").setLevel(level)
     return result

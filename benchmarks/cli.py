@@ -1,7 +1,8 @@
 """``python scripts/bench.py [--quick] [--json PATH] [--markdown PATH] [--only FAMILIES] [--serve-env K=V ...]``.
 
-Runs the benchmark families (data, training, inference, serving, memory), prints every figure and the headline
-ratios with their targets, and writes them as JSON (``--json``) and as the BENCHMARKS.md report (``--markdown``).
+Runs the benchmark families (data, training, inference, serving, requests, sizing, memory), prints every figure and
+the headline ratios with their targets, and writes them as JSON (``--json``) and as the BENCHMARKS.md report
+(``--markdown``).
 ``--from-json PATH --markdown BENCHMARKS.md`` re-renders the report of an earlier run without measuring.
 ``--device cuda`` measures instead what a GPU changes (benchmarks/accelerator.py; ``--device cpu``: the same code on
 the CPU); ``scripts/gpu_bench.sh`` runs it in one shot on a lent GPU machine.
@@ -21,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("data", "training", "inference", "serving", "memory")
+FAMILIES = ("data", "training", "inference", "serving", "requests", "sizing", "memory")
 #: ``--device``: the family measured on an accelerator (benchmarks/accelerator.py), run alone.
 ACCELERATOR = "accelerator"
 DEVICES = ("cpu", "cuda")
@@ -30,8 +31,9 @@ DEVICES = ("cpu", "cuda")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python scripts/bench.py",
-        description="faceattr benchmarks: input pipeline, training loop, inference, serving, memory. Every figure "
-        "is a median of repetitions after a warm-up; every ratio compares two figures of the same run.",
+        description="faceattr benchmarks: input pipeline, training loop, inference, serving, request cost, deployment "
+        "sizing, memory. Every figure is a median of repetitions after a warm-up; every ratio compares two figures "
+        "of the same run.",
     )
     parser.add_argument("--quick", action="store_true", help="a few minutes: fewer repetitions, shorter runs")
     parser.add_argument(
@@ -140,9 +142,9 @@ def print_summary(results: dict[str, Any], out=sys.stdout) -> None:
     for name in measured:
         value = results["ratios"].get(name)
         verdict = results["verdicts"].get(name, "")
-        print(f"  {name:36s} {_fmt(value):>8}  target {goal(name):9s} {verdict}", file=out)
+        print(f"  {name:42s} {_fmt(value):>8}  target {goal(name):9s} {verdict}", file=out)
     for name in EXTRA if measured else ():
-        print(f"  {name:36s} {_fmt(results['ratios'].get(name)):>8}", file=out)
+        print(f"  {name:42s} {_fmt(results['ratios'].get(name)):>8}", file=out)
     for family, error in results.get("errors", {}).items():
         lines = [line for line in (error or "").strip().splitlines() if line.strip()]
         print(f"  error in {family}: {lines[-1] if lines else ''}", file=out)
@@ -190,7 +192,7 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
             elif family == "serving":
                 from benchmarks import serving
 
-                results["serving"] = serving.run(settings, cfg, common.serving_images(data_root), serve_env, log=log)
+                results["serving"] = serving.run(settings, cfg, data_root, serve_env, log=log)
                 if settings.serve_large:
                     large = dataclasses.replace(
                         settings,
@@ -203,10 +205,18 @@ def run(args: argparse.Namespace, log=print) -> dict[str, Any]:
                     results["serving_large"] = serving.run(
                         large,
                         common.quickstart_config(*settings.config_overrides, *settings.serve_large),
-                        common.serving_images(data_root),
+                        data_root,
                         serve_env,
                         log=log,
                     )
+            elif family == "requests":
+                from benchmarks import request_cost
+
+                results["requests"] = request_cost.run(args.mode, list(request_cost.VARIANTS), log=log)
+            elif family == "sizing":
+                from benchmarks import sizing
+
+                results["sizing"] = sizing.run(settings, data_root, log=log)
             elif family == ACCELERATOR:
                 results[ACCELERATOR] = _run_accelerator(args, cfg, data_root, log)
             elif family == "memory":

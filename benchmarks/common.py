@@ -41,6 +41,16 @@ class Settings:
     serve_large_requests: dict[int, int] = field(default_factory=lambda: {1: 20, 32: 160})
     # The plain BentoML peer (benchmarks/plain_bentoml_service.py), loaded beside ours at each of its worker counts.
     serve_plain_workers: tuple[int, ...] = (1, 2)
+    # Sizing (benchmarks/sizing.py): (name, config overrides) of each model served at fp32 and int8, the requests
+    # per level (concurrency: requests) and repetitions, and the request rates the rule is worked out for.
+    sizing_models: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("quickstart", ()),
+        ("resnet18_128", ("model=resnet18", "data.image_size=128")),
+        ("resnet50_128", ("model=resnet50", "data.image_size=128")),
+    )
+    sizing_requests: dict[int, int] = field(default_factory=lambda: {1: 40, 32: 320})
+    sizing_repetitions: int = 3
+    sizing_rates: tuple[int, ...] = (100, 1000)
     # Memory: the quickstart training run (extra overrides shorten it in quick mode).
     memory_overrides: tuple[str, ...] = ()
     # Overrides of the quickstart config the benchmarks follow (tiny mode: a tiny model).
@@ -50,6 +60,7 @@ class Settings:
         data = asdict(self)
         data["serve_requests"] = {str(k): v for k, v in self.serve_requests.items()}
         data["serve_large_requests"] = {str(k): v for k, v in self.serve_large_requests.items()}
+        data["sizing_requests"] = {str(k): v for k, v in self.sizing_requests.items()}
         return data
 
 
@@ -68,6 +79,8 @@ QUICK = Settings(
     serve_max_seconds=12.0,
     serve_repetitions=3,
     ceiling_calls_b32=8,
+    sizing_requests={1: 20, 32: 160},
+    sizing_repetitions=2,
     memory_overrides=(
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=25",
@@ -113,6 +126,9 @@ TINY = Settings(
     ceiling_calls_b32=2,
     serve_large=(),
     serve_plain_workers=(1,),
+    sizing_models=(("tiny", ()),),
+    sizing_requests={1: 4, 32: 32},
+    sizing_repetitions=1,
     memory_overrides=(
         "trainer.max_epochs=1",
         "+trainer.limit_train_batches=2",

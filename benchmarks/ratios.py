@@ -62,14 +62,20 @@ RATIOS: dict[str, tuple[float | None, str]] = {
         "quickstart model",
     ),
     "served_vs_plain_bentoml_resnet50_128": (
-        1.2,
+        2.5,
         "served_vs_plain_bentoml_quickstart for the production-size model (resnet50 at 128x128)",
+    ),
+    "int8_vs_fp32_onnx_b32_resnet50_128": (
+        1.8,
+        "batch-32 img/s in process of the int8 ONNX artefact (export.quantize=int8, run by the service's Predictor) / "
+        "the fp32 ONNX artefact of the same export, resnet50 at 128x128, repetitions paired",
     ),
     "api_cpu_per_model_cpu_quickstart": (
         0.5,
         "CPU ms per image of faceattr's API processes (HTTP, upload parsing, decoding, preprocessing, batching, "
-        "JSON) / of its model threads, at 32 concurrent clients, quickstart model: the per-request overhead "
-        "relative to the model's compute (an upper bound)",
+        "JSON) / of its model threads, at 32 concurrent clients, quickstart model on the fp32 artefact: the "
+        "per-request overhead relative to the model's compute (an upper bound); each request knob's effect: "
+        "BENCHMARKS.md, Request cost",
     ),
 }
 
@@ -84,6 +90,16 @@ EXTRA: dict[str, str] = {
     "onnx_vs_torchscript_b32": "batch-32 img/s of ONNX Runtime / TorchScript (smallest over backbones)",
     "face_detect_vs_center": "img/s at 32 concurrent clients with face=detect (find and align the face) / with "
     "face=center (the default centre crop), quickstart model, the same server",
+    "int8_vs_fp32_onnx_b32_quickstart": "int8_vs_fp32_onnx_b32_resnet50_128 for the quickstart model",
+    "served_int8_vs_fp32_quickstart": "img/s at 32 concurrent clients of faceattr's service on the int8 artefact / "
+    "on the fp32 one (a second server beside it, loaded right after), quickstart model",
+    "served_int8_vs_fp32_resnet50_128": "served_int8_vs_fp32_quickstart for resnet50 at 128x128",
+    "served_fp32_vs_plain_bentoml_resnet50_128": "served_vs_plain_bentoml_resnet50_128 with faceattr's service on the "
+    "fp32 artefact: what the serving path alone buys",
+    "api_cpu_per_model_cpu_quickstart_int8": "api_cpu_per_model_cpu_quickstart with the int8 artefact (the default "
+    "on a CPU): the same API work against a cheaper model",
+    "serve_vs_inprocess_resnet50_128_fp32": "serve_vs_inprocess_resnet50_128 on the fp32 artefact (the second server "
+    "and its own ceiling): the ratio of a model whose compute dominates the per-request work",
 }
 
 
@@ -106,6 +122,8 @@ def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     models = _get(results, "inference/models")
     backbones = list(models) if isinstance(models, dict) else []
     fmt = "inference/models/{}/{}/reps"
+    # The fp32 service's figures: the second server beside an int8 model, or the service itself when it runs fp32.
+    fp32 = "serving/fp32" if isinstance(_get(results, "serving/fp32"), dict) else "serving"
     out: dict[str, list[tuple[str, str]]] = {
         "data_speedup_vs_seed": [("data/per_worker/ours_reps", "data/per_worker/seed_reps")],
         "cached_loader_vs_seed": [("data/per_worker/cached_reps", "data/per_worker/seed_reps")],
@@ -119,13 +137,30 @@ def sources(results: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
         "served_vs_plain_bentoml_resnet50_128": [
             ("serving_large/c32/reps", plain_best(results, "serving_large", "c32/reps"))
         ],
+        "int8_vs_fp32_onnx_b32_resnet50_128": [
+            ("serving_large/inprocess_b32/reps", "serving_large/fp32/inprocess_b32/reps")
+        ],
         "api_cpu_per_model_cpu_quickstart": [  # not paired: the medians over the repetitions of one level
-            ("serving/c32/cpu_ms_per_image/api", "serving/c32/cpu_ms_per_image/model")
+            (f"{fp32}/c32/cpu_ms_per_image/api", f"{fp32}/c32/cpu_ms_per_image/model")
         ],
         "loader_speedup_vs_seed": [("data/loader/ours_reps", "data/loader/seed_reps")],
         "loader_vs_train_step": [("data/loader/ours_img_s", "training/raw_img_s")],  # not paired: median figures
         "onnx_vs_torchscript_b32": [(fmt.format(b, "onnx_b32"), fmt.format(b, "torchscript_b32")) for b in backbones],
         "face_detect_vs_center": [("serving/face_detect/c32/reps", "serving/c32/reps")],
+        "int8_vs_fp32_onnx_b32_quickstart": [("serving/inprocess_b32/reps", "serving/fp32/inprocess_b32/reps")],
+        "served_int8_vs_fp32_quickstart": [("serving/c32/reps", "serving/fp32/c32/reps")],
+        "served_int8_vs_fp32_resnet50_128": [("serving_large/c32/reps", "serving_large/fp32/c32/reps")],
+        "served_fp32_vs_plain_bentoml_resnet50_128": [
+            ("serving_large/fp32/c32/reps", plain_best(results, "serving_large", "c32/reps"))
+        ],
+        "serve_vs_inprocess_resnet50_128_fp32": [
+            ("serving_large/fp32/c32/reps", "serving_large/fp32/inprocess_b32/reps")
+        ],
+        "api_cpu_per_model_cpu_quickstart_int8": [  # when the service itself ran int8 (beside the fp32 one)
+            ("serving/c32/cpu_ms_per_image/api", "serving/c32/cpu_ms_per_image/model")
+        ]
+        if fp32 != "serving"
+        else [],
     }
     return out
 

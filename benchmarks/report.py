@@ -222,6 +222,22 @@ def _levels(figures: dict[str, Any]) -> list[str]:
     return sorted((k for k in figures if k.startswith("c") and k[1:].isdigit()), key=lambda k: int(k[1:]))
 
 
+def _level_row(label: str, e: dict[str, Any], counts: bool = True) -> list[Any]:
+    """One load level of the serving table: img/s, latency, mean batch, (requests and errors), CPU per image."""
+    cpu = e.get("cpu_ms_per_image") or {}
+    errors = ", ".join(f"{k}: {v}" for k, v in e.get("errors", {}).items()) or "0"
+    return [
+        label,
+        _n(e["img_s"]),
+        _n(e["p50_ms"], 1),
+        _n(e["p99_ms"], 1),
+        _n(e["mean_batch"], 1),
+        e["requests_ok"] if counts else "",
+        errors if counts else "",
+        *(_n(cpu.get(stage), 2) for stage in ("client", "api", "model", "server")),
+    ]
+
+
 def _serving(
     results: dict[str, Any],
     family: str = "serving",
@@ -233,7 +249,9 @@ def _serving(
         heading,
         "",
         f"`bentoml serve` of {what} ({s['backbone']} at {s.get('image_size', '?')}, random weights) in a temporary "
-        f"BentoML store with the default service settings: format **{s['format']}** (`auto`), runner "
+        f"BentoML store with the default service settings: format **{s['format']}** (`auto`), artefact "
+        f"**{s.get('artefact', s['format'])}** (`precision: auto`; the fp32 rows: a second server beside it with "
+        "`FACEATTR_SERVE_PRECISION=fp32`, loaded right after it at the highest level), runner "
         f"`{s.get('runner', 'inline')}`, `api_workers={s['api_workers']}`, `num_threads={s['num_threads']}`, "
         f"`max_batch_size={s['max_batch_size']}`, `max_latency_ms={s['max_latency_ms']}`"
         f"{' (overrides: ' + str(s['overrides']) + ')' if s.get('overrides') else ''}. "
@@ -258,57 +276,30 @@ def _serving(
     for label, e in labelled:
         if not isinstance(e, dict):  # the route and photo count beside the levels
             continue
-        cpu = e.get("cpu_ms_per_image") or {}
-        errors = ", ".join(f"{k}: {v}" for k, v in e["errors"].items()) or "0"
-        rows.append(
-            [
-                label,
-                _n(e["img_s"]),
-                _n(e["p50_ms"], 1),
-                _n(e["p99_ms"], 1),
-                _n(e["mean_batch"], 1),
-                e["requests_ok"],
-                errors,
-                _n(cpu.get("client"), 2),
-                _n(cpu.get("api"), 2),
-                _n(cpu.get("model"), 2),
-                _n(cpu.get("server"), 2),
-            ]
-        )
+        rows.append(_level_row(label, e))
     for key in (k for k in s if k.startswith("batch_")):
         e = s[key]
-        cpu = e.get("cpu_ms_per_image") or {}
-        rows.append(
-            [
-                f"{e['clients']} clients x {e['images_per_request']} images per `/predict_batch` request",
-                _n(e["img_s"]),
-                _n(e["p50_ms"], 1),
-                _n(e["p99_ms"], 1),
-                _n(e["mean_batch"], 1),
-                "",
-                "",
-                _n(cpu.get("client"), 2),
-                _n(cpu.get("api"), 2),
-                _n(cpu.get("model"), 2),
-                _n(cpu.get("server"), 2),
-            ]
-        )
-    c = s["inprocess_b32"]
-    rows.append(
-        [
-            f"in-process, batch {c['batch']} (ceiling)",
-            _n(c["img_s"]),
-            _n(c["p50_ms"], 1),
-            "",
-            c["batch"],
-            "",
-            "",
-            "",
-            "",
-            _n(c.get("cpu_ms_per_image"), 2),
-            "",
-        ]
-    )
+        label = f"{e['clients']} clients x {e['images_per_request']} images per `/predict_batch` request"
+        rows.append(_level_row(label, e, counts=False))
+    fp32 = s.get("fp32") or {}
+    rows += [_level_row(f"{key[1:]}, fp32 artefact", fp32[key]) for key in _levels(fp32)]
+    for label, c in (("", s["inprocess_b32"]), (", fp32 artefact", fp32.get("inprocess_b32"))):
+        if c:
+            rows.append(
+                [
+                    f"in-process, batch {c['batch']} (ceiling){label}",
+                    _n(c["img_s"]),
+                    _n(c["p50_ms"], 1),
+                    "",
+                    c["batch"],
+                    "",
+                    "",
+                    "",
+                    "",
+                    _n(c.get("cpu_ms_per_image"), 2),
+                    "",
+                ]
+            )
     header = ["concurrency", "img/s", "p50 ms", "p99 ms", "mean batch", "requests", "errors", "CPU ms/img: client"]
     lines += _table([*header, "API", "model", "server tree"], rows)
     lines += [f"Start-up: export {s.get('export_s')} s, `bentoml serve` ready in {s.get('startup_s')} s.", ""]
@@ -325,6 +316,7 @@ def _cpu_paragraphs(s: dict[str, Any], family: str, top_key: str) -> list[str]:
     model_alone = s["inprocess_b32"].get("cpu_ms_per_image")
     spent = sum(top.get(stage, math.nan) for stage in ("client", "api", "model"))
     estimate = s["cpu_bound_ratio_estimate"]
+    share = top["api"] / top["model"] if top.get("model") else math.nan  # per-request work / the model's compute
     lines = [
         "**Where the CPU goes.** The load generator, the API workers and the models share the same cores, so "
         "at saturation img/s is inversely proportional to the CPU time spent per image. At concurrency "
@@ -340,24 +332,39 @@ def _cpu_paragraphs(s: dict[str, Any], family: str, top_key: str) -> list[str]:
             else ". "
         )
         + (
-            f"The per-request work is {_n(top['api'] / top['model'] if top.get('model') else math.nan, 1)} x this "
+            f"The per-request work is {_n(share, 1)} x this "
             "small model's compute, so it bounds the ratio: for the quickstart model serve/in-process is "
             f"reported, and its target (>= {RATIOS['serve_vs_inprocess_resnet50_128'][0]}) applies to the "
             "production-size model below, whose compute dominates."
             if family == "serving"
-            else "Here the model's compute dominates and the same per-request work is a small share of it: this "
-            f"is the model the serve/in-process target (>= {RATIOS['serve_vs_inprocess_resnet50_128'][0]}, "
-            "`serve_vs_inprocess_resnet50_128`) applies to."
+            else f"Here the same per-request work is {_n(share, 2)} x the model's compute: this is the model the "
+            "serve/in-process target (>= "
+            f"{RATIOS['serve_vs_inprocess_resnet50_128'][0]}, `serve_vs_inprocess_resnet50_128`) applies to, and the "
+            "CPU-bound estimate is the most the target can get on these cores with this per-request work (the fp32 "
+            "artefact's figure, whose compute is ~3x int8's: `serve_vs_inprocess_resnet50_128_fp32`)."
         ),
         "",
     ]
+    fp32 = s.get("fp32") or {}
+    if family == "serving" and fp32.get(top_key):  # the target's figure is the fp32 model's
+        int8 = top
+        top, model_alone = fp32[top_key]["cpu_ms_per_image"], fp32["inprocess_b32"].get("cpu_ms_per_image")
+    else:
+        int8 = None
     if family == "serving" and top.get("model"):
         name = "api_cpu_per_model_cpu_quickstart"
         subtracted = top["api"] + top["model"] - (model_alone or math.nan)
+        with_int8 = (
+            f" With the int8 artefact (the default on a CPU) the same API work, {_n(int8['api'], 2)} ms, meets a "
+            f"cheaper model, {_n(int8['model'], 2)} ms: {_n(int8['api'] / int8['model'], 2)}."
+            if int8 and int8.get("model")
+            else ""
+        )
         lines += [
             f"**API CPU / model CPU** (`{name}`, target {goal(name)}): {_n(top['api'], 2)} ms / "
             f"{_n(top['model'], 2)} ms of CPU per image = {_n(top['api'] / top['model'], 2)} at concurrency "
-            f"{top_key[1:]}. Method: the model runs inline in each API worker, on its own thread; the "
+            f"{top_key[1:]}, fp32 artefact.{with_int8} Method: the model runs inline in each API worker, on its own "
+            "thread; the "
             "model's CPU is that of the threads named `faceattr-model` (the model thread and the runtime's thread "
             "pool it starts, whose threads inherit the name), the API's the rest of the API worker processes, "
             "both per answered image (the medians over the repetitions). Cross-check: the API processes' whole "
@@ -434,6 +441,130 @@ def _plain_peer(results: dict[str, Any], family: str) -> list[str]:
     ]
 
 
+def _requests(results: dict[str, Any]) -> list[str]:
+    """What each change of a per-request step does to the API's CPU (benchmarks/request_cost.py)."""
+    r = results["requests"]
+    rows = []
+    for name, v in r["variants"].items():
+        c32, c1 = v["c32"], v["c1"]
+        rows.append(
+            [
+                f"`{name}`",
+                v["what"],
+                _n(c32["api_cpu_ms_per_request"], 3),
+                _n(c32["api_cpu_vs_baseline"], 3),
+                _n(c32["model_cpu_ms_per_image"], 3),
+                _n(c32["api_per_model_cpu"], 2),
+                _n(c32["img_s"]),
+                f"{_n(c32['p50_ms'])} / {_n(c32['p99_ms'])}",
+                f"{_n(c1['api_cpu_ms_per_request'], 3)} ({_n(c1['api_cpu_vs_baseline'], 3)})",
+            ]
+        )
+    header = [
+        "variant",
+        "what it changes",
+        "API CPU ms/request, c32",
+        "/ baseline (paired)",
+        "model CPU ms/image",
+        "API / model",
+        "img/s c32",
+        "p50 / p99 ms c32",
+        "API CPU ms/request c1 (/ baseline)",
+    ]
+    return [
+        "## Request cost",
+        "",
+        f"`{r['command']}` or `python scripts/bench.py --only requests` (benchmarks/request_cost.py): the "
+        f"quickstart model ({r['backbone']}, random weights, {r['precision']} ONNX) served by one `bentoml serve` "
+        "per variant side by side (`benchmarks/request_variants.py`: each changes ONE thing against the service as "
+        "it is), loaded with the same generated JPEGs "
+        f"({r['image_bytes_mean']} bytes on average) at 32 clients and at 1, every server back to back in each of "
+        f"{r['reps']} repetitions (reverse order every other one). API CPU = the API worker processes less their "
+        "model threads, per request. The cores are shared by every server and the load generator: only the paired "
+        "ratio to the baseline compares. Kept: the baseline's `trace_predictions: false` (the prediction routes "
+        "skip BentoML's OpenTelemetry middleware; `traced` is the service before it). The decision on the others, "
+        "from three runs whose paired ratios moved by about +-0.08 between runs, is in docs/serving.md, *Request "
+        "cost*.",
+        "",
+        *_table(header, rows),
+    ]
+
+
+def _sizing(results: dict[str, Any]) -> list[str]:
+    """The sizing table (model x precision), the rule, and the Kubernetes resources of docs/serving.md."""
+    z = results["sizing"]
+    rows = []
+    for entry in z["rows"].values():
+        rss = entry["rss_mb"]
+        rows.append(
+            [
+                f"{entry['model']} ({entry['backbone']} at {entry['image_size']})",
+                entry["precision"],
+                _n(entry["img_s_per_core"]),
+                _n(entry["img_s_c32"]),
+                f"{_n(entry['c1_p50_ms'], 1)} / {_n(entry['c1_p99_ms'], 1)}",
+                f"{_n(entry['c32_p50_ms'], 1)} / {_n(entry['c32_p99_ms'], 1)}",
+                _n(rss["worker"]),
+                _n(rss["serve"]),
+                f"{_n(rss['replica'])} ({rss['workers']} workers)",
+            ]
+        )
+    header = [
+        "model",
+        "precision",
+        "img/s per core",
+        f"img/s at c32 ({_n(next(iter(z['rows'].values()))['cores'] if z['rows'] else None)} cores)",
+        "p50 / p99 ms, c1",
+        "p50 / p99 ms, c32",
+        "RSS MB per API worker",
+        "`bentoml serve`",
+        "replica",
+    ]
+    utilization = z["target_utilization"]
+    rule_rows = [
+        [key, *(f"{n['cores']} cores ({n['replicas']} x {z['replica_cores']}), {_n(n['gib'], 1)} GiB" for n in needs)]
+        for key, needs in z["rule"].items()
+    ]
+    rates = [n["requests_per_s"] for n in next(iter(z["rule"].values()), [])]
+    lines = [
+        "## Sizing a deployment",
+        "",
+        "`python scripts/bench.py --only sizing` (benchmarks/sizing.py): each model (random weights) exported with "
+        "its int8 artefact and served twice side by side by faceattr's service with the default settings (one API "
+        "worker per core), `FACEATTR_SERVE_PRECISION=fp32` and `int8`, loaded with one JPEG per request at 1 and "
+        "32 concurrent clients, the servers and levels alternating. **img/s per core** = 1000 / the server process "
+        "tree's CPU ms per image at 32 clients (API workers, model threads, `bentoml serve`; the load generator, "
+        "which shares the cores here, is not counted); img/s at c32 is what this machine served with the load "
+        "generator on the same cores. Latency is client-side. RSS after the load: the largest API worker, "
+        "`bentoml serve`, and the whole replica (its process tree).",
+        "",
+        *_table(header, rows),
+        f"**The rule.** For R requests/s (one image each): N = ceil(R / ({utilization} x img/s per core)) cores "
+        f"(planned at {utilization:.0%} CPU, headroom for bursts and the p99), in replicas of "
+        f"{z['replica_cores']} cores (`FACEATTR_SERVE_API_WORKERS={z['replica_cores']}`), each holding the "
+        "replica's RSS: M = replicas x that. Worked out:",
+        "",
+        *_table(["model / precision", *(f"R = {r:,} requests/s" for r in rates)], rule_rows),
+    ]
+    resources = z.get("kubernetes_resources")
+    if resources:
+        lines += [
+            f"**Kubernetes.** One replica of `{z['manifest_row']}` (what `precision: auto` serves on a CPU), as "
+            "docs/serving.md's manifest requests it (memory requested: the replica's RSS x 1.25; its limit adds "
+            f"the service's decoding budget, {_n(z.get('decode_mb_per_worker'))} MB per API worker with the default "
+            "`max_decode_pixels`, so that the largest uploads decode instead of the replica being killed; 64 MiB "
+            "steps; tests/test_deploy.py checks that the manifest carries these):",
+            "",
+            "```yaml",
+            "resources:",
+            f'  requests: {{cpu: "{resources["requests"]["cpu"]}", memory: {resources["requests"]["memory"]}}}',
+            f'  limits: {{cpu: "{resources["limits"]["cpu"]}", memory: {resources["limits"]["memory"]}}}',
+            "```",
+            "",
+        ]
+    return lines
+
+
 def _memory(results: dict[str, Any]) -> list[str]:
     mem, serve = results.get("memory"), results.get("serving")
     if not mem and not serve:
@@ -474,7 +605,8 @@ def _memory(results: dict[str, Any]) -> list[str]:
 
 
 def _accelerator(results: dict[str, Any]) -> list[str]:
-    """The GPU section: training img/s, loader workers per 10,000 img/s, TorchScript serving on the device."""
+    """The GPU section: training img/s, loader workers per 10,000 img/s, serving (TorchScript on the device, fp32 and
+    int8 ONNX on the CPU)."""
     a = results["accelerator"]
     dev, target = a["device"], a["target_img_s"]
     on_gpu = dev["device"] == "cuda"
@@ -588,27 +720,54 @@ def _accelerator(results: dict[str, Any]) -> list[str]:
     )
     s = a.get("serving")
     if s:
-        pre = s["preprocess"]
-        top = max(s["batches"], key=int)
+        pre, device_row = s["preprocess"], s["rows"][0]
+        top = max(device_row["batches"], key=int)
+        heading = f"TorchScript on {'the GPU' if on_gpu else 'the CPU'}"
+        if not s.get("onnx_skipped"):
+            heading = (
+                "TorchScript on the GPU, fp32 and int8 ONNX on the host CPU"
+                if on_gpu
+                else "TorchScript, fp32 and int8 ONNX on the CPU"
+            )
         lines += [
-            f"### Serving: TorchScript on {'the GPU' if on_gpu else 'the CPU'}",
+            f"### Serving: {heading}",
             "",
             f"A random {s['backbone']} at {s['image_size'][0]}x{s['image_size'][1]} exported by the project's export "
-            f"(`export=torchscript`, {s['export_s']} s), run by the service's `Predictor` (`device={s['device']}`) on "
-            "uint8 batches: copy to the device, float conversion, model, probabilities back to the host; img/s = "
-            "batch / p50 latency.",
+            f"(`{s['export']}`, {s['export_s']} s"
+            + ("" if s.get("onnx_skipped") else "; int8 calibrated on the generated folder's validation images")
+            + "), each "
+            "artefact run by the service's `Predictor` on uint8 batches: copy to the device, float conversion, model, "
+            "probabilities back to the host; img/s = batch / p50 latency. onnxruntime is its CPU wheel, so on a GPU "
+            "machine the ONNX rows run on the host CPU. The weights are random: these are speed figures, not the "
+            "int8 artefact's accuracy cost.",
             "",
         ]
+        if s.get("onnx_skipped"):
+            lines += [f"**ONNX rows skipped:** {s['onnx_skipped']}.", ""]
         lines += _table(
-            ["batch", "p50 ms", "p99 ms", "img/s"],
-            [[b, _n(e["p50_ms"], 2), _n(e["p99_ms"], 2), _n(e["img_s"])] for b, e in s["batches"].items()],
+            ["runtime", "precision", "device", "batch", "p50 ms", "p99 ms", "img/s"],
+            [
+                [
+                    row["runtime"],
+                    row["precision"],
+                    row["device"] + (" (host)" if row["host_cpu"] else ""),
+                    b,
+                    _n(e["p50_ms"], 2),
+                    _n(e["p99_ms"], 2),
+                    _n(e["img_s"]),
+                ]
+                for row in s["rows"]
+                for b, e in row["batches"].items()
+            ],
         )
+        if "int8_vs_fp32_onnx" in s:
+            lines += [f"int8 / fp32 ONNX img/s at batch {top}: **{_n(s['int8_vs_fp32_onnx'], 2)}x**.", ""]
         lines += [
             f"Host CPU per image of the service's preprocessing (`load_and_preprocess`: decode, crop, resize; one "
             f"thread, {pre['images']} JPEGs of {_n(pre['image_bytes_mean'])} bytes on average): "
-            f"**{_n(pre['cpu_ms_per_image'], 2)} ms**, so feeding the batch-{top} rate of "
-            f"{_n(s['batches'][top]['img_s'])} img/s takes **{_n(s['cores_to_feed'], 1)} cores** of preprocessing "
-            "alone (before HTTP, parsing and JSON).",
+            f"**{_n(pre['cpu_ms_per_image'], 2)} ms**, so feeding TorchScript's batch-{top} rate on {s['device']} of "
+            f"{_n(device_row['batches'][top]['img_s'])} img/s takes **{_n(s['cores_to_feed'], 1)} cores** of "
+            "preprocessing alone (before HTTP, parsing and JSON).",
             "",
         ]
     return lines
@@ -637,8 +796,10 @@ SPEED_WORK = [
     "instead of a process-wide `M_MMAP_THRESHOLD`, which made every model activation an mmap/munmap; ONNX Runtime "
     "by default (`format: auto`; export writes ONNX too; its thread pool does not spin); `api_workers: null` = one "
     "API worker per core, at most 4, with one model thread each; at most the worker's share of the cores + 1 "
-    "uploads decoded at once (`decode_threads`) instead of anyio's 40 threads. Those that are serve settings "
-    "(`format`, `runner`, `api_workers`, `decode_threads`, `access_log`) are measured without them by "
+    "uploads decoded at once (`decode_threads`) instead of anyio's 40 threads; BentoML's OpenTelemetry middleware "
+    "kept off the prediction routes (`trace_predictions: false`, *Request cost* above); the int8 artefact on a CPU "
+    "(`precision: auto`). Those that are serve settings (`format`, `precision`, `runner`, `api_workers`, "
+    "`decode_threads`, `access_log`, `trace_predictions`) are measured without them by "
     "`python scripts/bench.py --only serving --serve-env FACEATTR_SERVE_<KEY>=<value>` (e.g. "
     "`FACEATTR_SERVE_FORMAT=torchscript`, `FACEATTR_SERVE_RUNNER=service`, `FACEATTR_SERVE_DECODE_THREADS=40`), "
     "to compare with this run's tables. What was tried and dropped: a wait for "
@@ -681,6 +842,10 @@ def render(results: dict[str, Any]) -> str:
             "### Serving a production-size model",
             "a production-size model (the README's `model=resnet50`, trained at `data.image_size=128`)",
         )
+    if results.get("requests"):
+        lines += _requests(results)
+    if results.get("sizing"):
+        lines += _sizing(results)
     lines += _memory(results)
     if results.get("accelerator"):
         lines += _accelerator(results)

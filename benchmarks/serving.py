@@ -1,8 +1,10 @@
 """Serving: a real ``bentoml serve`` of an exported model under concurrent HTTP load, against the model in-process.
 
 1. A randomly initialized quickstart model (weights do not change the speed) is saved as a Lightning checkpoint and
-   exported by the project's export path (``python export.py ckpt=... export=onnx``: TorchScript and ONNX, parity
-   checked) into a temporary BentoML store (``BENTOML_HOME``); ``benchmarks/served_model.py``.
+   exported by the project's export path (``python export.py ckpt=... export=onnx export.quantize=int8``:
+   TorchScript, ONNX and int8 ONNX calibrated on the data's validation images, parity checked) into a temporary
+   BentoML store (``BENTOML_HOME``); ``benchmarks/served_model.py``. The service serves what ``precision: auto``
+   picks on a CPU: the int8 artefact.
 2. ``bentoml serve`` starts from the repo root on a free loopback port with the serving config
    (``conf/serve/default.yaml`` + ``FACEATTR_SERVE_*`` overrides given to the benchmark); the benchmark waits for
    ``/readyz``.
@@ -11,15 +13,19 @@
    request count and a time limit, after a warm-up.
    Figures: img/s (answered images / wall time), client-side latency p50/p99, and the mean batch size the model
    saw (``faceattr_model_batch_size`` sum/count on ``/metrics``, the difference over the level).
-4. The ceiling: the artefact the service runs (``format: auto`` resolved alike), run in this process by the
-   service's own ``Predictor`` with every core on uint8 batches of 32 (``max_batch_size``), timed in repetitions
-   interleaved with the concurrency-32 load.
+4. The ceiling: the artefact the service runs (``format`` and ``precision: auto`` resolved alike), run in this
+   process by the service's own ``Predictor`` with every core on uint8 batches of 32 (``max_batch_size``), timed in
+   repetitions interleaved with the concurrency-32 load; beside an int8 artefact, the fp32 one's ceiling likewise
+   (``fp32/inprocess_b32``: int8 / fp32 in process, paired repetition by repetition).
 5. Peak RSS of the serving process tree under load, and at rest after start-up.
 6. The plain peer: the same exported model served by a BentoML service written the documented way
    (``benchmarks/plain_bentoml_service.py``: PIL input, torchvision transforms, TorchScript, one batchable API), one
    ``bentoml serve`` per worker count (``Settings.serve_plain_workers``), all running beside ours and loaded by the
    same clients with the same JPEGs: at every level of every repetition ours and each peer run back to back (in
    reverse order every other repetition), so each pair of figures saw the same background load.
+7. The fp32 service: faceattr's service on the fp32 artefact (``FACEATTR_SERVE_PRECISION=fp32``), a second
+   ``bentoml serve`` beside the first, loaded at concurrency 32 right after it (``fp32/c32``): what int8 changes
+   end to end, and the API / model CPU split of the fp32 model.
 
 The load generator runs on the same cores as the server: its CPU time is part of what is measured.
 """
@@ -245,6 +251,7 @@ class Ceiling:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "artefact": self.predictor.artefact,
             "batch": int(len(self.batch)),
             "img_s": median(self.img_s),
             "p50_ms": round(percentile(self.latencies, 50) * 1e3, 2),
@@ -269,10 +276,11 @@ def serve_environment(tmp: Path, overrides: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def export_random_model(cfg, tmp: Path, env: dict[str, str]) -> tuple[Path, float]:
-    """Step 1: the randomly initialized model exported into the temporary store; (export dir, seconds it took)."""
+def export_random_model(cfg, tmp: Path, env: dict[str, str], data_root: Path | None = None) -> tuple[Path, float]:
+    """Step 1: the randomly initialized model exported into the temporary store (with ``data_root``, its int8
+    artefact too, calibrated on that folder's validation images); (export dir, seconds it took)."""
     started = time.time()
-    export_dir = export_model(random_checkpoint(cfg, tmp / "random.ckpt"), tmp, env)
+    export_dir = export_model(random_checkpoint(cfg, tmp / "random.ckpt"), tmp, env, data_root)
     return export_dir, time.time() - started
 
 
@@ -357,23 +365,32 @@ class Contender:
         return {f"c{concurrency}": samples.summary() for concurrency, samples in self.levels.items()}
 
 
+def server_beside(
+    env: dict[str, str],
+    folder: Path,
+    service: str | None = None,
+    arguments: dict[str, str] | None = None,
+    settings: dict[str, str] | None = None,
+) -> Server:
+    """A second ``bentoml serve`` beside the first, on the same store's models (``service``, ``arguments``: as
+    :class:`Server`; ``settings``: extra environment, e.g. ``FACEATTR_SERVE_PRECISION``). It has a BENTOML_HOME of
+    its own (under ``folder``) that shares the store's models: ``bentoml serve`` empties
+    ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would erase the metrics of the servers already
+    running."""
+    home = folder / "bentoml"
+    home.mkdir(parents=True)
+    (home / "models").symlink_to(Path(env["BENTOML_HOME"]) / "models", target_is_directory=True)
+    return Server({**env, **(settings or {}), "BENTOML_HOME": str(home)}, folder / "serve.log", service, arguments)
+
+
 def start_plain_peers(env: dict[str, str], tmp: Path, settings: Settings) -> list[Contender]:
-    """Step 6: ``bentoml serve`` of the plain peer once per worker count, one after the other (each start-up timed
-    alone), on the model of the store in ``env``. Each has a BENTOML_HOME of its own that shares the store's models:
-    ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` when it starts, which would erase the
-    metrics of the servers already running. A peer that does not start stops those already started."""
+    """Step 6: ``bentoml serve`` of the plain peer once per worker count (:func:`server_beside`), one after the
+    other (each start-up timed alone), on the model of the store in ``env``. A peer that does not start stops those
+    already started."""
     peers: list[Contender] = []
     try:
         for workers in settings.serve_plain_workers:
-            home = tmp / f"plain-workers{workers}" / "bentoml"
-            home.mkdir(parents=True)
-            (home / "models").symlink_to(Path(env["BENTOML_HOME"]) / "models", target_is_directory=True)
-            server = Server(
-                {**env, "BENTOML_HOME": str(home)},
-                home.parent / "serve.log",
-                PLAIN_SERVICE,
-                {"workers": str(workers)},
-            )
+            server = server_beside(env, tmp / f"plain-workers{workers}", PLAIN_SERVICE, {"workers": str(workers)})
             peers.append(
                 Contender(
                     server, workers=workers, upload_field=PLAIN_FIELD, batch_metric=PLAIN_BATCH_METRIC, stages=False
@@ -392,14 +409,15 @@ def measure_levels(
     peers: list[Contender],
     images: list[tuple[str, bytes]],
     settings: Settings,
-    ceiling: Ceiling,
+    ceilings: list[Ceiling],
     top_only: tuple[Contender, ...] = (),
 ) -> LevelSamples:
     """Steps 3, 4 and 6, the timed repetitions: each runs the ``/predict_batch`` level of ours (if asked), then the
     concurrency levels, at each level ours and every peer back to back; the levels and the servers in reverse order
-    every other repetition (A B C, C B A, ...), the in-process ceiling timed right before ours at the highest level.
-    ``top_only`` are loaded at the highest level only, after ours. Returns the ``/predict_batch`` samples; the
-    levels' samples are in each contender."""
+    every other repetition (A B C, C B A, ...), the in-process ceilings (the served artefact's, and the fp32 one's
+    beside an int8 model) timed one after the other right before ours at the highest level. ``top_only`` are loaded
+    at the highest level only, after ours. Returns the ``/predict_batch`` samples; the levels' samples are in each
+    contender."""
     batch_level = LevelSamples()
     clients, per = BATCH_LEVEL
     top = max(settings.serve_requests)
@@ -414,7 +432,8 @@ def measure_levels(
             contenders = [ours, *(top_only if concurrency == top else ()), *peers]
             for contender in contenders if forward else contenders[::-1]:
                 if contender is ours and concurrency == top:
-                    ceiling.measure(settings.ceiling_calls_b32)
+                    for ceiling in ceilings if forward else ceilings[::-1]:
+                        ceiling.measure(settings.ceiling_calls_b32)
                 contender.measure(images, concurrency, settings)
     return batch_level
 
@@ -460,7 +479,14 @@ def summary_line(result: dict[str, Any], settings: Settings) -> str:
             for c in settings.serve_requests
         )
 
-    line = f"  {result['format']}: {levels(result)}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
+    line = f"  {result['artefact']}: {levels(result)}; in-process b32 {result['inprocess_b32']['img_s']:.0f} img/s"
+    fp32 = result.get("fp32")
+    if fp32:
+        top = max(settings.serve_requests)
+        line += (
+            f"\n  onnx (fp32): c{top} {fp32[f'c{top}']['img_s']:.0f} img/s (p50 {fp32[f'c{top}']['p50_ms']:.0f} ms); "
+            f"in-process b32 {fp32['inprocess_b32']['img_s']:.0f} img/s"
+        )
     plain = result.get("plain_bentoml")
     if plain:
         for workers, figures in plain["workers"].items():
@@ -468,10 +494,13 @@ def summary_line(result: dict[str, Any], settings: Settings) -> str:
     return line
 
 
-def run(
-    settings: Settings, cfg, image_paths: list[Path], overrides: dict[str, str] | None = None, log=print
-) -> dict[str, Any]:
-    """Steps 1-6 above for the quickstart model of ``cfg``, loaded with the JPEGs ``image_paths``."""
+def run(settings: Settings, cfg, data_root: Path, overrides: dict[str, str] | None = None, log=print) -> dict[str, Any]:
+    """Steps 1-7 above for the quickstart model of ``cfg``, loaded with the JPEGs of the CelebA folder
+    ``data_root`` (whose validation images calibrate the int8 artefact). The service runs what ``precision: auto``
+    picks on a CPU, the int8 artefact; beside it a second faceattr server runs the fp32 one (``fp32``: loaded at
+    the highest level, with its own in-process ceiling)."""
+    from benchmarks.common import serving_images
+    from faceattr.layout import INT8_ARTEFACT
     from faceattr.serve.config import load_serve_config
 
     overrides = dict(overrides or {})
@@ -479,38 +508,49 @@ def run(
     try:
         env = serve_environment(tmp, overrides)
         serve_cfg = load_serve_config(env).for_device("cpu")  # the served API workers and threads
-        export_dir, export_s = export_random_model(cfg, tmp, env)
-        images = [(Path(p).name, Path(p).read_bytes()) for p in image_paths]
+        export_dir, export_s = export_random_model(cfg, tmp, env, data_root)
+        images = [(p.name, p.read_bytes()) for p in serving_images(data_root)]
         result = setup_description(cfg, serve_cfg, overrides, images, export_s)
-        ceiling = Ceiling(export_dir, serve_cfg)
-        result["format"] = ceiling.predictor.format
+        ceilings = [Ceiling(export_dir, serve_cfg)]
+        result["format"] = ceilings[0].predictor.format
+        result["artefact"] = ceilings[0].predictor.artefact
+        fp32_config = dataclasses.replace(serve_cfg, precision="fp32")
+        if result["artefact"] == INT8_ARTEFACT:
+            ceilings.append(Ceiling(export_dir, fp32_config))
 
         ours = Contender(Server(env, tmp / "serve.log"))
         # face=detect (faceattr/faces) on the photos in which the detector finds a face (most generated faces).
         detect_images = photos_with_a_face(images)
         ours_detect = Contender(ours.server, fields={"face": "detect"}, images=detect_images)
+        top_only = [ours_detect]
         peers: list[Contender] = []
         try:
             result["startup_s"] = round(ours.server.wait_ready(), 1)
             result["rss_at_rest"] = rss_at_rest(ours.server)
+            if len(ceilings) > 1:  # the same service on the fp32 artefact
+                fp32 = Contender(server_beside(env, tmp / "fp32", settings={"FACEATTR_SERVE_PRECISION": "fp32"}))
+                top_only.append(fp32)
+                fp32.startup_s = round(fp32.server.wait_ready(), 1)
             peers = start_plain_peers(env, tmp, settings)
-            for contender in (ours, ours_detect, *peers):
+            for contender in (ours, *top_only, *peers):
                 contender.warm_up(images, settings)
             with PeakRSS(ours.server.process.pid, interval_s=1.0) as peak:
-                batch_level = measure_levels(ours, peers, images, settings, ceiling, (ours_detect,))
+                batch_level = measure_levels(ours, peers, images, settings, ceilings, tuple(top_only))
             result["rss_under_load"] = peak.result()
         finally:
-            for contender in (ours, *peers):
+            for contender in {id(c.server): c for c in (ours, *top_only, *peers)}.values():
                 contender.server.stop()
         result["log_tail"] = ours.server.log_tail()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the checkpoint, the export and the store: hundreds of MB
 
     result.update(ours.level_summaries())
+    if len(ceilings) > 1:
+        result["fp32"] = {"startup_s": fp32.startup_s, **fp32.level_summaries(), "inprocess_b32": ceilings[1].summary()}
     result["face_detect"] = {"images": len(detect_images), **ours_detect.level_summaries()}
     if batch_level.img_s:
         result["batch_{}x{}".format(*BATCH_LEVEL)] = batch_level_summary(batch_level)
-    result["inprocess_b32"] = ceiling.summary()
+    result["inprocess_b32"] = ceilings[0].summary()
     top = max(settings.serve_requests)
     result["cpu_bound_ratio_estimate"] = cpu_bound_ratio_estimate(result, top)
     if peers:

@@ -33,7 +33,10 @@ METRIC_HISTORY = "metric_history.json"
 
 # Export: the artefact of each format (onnx_int8: the int8 ONNX model of export.quantize=int8), the metadata and the
 # configs saved beside them.
-ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+# The key of the int8 ONNX artefact in ARTEFACT_FILES and in a model's `formats` (export.quantize=int8; served by
+# the serve setting `precision`).
+INT8_ARTEFACT = "onnx_int8"
+ARTEFACT_FILES = {"torchscript": "model.pt", "onnx": "model.onnx", INT8_ARTEFACT: "model.int8.onnx"}
 # The formats export.formats may list (onnx_int8 is made from onnx by export.quantize=int8).
 EXPORT_FORMATS = ("torchscript", "onnx")
 METADATA_FILE = "faceattr.json"

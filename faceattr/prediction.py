@@ -265,7 +265,11 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
     info = find_export(str(cfg.model))
 
     serve = default_serve_config(
-        device=str(cfg.device), format=str(cfg.format), num_threads=cfg.num_threads, face=str(cfg.face)
+        device=str(cfg.device),
+        format=str(cfg.format),
+        precision=str(cfg.precision),
+        num_threads=cfg.num_threads,
+        face=str(cfg.face),
     )
     serve = served_face(dataclasses.replace(serve, format=served_format(serve, info, pick_device(serve.device))), info)
     face = serve.face  # cfg.face, or for auto the model's own
@@ -341,7 +345,7 @@ def predict_images(cfg: DictConfig) -> dict[str, Any]:
         writer.writerows(tally.skipped)
     return {
         "model": info.tag,
-        "format": serve.format,
+        "format": predictor.artefact,  # onnx, torchscript, or onnx_int8 (precision)
         "photos": len(photos.paths),
         "answered": tally.photos,
         "faces": tally.faces,

@@ -10,7 +10,11 @@
 #
 # With the `run` tool: command `scripts/gpu_bench.sh`, carry [".whl"], timeout_s 600. What it expects of the machine:
 # a `python3` holding torch (with CUDA), torchvision, lightning, timm, torchmetrics, numpy, pillow, pandas, pyyaml,
-# psutil and tensorboard (the image's own; the project's pinned versions are not needed), no network, a few GB of
+# psutil and tensorboard (the image's own; the project's pinned versions are not needed), and for the fp32 and int8
+# ONNX serving rows onnx, onnxscript and onnxruntime (not among the wheels: with onnx_ir, ml_dtypes, flatbuffers and
+# protobuf they are about 45 MB, most of what `run` carries, and protobuf would shadow the image's own; where they
+# are missing, those rows are recorded as skipped, in one line, and the TorchScript rows still run), no network, a
+# few GB of
 # disk under /tmp (generated images and the pre-decoded caches). Environment: OUT (default /tmp/faceattr-gpu),
 # PYTHON (python3), DEVICE (cuda; cpu runs the same code on the CPU), MODE (full; quick and tiny are shorter),
 # LIMIT_S (seconds before the measurement is stopped, 480: the log is kept, the JSON and report are not written).
@@ -52,6 +56,7 @@ export FACEATTR_CACHE=${FACEATTR_CACHE:-/tmp/faceattr-cache} HF_HUB_OFFLINE=1 PY
     date -u
     nvidia-smi || echo "(no nvidia-smi)"
     "$PYTHON" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "available", torch.cuda.is_available())'
+    "$PYTHON" -c 'import importlib.util as u; print("ONNX rows need onnx, onnxscript, onnxruntime; missing:", *[m for m in ("onnx", "onnxscript", "onnxruntime") if u.find_spec(m) is None] or ["none"])'
 } >"$OUT/env.txt" 2>&1
 
 set -o pipefail

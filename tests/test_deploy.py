@@ -67,6 +67,19 @@ def test_the_kubernetes_manifest_of_the_docs_is_valid_and_strict():
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
 
 
+def test_the_manifests_resources_are_the_sizing_tables():
+    """docs/serving.md's Deployment requests and limits what BENCHMARKS.md's sizing section measured for one replica
+    (benchmarks/sizing.py: its ```yaml resources block), and runs as many API workers as the cores it requests."""
+    benchmarks = (REPO / "BENCHMARKS.md").read_text(encoding="utf-8")
+    section = benchmarks.split("## Sizing a deployment", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"^```yaml\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
+    measured = yaml.safe_load(block)["resources"]
+    container = manifests(SERVING_DOC.read_text(encoding="utf-8"))[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == measured
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["FACEATTR_SERVE_API_WORKERS"] == measured["requests"]["cpu"]
+
+
 @pytest.mark.parametrize(
     "mistake",
     ["misspelt field", "unknown field", "wrong type"],

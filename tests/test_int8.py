@@ -156,3 +156,55 @@ def test_precision_picks_int8_on_a_cpu_only_where_the_model_has_it():
     assert served_artefact(default_serve_config(format="torchscript"), both, "cpu") == "torchscript"
     with pytest.raises(ServeConfigError, match="^precision=int8 runs the model's int8 ONNX artefact, not torchscript"):
         served_artefact(default_serve_config(format="torchscript", precision="int8"), both, "cpu")
+
+
+def test_precision_int8_without_an_int8_artefact_is_refused_before_any_worker_starts():
+    """`bentoml serve`'s start-up check (served_model) reads the artefact precision picks: a model without int8, or
+    int8 asked of TorchScript, is one line naming the fix, not a worker failing later."""
+    from serve_process import stored_probe_model
+
+    from faceattr.serve.config import default_serve_config
+    from faceattr.serve.runtime import ModelError, served_model
+
+    with stored_probe_model("probe-no-int8", attributes=("Smiling",)) as (tag, _):
+        with pytest.raises(ModelError, match=r"has no int8 artefact \(it has: torchscript\); export it with "):
+            served_model(default_serve_config(format="onnx", precision="int8"), tag)
+        with pytest.raises(ModelError, match="^precision=int8 runs the model's int8 ONNX artefact, not torchscript"):
+            served_model(default_serve_config(format="torchscript", precision="int8"), tag)
+        config, _ = served_model(default_serve_config(precision="auto"), tag)  # auto: fp32 where there is no int8
+        assert config.format == "torchscript"
+
+
+def test_predict_runs_the_artefact_precision_picks(quantized, synthetic_root, tmp_path):
+    """predict.py's `precision` is the service's: auto runs int8 on a CPU, fp32 the fp32 ONNX artefact, and their
+    probabilities differ by no more than the recorded tolerance."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from faceattr.config.schemas import CONFIG_DIRS
+    from faceattr.prediction import predict_images
+
+    meta, out = quantized
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in _test_images(synthetic_root):
+        (photos / path.name).write_bytes(path.read_bytes())
+    rows = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENTOML_HOME", str(out / "bentoml"))
+        for precision in ("auto", "fp32"):
+            cfg = OmegaConf.load(CONFIG_DIRS["predict"] / "predict.yaml")
+            for key in ("defaults", "hydra"):
+                cfg.pop(key)
+            cfg.merge_with(
+                {"model": meta["tag"], "images": str(photos), "out": str(tmp_path / f"{precision}.csv")}
+                | {"precision": precision, "threads": 1}
+            )
+            summary = predict_images(cfg)
+            assert summary["format"] == {"auto": "onnx_int8", "fp32": "onnx"}[precision]
+            with open(tmp_path / f"{precision}.csv", newline="", encoding="utf-8") as f:
+                rows[precision] = list(csv.DictReader(f))
+    names = read_contract(meta, meta["tag"]).attributes
+    deltas = [abs(float(a[n]) - float(b[n])) for a, b in zip(rows["auto"], rows["fp32"]) for n in names]
+    assert len(rows["auto"]) == 4 and 0 < max(deltas) <= meta["contract"]["int8"]["max_abs_delta_p"] + 2e-6

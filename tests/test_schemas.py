@@ -213,6 +213,7 @@ OVERRIDES = {
     "timeout_s": ("7.5", 7.5),
     "decimals": ("3", 3),
     "access_log": ("true", True),
+    "trace_predictions": ("true", True),
     "face": ("detect", "detect"),
     "no_face": ("center", "center"),
     "face_max_side": ("640", 640),
@@ -241,7 +242,7 @@ def test_every_serve_setting_has_one_default_and_a_variable_that_overrides_it():
     config = load_serve_config(environ)
     assert {key: getattr(config, key) for key in FIELDS} == {key: value for key, (_, value) in OVERRIDES.items()}
     assert {key for key in FIELDS if getattr(config, key) == getattr(default, key)} == set()  # each one took effect
-    assert config.source.endswith("FACEATTR_SERVE_TIMEOUT_S")
+    assert config.source.endswith("FACEATTR_SERVE_TRACE_PREDICTIONS")
 
 
 def test_every_serve_setting_has_its_own_comment_in_default_yaml():

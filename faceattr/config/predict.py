@@ -33,6 +33,7 @@ class PredictConfig:
     format: str = setting(
         MISSING, check=one_of(("auto", "torchscript", "onnx")), problem="expected auto, torchscript or onnx"
     )
+    precision: str = setting(MISSING, check=one_of(("auto", "fp32", "int8")), problem="expected auto, fp32 or int8")
     device: str = setting(
         MISSING,
         check=lambda v: v in ("auto", "cpu", "cuda") or v.startswith("cuda:"),

@@ -49,6 +49,7 @@ from faceattr.layout import (
     EXPORT_CONFIG,
     EXPORT_DIR,
     EXPORT_FORMATS,
+    INT8_ARTEFACT,
     METADATA_FILE,
     MODEL_CARD_FILE,
 )
@@ -388,6 +389,6 @@ def summary_lines(cfg: DictConfig, metadata: dict[str, Any]) -> list[str]:
     tag = metadata.get("tag")
     if tag:
         hint = "" if str(cfg.name) == "faceattr" else f"FACEATTR_SERVE_MODEL={tag} "
-        onnx = "FACEATTR_SERVE_FORMAT=onnx " if set(metadata["formats"]) <= {"onnx", quantize.INT8} else ""
+        onnx = "FACEATTR_SERVE_FORMAT=onnx " if set(metadata["formats"]) <= {"onnx", INT8_ARTEFACT} else ""
         lines.append(f"serve it:    {hint}{onnx}bentoml serve   (from the repo root; see docs/serving.md)")
     return lines

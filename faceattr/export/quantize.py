@@ -28,12 +28,10 @@ from faceattr.atomic import write_bytes
 from faceattr.contract import CONTRACT_KEY, Int8Figures, ModelContract
 from faceattr.errors import UserError
 from faceattr.export.calibrate import decision_metrics, split_metrics
-from faceattr.layout import ARTEFACT_FILES, METADATA_FILE
+from faceattr.layout import ARTEFACT_FILES, INT8_ARTEFACT, METADATA_FILE
 
 log = logging.getLogger(__name__)
 
-#: The key of the int8 artefact in ARTEFACT_FILES and in the metadata's ``formats``.
-INT8 = "onnx_int8"
 #: Images per ONNX Runtime call when calibrating and evaluating.
 BATCH = 32
 
@@ -67,7 +65,7 @@ def _no_suggestion(record: logging.LogRecord) -> bool:
 
 def quantize(fp32: Path, out_dir: Path, inputs: torch.Tensor, contract: ModelContract, metadata: dict) -> Path:
     """The int8 artefact of the fp32 ONNX file ``fp32``, calibrated on ``inputs`` (uint8 ``(N, 3, h, w)``), with
-    ``metadata`` inside as the fp32 one has it; written atomically as ``out_dir / ARTEFACT_FILES[INT8]``."""
+    ``metadata`` inside as the fp32 one has it; written atomically as ``out_dir / ARTEFACT_FILES[INT8_ARTEFACT]``."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -85,7 +83,7 @@ def quantize(fp32: Path, out_dir: Path, inputs: torch.Tensor, contract: ModelCon
     root.addFilter(_no_suggestion)
     try:
         with tempfile.TemporaryDirectory(prefix="faceattr-quantize-") as tmp:
-            target = Path(tmp) / "model.int8.onnx"
+            target = Path(tmp) / ARTEFACT_FILES[INT8_ARTEFACT]
             quantize_static(
                 str(fp32),
                 str(target),
@@ -100,8 +98,8 @@ def quantize(fp32: Path, out_dir: Path, inputs: torch.Tensor, contract: ModelCon
         root.removeFilter(_no_suggestion)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_FILE, json.dumps(dict(metadata, format=INT8))
-    return write_bytes(out_dir / ARTEFACT_FILES[INT8], proto.SerializeToString(), hint="output_dir=...")
+    entry.key, entry.value = METADATA_FILE, json.dumps(dict(metadata, format=INT8_ARTEFACT))
+    return write_bytes(out_dir / ARTEFACT_FILES[INT8_ARTEFACT], proto.SerializeToString(), hint="output_dir=...")
 
 
 def _run(path: Path, inputs: torch.Tensor, contract: ModelContract) -> torch.Tensor:
@@ -137,7 +135,7 @@ def evaluate(
     auroc32, auroc8 = m32.get("auroc"), m8.get("auroc")
     change = _per_attribute_acc(p8, labels, thresholds) - _per_attribute_acc(p32, labels, thresholds)
     return Int8Figures(
-        artefact=ARTEFACT_FILES[INT8],
+        artefact=ARTEFACT_FILES[INT8_ARTEFACT],
         calibration_images=int(calibration_images),
         test_images=len(inputs),
         auroc_fp32=auroc32,
@@ -180,7 +178,7 @@ def add_int8(cfg, contract: ModelContract, files: dict, metadata: dict, out_dir:
         path.unlink(missing_ok=True)
         raise
     contract = contract.with_int8(figures)
-    files[ARTEFACT_FILES[INT8]] = path
-    metadata["formats"][INT8] = ARTEFACT_FILES[INT8]
+    files[ARTEFACT_FILES[INT8_ARTEFACT]] = path
+    metadata["formats"][INT8_ARTEFACT] = ARTEFACT_FILES[INT8_ARTEFACT]
     metadata[CONTRACT_KEY] = contract.to_json()
     return contract

@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from faceattr.constraints import at_least, one_of, problem_with, setting, type_words
+from faceattr.layout import INT8_ARTEFACT
 from faceattr.serve.images import ImageLimits, PixelBudget, readable_formats
 
 ENV_PREFIX = "FACEATTR_SERVE_"
@@ -55,8 +56,6 @@ SELF = "_self_"
 FORMATS = ("auto", "torchscript", "onnx")
 #: The ``precision`` setting: the fp32 artefact, the int8 ONNX one (export.quantize=int8), or int8 where it helps.
 PRECISIONS = ("auto", "fp32", "int8")
-#: The int8 ONNX artefact's key in a model's ``formats`` (faceattr.layout.ARTEFACT_FILES).
-INT8_ARTEFACT = "onnx_int8"
 THRESHOLD_MODES = ("calibrated", "fixed")
 RUNNERS = ("inline", "service")
 #: Where the model looks in a photo (a request's ``face``): its centre (as CelebA's aligned frame), or the face a
@@ -114,6 +113,7 @@ class ServeConfig:
     timeout_s: float = setting(check=lambda v: v > 0, problem="must be positive")
     decimals: int
     access_log: bool
+    trace_predictions: bool
     face: str = setting(**_one_of(FACE_SETTINGS))
     no_face: str = setting(**_one_of(NO_FACE_POLICIES))
     face_max_side: int = setting(check=at_least(32), problem="must be at least 32 (pixels)")

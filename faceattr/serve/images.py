@@ -53,6 +53,10 @@ class ImageError(ValueError):
         self.status = status
 
 
+#: Bytes of memory per pixel at the peak of decoding an upload (WebP, the costliest accepted format): see PixelBudget.
+DECODE_BYTES_PER_PIXEL = 22
+
+
 class PixelBudget:
     """At most ``capacity`` pixels being decoded at once, over all threads of a process.
 

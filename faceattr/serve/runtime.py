@@ -23,7 +23,7 @@ import numpy as np
 
 from faceattr.artefacts import load_torchscript, onnx_session
 from faceattr.contract import ContractError, ModelContract, read_contract
-from faceattr.layout import METADATA_FILE, MODEL_CARD_FILE
+from faceattr.layout import INT8_ARTEFACT, METADATA_FILE, MODEL_CARD_FILE
 from faceattr.serve.config import FACE_AUTO, ServeConfig, ServeConfigError, bento_root, served_artefact
 
 if TYPE_CHECKING:
@@ -105,6 +105,11 @@ class ModelInfo:
     def artefact(self, fmt: str) -> Path:
         if fmt not in self.formats:
             have = ", ".join(self.formats) or "none"
+            if fmt == INT8_ARTEFACT:
+                raise ModelError(
+                    f"model {self.tag} has no int8 artefact (it has: {have}); export it with `python export.py "
+                    "ckpt=... export.quantize=int8` or set FACEATTR_SERVE_PRECISION=fp32"
+                )
             raise ModelError(
                 f"model {self.tag} has no {fmt} artefact (it has: {have}); export it with "
                 f"`python export.py ckpt=... export={fmt}` or set FACEATTR_SERVE_FORMAT to one it has"
@@ -232,8 +237,12 @@ def served_model(config: ServeConfig, tag: str) -> tuple[ServeConfig, ModelInfo]
     with the artefact format to run (:func:`served_format`, checked to exist) and the face default
     (:func:`served_face`) decided."""
     model = resolve_model(dataclasses.replace(config, model=tag))
-    config = dataclasses.replace(config, format=served_format(config, model, pick_device(config.device)))
-    model.artefact(config.format)
+    device = pick_device(config.device)
+    config = dataclasses.replace(config, format=served_format(config, model, device))
+    try:  # the artefact the workers will load (``precision``: the int8 one?), checked before any worker starts
+        model.artefact(served_artefact(config, model.formats, device))
+    except ServeConfigError as exc:
+        raise ModelError(str(exc)) from None
     return served_face(config, model), model
 
 

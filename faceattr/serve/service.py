@@ -17,9 +17,10 @@ JSON (documented by ``schemas.py``). Where the model runs is ``runner`` (conf/se
 Settings come from ``conf/serve/*.yaml`` and ``FACEATTR_SERVE_*`` variables (``faceattr/serve/config.py``). Around
 the API: the upload reader (``upload_guard.py``: each upload read, parsed and checked once, before BentoML; the
 endpoints get its bytes), the metrics (``metrics.py``: with the attributes found present, for drift), the heap trim
-after large images (``heap.py``), the model card route and the landing page's text (``pages.py``) and what depends
-on BentoML's internals (``bentoml_workarounds.py``: the input spec that hands the reader's upload to the endpoints,
-and the OpenAPI 3 document).
+after large images (``heap.py``), BentoML's tracing kept off the prediction routes (``trace_predictions``), the model
+card route and the landing page's text (``pages.py``) and what depends on BentoML's internals
+(``bentoml_workarounds.py``: the input spec that hands the reader's upload to the endpoints, and the OpenAPI 3
+document).
 
 With an ONNX model on a CPU the service imports no torch: numpy, onnxruntime, Pillow and simplejpeg do the work
 (``benchmarks/serve_memory.py``: each API worker ~205 MB after 300 requests, against ~1 GB with torch imported).
@@ -153,11 +154,22 @@ class FaceAttrModel:
         return probabilities
 
 
+#: The routes that ``trace_predictions: false`` (conf/serve) takes out of BentoML's OpenTelemetry middleware.
+PREDICTION_ROUTES = ("/predict", "/predict_batch")
+
+
+def _tracing(config: ServeConfig) -> dict[str, Any]:
+    """BentoML's ``tracing`` setting of the API where ``trace_predictions`` is off: its OpenTelemetry middleware (always
+    installed) costs 18-26% of the API's CPU per request at 32 clients, sampled or not (benchmarks/request_cost.py)."""
+    return {} if config.trace_predictions else {"tracing": {"excluded_urls": list(PREDICTION_ROUTES)}}
+
+
 @bentoml.service(
     name="FaceAttr",
     workers=CONFIG.api_workers,
     traffic={"timeout": CONFIG.timeout_s},
     logging={"access": {"enabled": CONFIG.access_log}},
+    **_tracing(CONFIG),
 )
 class FaceAttr:
     """Face attributes of photos: the probability of each of the model's attributes and those present, per image."""
