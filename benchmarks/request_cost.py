@@ -61,20 +61,16 @@ SERVICE = "benchmarks.request_variants:Service"
 
 
 def start_variants(env: dict[str, str], tmp: Path, variants: list[str]) -> dict[str, Any]:
-    """One ``bentoml serve`` per variant on the store of ``env``, each with its own BENTOML_HOME sharing the models;
-    all started before any is waited for. A server that does not start stops the others."""
-    from benchmarks.served_model import Server
-    from benchmarks.serving import Contender
+    """One ``bentoml serve`` per variant on the store of ``env``, each with its own BENTOML_HOME sharing the models
+    (``serving.server_beside``); all started before any is waited for. A server that does not start stops the
+    others."""
+    from benchmarks.serving import Contender, server_beside
 
     contenders: dict[str, Any] = {}
     try:
         for name in variants:
-            home = tmp / name / "bentoml"
-            home.mkdir(parents=True)
-            (home / "models").symlink_to(Path(env["BENTOML_HOME"]) / "models", target_is_directory=True)
-            own = {**env, **VARIANT_ENV.get(name, {}), "BENTOML_HOME": str(home)}
-            own["FACEATTR_BENCH_REQUEST_VARIANT"] = name
-            contenders[name] = Contender(Server(own, home.parent / "serve.log", SERVICE))
+            own = {**VARIANT_ENV.get(name, {}), "FACEATTR_BENCH_REQUEST_VARIANT": name}
+            contenders[name] = Contender(server_beside(env, tmp / name, SERVICE, settings=own))
         for contender in contenders.values():
             contender.startup_s = round(contender.server.wait_ready(), 1)
     except BaseException:
