@@ -415,7 +415,7 @@ def export_served(settings: AcceleratorSettings, out: Path, data_root: Path, onn
     from hydra.core.global_hydra import GlobalHydra
 
     from benchmarks.common import quickstart_config
-    from benchmarks.served_model import random_checkpoint
+    from benchmarks.served_model import INT8_EXPORT, random_checkpoint
     from faceattr.config.schemas import register_schemas
     from faceattr.export.pipeline import export
 
@@ -429,17 +429,14 @@ def export_served(settings: AcceleratorSettings, out: Path, data_root: Path, onn
         "parity.num_images=8",
     ]
     if onnx:
+        # int8 (served_model.INT8_EXPORT: random weights lift the AUROC refusal) is calibrated on validation images
+        # and judged on the test split, so test_metrics stays on; the generated folder's test split is small.
         overrides += [
             "export=onnx",
-            "export.quantize=int8",
-            # int8 is calibrated on validation images and judged on the test split, so test_metrics stays on (export
-            # refuses export.quantize=int8 without it); the generated folder's test split is small.
+            *INT8_EXPORT,
             f"data_root={data_root}",
             f"calibration.max_images={settings.quantize_images}",
             f"quantize.num_images={settings.quantize_images}",
-            # Random weights: their AUROC is chance for fp32 and int8 alike, so the drop says nothing; this measures
-            # speed only, and a drop refused here would lose the figures.
-            "quantize.max_auroc_drop=1.0",
         ]
     else:
         overrides += ["export=torchscript", "test_metrics=false"]

@@ -133,11 +133,8 @@ def kubernetes_resources(entry: dict[str, Any], decode_mb: float) -> dict[str, d
     }
 
 
-def measure_model(
-    settings: Settings, name: str, overrides: tuple[str, ...], data_root: Path, log=print
-) -> dict[str, dict[str, Any]]:
-    """Both precisions of one model: ``{precision: row}``."""
-    cfg = quickstart_config(*settings.config_overrides, *overrides)
+def measure_model(settings: Settings, name: str, cfg, data_root: Path, log=print) -> dict[str, dict[str, Any]]:
+    """Both precisions of one model (``cfg``: its training config): ``{precision: row}``."""
     images = [(p.name, p.read_bytes()) for p in serving_images(data_root)]
     tmp = Path(tempfile.mkdtemp(prefix="faceattr-bench-sizing-"))
     try:
@@ -187,7 +184,7 @@ def run(settings: Settings, data_root: Path, log=print) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for name, overrides in settings.sizing_models:
         cfg = quickstart_config(*settings.config_overrides, *overrides)
-        measured = measure_model(settings, name, overrides, data_root, log)
+        measured = measure_model(settings, name, cfg, data_root, log)
         for precision, entry in measured.items():
             rows[f"{name}/{precision}"] = {
                 "model": name,

@@ -239,11 +239,19 @@ def served_model(config: ServeConfig, tag: str) -> tuple[ServeConfig, ModelInfo]
     model = resolve_model(dataclasses.replace(config, model=tag))
     device = pick_device(config.device)
     config = dataclasses.replace(config, format=served_format(config, model, device))
-    try:  # the artefact the workers will load (``precision``: the int8 one?), checked before any worker starts
-        model.artefact(served_artefact(config, model.formats, device))
+    artefact_to_run(config, model, device)  # the one the workers will load, checked before any worker starts
+    return served_face(config, model), model
+
+
+def artefact_to_run(config: ServeConfig, info: ModelInfo, device: str) -> tuple[str, Path]:
+    """The key (in the model's ``formats``) and the file of the artefact that ``config`` runs on ``device``, its
+    ``format`` decided: :func:`served_artefact` (``precision``: the int8 ONNX one, or the format's fp32 one), checked
+    to exist; ModelError otherwise."""
+    try:
+        key = served_artefact(config, info.formats, device)
     except ServeConfigError as exc:
         raise ModelError(str(exc)) from None
-    return served_face(config, model), model
+    return key, info.artefact(key)
 
 
 #: Device files of a GPU driver (NVIDIA's; ROCm's, which torch also calls ``cuda``): without one, no GPU is visible.
@@ -287,11 +295,7 @@ class Predictor:
         self.info = info
         self.format = config.format
         self.device = pick_device(config.device)
-        try:  # the fp32 artefact of the format, or the int8 ONNX one (``precision``)
-            self.artefact = served_artefact(config, info.formats, self.device)
-        except ServeConfigError as exc:
-            raise ModelError(str(exc)) from None
-        path = info.artefact(self.artefact)
+        self.artefact, path = artefact_to_run(config, info, self.device)  # the format's fp32 one, or int8
         if self.format == "torchscript":
             try:
                 import torch
